@@ -1,0 +1,1 @@
+"""Data: raw layout, bundled sample generator, DFFD ingest, split, loaders."""

@@ -1,0 +1,136 @@
+"""Split CSVs -> batches of [0, 1] image tensors.
+
+No normalization here: the model normalizes as its first layer, so attacks and CAMs
+work in pixel space. Small sets (the bundled sample: ~30 MB at 64 px) are decoded once
+into one uint8 tensor and batched by indexing, which keeps a 2-core CPU busy with the
+model instead of PNG decoding; sets over `data.cache_max_mb` stream through a DataLoader.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from robust_deepfake.data.images import load_mask_array, load_rgb_array
+
+SPLIT_COLUMNS = ["path", "label", "source", "group", "mask_path"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+    source: str
+    group: str
+    mask_path: str
+
+
+def read_split(csv_path: str | Path) -> list[Sample]:
+    csv_path = Path(csv_path)
+    if not csv_path.exists():
+        raise FileNotFoundError(f"{csv_path}: split file not found; run `dvc repro split` first")
+    with csv_path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = set(SPLIT_COLUMNS) - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{csv_path}: missing columns {sorted(missing)}")
+        return [
+            Sample(row["path"], int(row["label"]), row["source"], row["group"], row["mask_path"])
+            for row in reader
+        ]
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # float32 (N, 3, S, S) in [0, 1]
+    labels: torch.Tensor  # int64 (N,)
+    indices: torch.Tensor  # int64 (N,) positions in the split
+
+
+class ImageSet(Dataset):
+    """One split at one image size; decoded lazily, or all at once when `cache`."""
+
+    def __init__(self, samples: list[Sample], image_size: int, cache: bool) -> None:
+        self.samples = samples
+        self.image_size = image_size
+        self.labels = torch.tensor([s.label for s in samples], dtype=torch.int64)
+        self.pixels: torch.Tensor | None = None
+        if cache:
+            array = np.stack([load_rgb_array(s.path, image_size) for s in samples])
+            self.pixels = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        array = load_rgb_array(self.samples[index].path, self.image_size)
+        return torch.from_numpy(array).permute(2, 0, 1), self.samples[index].label, index
+
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        """float [0, 1] images at the given positions (decoding them if not cached)."""
+        if self.pixels is not None:
+            return self.pixels[indices].float().div_(255)
+        return torch.stack([self[int(i)][0] for i in indices]).float().div_(255)
+
+    def masks(self, indices: torch.Tensor, whole_image_sources: set[str]) -> torch.Tensor:
+        """float (N, S, S) ground-truth masks; fakes without a mask file count as whole-image
+        when their source is listed, else as unknown (NaN) so callers can skip them."""
+        out = []
+        for i in indices.tolist():
+            sample = self.samples[i]
+            if sample.label == 0:
+                out.append(np.zeros((self.image_size, self.image_size), np.float32))
+            elif sample.mask_path:
+                out.append(load_mask_array(sample.mask_path, self.image_size))
+            elif sample.source in whole_image_sources:
+                out.append(np.ones((self.image_size, self.image_size), np.float32))
+            else:
+                out.append(np.full((self.image_size, self.image_size), np.nan, np.float32))
+        return torch.from_numpy(np.stack(out))
+
+
+def cache_fits(n_images: int, image_size: int, cache_max_mb: int) -> bool:
+    return n_images * 3 * image_size * image_size <= cache_max_mb * 1024 * 1024
+
+
+def load_split(splits_dir: str | Path, split: str, image_size: int, cache_max_mb: int) -> ImageSet:
+    samples = read_split(Path(splits_dir) / f"{split}.csv")
+    return ImageSet(samples, image_size, cache=cache_fits(len(samples), image_size, cache_max_mb))
+
+
+def iterate(
+    dataset: ImageSet,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    indices: torch.Tensor | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> Iterator[Batch]:
+    """Batches in a seeded order; the same (seed, indices) always gives the same batches."""
+    order = indices if indices is not None else torch.arange(len(dataset))
+    if shuffle:
+        generator = torch.Generator().manual_seed(seed)
+        order = order[torch.randperm(len(order), generator=generator)]
+    if dataset.pixels is not None or num_workers == 0:
+        stop = len(order) - (len(order) % batch_size if drop_last else 0)
+        for start in range(0, stop, batch_size):
+            chunk = order[start : start + batch_size]
+            yield Batch(dataset.images(chunk), dataset.labels[chunk], chunk)
+        return
+    loader = DataLoader(
+        torch.utils.data.Subset(dataset, order.tolist()),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        persistent_workers=False,
+    )
+    for images, labels, positions in loader:
+        yield Batch(images.float().div_(255), labels, positions)

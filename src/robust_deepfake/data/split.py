@@ -1,0 +1,181 @@
+"""Identity-disjoint, source-stratified train/val/test split with held-out methods.
+
+Rules, in order of precedence:
+1. every image of a held-out method goes to test, and with it its whole identity group
+   (a real photo whose edit is held out must not be trained on);
+2. an official split shipped with the data (metadata.csv, e.g. DFFD's) is kept when the
+   strategy is `auto`; a group never straddles splits, so a group whose members disagree
+   follows the majority, test winning ties;
+3. the remaining groups are assigned greedily, largest first (ties in a seeded random
+   order), to the split whose per-source quota they fill best, which stratifies every
+   source across the splits.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from robust_deepfake.config import SplitConfig
+from robust_deepfake.data.layout import SPLITS, Record
+
+
+class SplitError(ValueError):
+    """The data cannot be split as configured; str() says which key or source."""
+
+
+@dataclass
+class SplitResult:
+    assignment: dict[str, list[Record]]
+    moved_to_test: int = 0  # official-split images moved to keep identities disjoint
+    notes: list[str] = field(default_factory=list)
+
+
+def split_records(records: list[Record], config: SplitConfig) -> SplitResult:
+    sources = sorted({r.source for r in records})
+    fake_sources = {r.source for r in records if r.label == 1}
+    unknown = sorted(set(config.holdout_methods) - fake_sources)
+    if unknown:
+        raise SplitError(
+            f"split.holdout_methods: {unknown} not among the fake methods in the data "
+            f"({sorted(fake_sources)})"
+        )
+
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        groups[record.group].append(record)
+
+    fractions = {
+        "train": 1.0 - config.val_fraction - config.test_fraction,
+        "val": config.val_fraction,
+        "test": config.test_fraction,
+    }
+    per_source = Counter(r.source for r in records)
+    quota = {
+        (split, source): fractions[split] * per_source[source]
+        for split in SPLITS
+        for source in sources
+        if source not in config.holdout_methods
+    }
+    filled: Counter = Counter()
+    placed: dict[str, str] = {}
+    result = SplitResult(assignment={split: [] for split in SPLITS})
+
+    holdout = set(config.holdout_methods)
+    use_official = config.strategy == "auto"
+    for name, members in groups.items():
+        if any(r.source in holdout for r in members):
+            placed[name] = "test"
+        elif use_official and any(r.official_split for r in members):
+            votes = Counter(r.official_split for r in members if r.official_split)
+            best = max(votes.values())
+            winners = [s for s in ("test", "val", "train") if votes.get(s) == best]
+            placed[name] = winners[0]
+        if name in placed:
+            result.moved_to_test += sum(
+                1 for r in members if r.official_split and r.official_split != placed[name]
+            )
+            for record in members:
+                filled[(placed[name], record.source)] += 1
+
+    free = [name for name in groups if name not in placed]
+    rng = np.random.default_rng(config.seed)
+    tie_break = dict(zip(sorted(free), rng.permutation(len(free)).tolist()))
+    free.sort(key=lambda name: (-len(groups[name]), tie_break[name]))
+    for name in free:
+        counts = Counter(r.source for r in groups[name])
+
+        def score(split: str) -> float:
+            # Relative unfilled quota of the group's sources; a split without quota for
+            # a source (a held-out method outside test) is never chosen for it.
+            total = 0.0
+            for source, count in counts.items():
+                target = quota.get((split, source), 0.0)
+                if target <= 0:
+                    return -np.inf
+                total += count * (target - filled[(split, source)]) / target
+            return total
+
+        best = max(SPLITS, key=lambda split: (score(split), -SPLITS.index(split)))
+        placed[name] = best
+        for source, count in counts.items():
+            filled[(best, source)] += count
+
+    for name, members in groups.items():
+        result.assignment[placed[name]].extend(members)
+    for split in SPLITS:
+        result.assignment[split].sort(key=lambda r: r.path)
+        if not result.assignment[split]:
+            raise SplitError(
+                f"split: the {split} split is empty; {len(records)} images in {len(groups)} "
+                "identity groups are too few for the configured fractions"
+            )
+    for split in ("train", "val"):
+        labels = {r.label for r in result.assignment[split]}
+        if labels != {0, 1}:
+            raise SplitError(f"split: the {split} split has only label(s) {sorted(labels)}")
+    return result
+
+
+@dataclass
+class SplitOutcome:
+    result: SplitResult
+    bad_files: list[str]  # "path: reason"
+    hidden_files: list[str]
+
+    def metrics(self, holdout: list[str]) -> dict:
+        counts: dict = {}
+        for split, records in self.result.assignment.items():
+            by_source = Counter(r.source for r in records)
+            counts[split] = {
+                "total": len(records),
+                "real": sum(1 for r in records if r.label == 0),
+                "fake": sum(1 for r in records if r.label == 1),
+                "groups": len({r.group for r in records}),
+                "by_source": dict(sorted(by_source.items())),
+            }
+        return {
+            **counts,
+            "holdout_methods": sorted(holdout),
+            "skipped_bad_files": len(self.bad_files),
+            "ignored_hidden_files": len(self.hidden_files),
+            "moved_to_test": self.result.moved_to_test,
+            "bad_files": self.bad_files[:50],
+        }
+
+
+def build_splits(raw_dir: str, config: SplitConfig, on_bad_file: str, progress: bool = True) -> SplitOutcome:
+    """Scan raw_dir, decode every image (and mask) once, then split what decoded.
+
+    Bad files raise BadDataError listing all of them when on_bad_file == 'error'; with
+    'skip' they are left out and counted.
+    """
+    from robust_deepfake.progress import progress as bar
+    from robust_deepfake.data.images import BadImageError, open_rgb
+    from robust_deepfake.data.layout import scan
+
+    records, hidden = scan(raw_dir)
+    good: list[Record] = []
+    bad: list[str] = []
+    for record in bar(records, desc="decode", unit="img", disable=not progress):
+        try:
+            open_rgb(record.path)
+            if record.mask_path:
+                open_rgb(record.mask_path)
+        except BadImageError as error:
+            bad.append(str(error))
+            continue
+        good.append(record)
+    if bad and on_bad_file == "error":
+        listing = "\n  ".join(bad[:100]) + ("\n  ..." if len(bad) > 100 else "")
+        raise BadDataError(
+            f"{len(bad)} unreadable file(s) under {raw_dir} (set data.on_bad_file: skip to "
+            f"leave them out):\n  {listing}"
+        )
+    return SplitOutcome(split_records(good, config), bad, hidden)
+
+
+class BadDataError(ValueError):
+    """Some raw files cannot be decoded; str() lists them."""

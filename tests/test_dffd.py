@@ -1,0 +1,104 @@
+"""DFFD ingest on a tiny tree shaped like the real download (see ../shared/DFFD.md)."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from robust_deepfake.config import SplitConfig
+from robust_deepfake.data.dffd import IngestError, ingest_dffd
+from robust_deepfake.data.layout import scan
+from robust_deepfake.data.split import split_records
+
+
+def _image(path: Path, size=(30, 30), seed=0, fmt="PNG"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path, format=fmt)
+
+
+@pytest.fixture
+def dffd_tree(tmp_path) -> Path:
+    root = tmp_path / "DFFD"
+    seed = 0
+    for split, n in [("train", 4), ("validation", 1), ("test", 3)]:
+        for i in range(n):
+            seed += 1
+            _image(root / "ffhq" / split / f"R_FFHQ_{split[:2]}{i:03d}.png", seed=seed)
+            _image(root / "stylegan_ffhq" / split / f"F_SyFQ_{split[:2]}{i:03d}.png", seed=seed + 100)
+            for k in (1, 2):  # two edits of one source face: one identity
+                _image(root / "faceapp" / split / f"F_FAP0_{split[:2]}{i:03d}-{k}.png", seed=seed + 200 + k)
+    for i in range(5):
+        _image(root / "CelebA" / "img_align_celeba" / f"R_celeba_{i:06d}.jpg", size=(178, 218), seed=500 + i, fmt="JPEG")
+    (root / "faceapp" / "train" / "Thumbs.db").write_bytes(b"junk")  # not an image suffix: ignored
+    return root
+
+
+def test_ingest_builds_the_raw_layout_and_keeps_the_official_split(dffd_tree, tmp_path):
+    out = tmp_path / "raw"
+    report = ingest_dffd(dffd_tree, out, mode="symlink")
+    assert (out / "real" / "ffhq" / "R_FFHQ_tr000.png").is_symlink()
+    assert (out / "real" / "celeba" / "R_celeba_000000.jpg").exists()
+    assert (out / "fake" / "faceapp" / "F_FAP0_te002-2.png").exists()
+    # whole-image synthesis gets all-ones masks, partial edits none
+    mask = np.asarray(Image.open(out / "masks" / "stylegan_ffhq" / "F_SyFQ_tr000.png"))
+    assert mask.shape == (30, 30) and mask.min() == 255
+    assert not (out / "masks" / "faceapp").exists()
+    assert report.masks_written == 8
+
+    records, _ = scan(out)
+    assert len(records) == 8 * 4 + 5
+    by_path = {Path(r.path).name: r for r in records}
+    assert by_path["F_FAP0_tr000-1.png"].group == by_path["F_FAP0_tr000-2.png"].group
+    assert by_path["R_FFHQ_va000.png"].official_split == "val"
+    assert by_path["R_celeba_000000.jpg"].official_split == ""
+
+    assignment = split_records(records, SplitConfig(seed=0, val_fraction=0.2, test_fraction=0.3)).assignment
+    where = {Path(r.path).name: split for split, rs in assignment.items() for r in rs}
+    for name, record in by_path.items():
+        if record.official_split:
+            assert where[name] == record.official_split, name
+    celeba = {where[n] for n in by_path if n.startswith("R_celeba")}
+    assert celeba <= {"train", "val", "test"}
+
+
+def test_ingest_copy_with_resize(dffd_tree, tmp_path):
+    out = tmp_path / "raw"
+    ingest_dffd(dffd_tree, out, mode="copy", resize=24)
+    image = Image.open(out / "real" / "celeba" / "R_celeba_000003.png")
+    assert image.size == (24, 24) and not (out / "real" / "celeba" / "R_celeba_000003.png").is_symlink()
+    with (out / "metadata.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["split"] for row in rows} == {"train", "val", "test", ""}
+
+
+def test_ingest_refuses_to_overwrite(dffd_tree, tmp_path):
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(IngestError, match="exists"):
+        ingest_dffd(dffd_tree, out)
+    ingest_dffd(dffd_tree, out, force=True)
+    backups = list(tmp_path.glob("raw.bak-*"))
+    assert len(backups) == 1 and (backups[0] / "precious.txt").read_text() == "keep me"
+
+
+def test_ingest_needs_both_classes(tmp_path):
+    _image(tmp_path / "only" / "ffhq" / "train" / "R_FFHQ_0.png")
+    with pytest.raises(IngestError, match="need both real and fake"):
+        ingest_dffd(tmp_path / "only", tmp_path / "raw")
+    assert not (tmp_path / "raw").exists(), "a failed ingest leaves nothing behind"
+
+
+def test_cli_prints_the_next_steps(dffd_tree, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "robust_deepfake.cli", "data", "ingest-dffd", str(dffd_tree), "--out", str(tmp_path / "raw")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "robust-deepfake data track" in result.stdout
+    assert "configs/dffd_gpu.yaml" in result.stdout
