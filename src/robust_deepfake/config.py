@@ -111,13 +111,14 @@ class TrainConfig(Strict):
     seed: int = 0
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(32, ge=2)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(4e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     monitor: Literal["val_auc", "val_f1", "val_accuracy", "val_loss"] = "val_auc"
     patience: int = Field(3, ge=1)
     device: str = "auto"
     amp: bool = True
     max_train_samples: int | None = Field(None, ge=2)
+    augment_hflip: bool = True
 
     @field_validator("device")
     @classmethod

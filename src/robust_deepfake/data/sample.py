@@ -143,6 +143,8 @@ def _edit(spec: SampleSpec, identity: int, index: int) -> tuple[Array, Array]:
     low = spec.image_size // 4
     synthesised = resize_bilinear(render(edited, low, _rng(spec, _TEXTURE, identity)).image, spec.image_size)
     synthesised = synthesised * (1.0 + (rng.random(3) - 0.5) * 0.24)  # the editor's colour cast
+    # the editor's own decoder upsamples too: a (weaker) checkerboard inside the edit only
+    synthesised = synthesised * (1.0 + (0.06 + 0.04 * rng.random()) * _checkerboard(rng, spec.image_size))
     full = render(edited, spec.image_size, _rng(spec, _TEXTURE, identity)).regions[region]
     before = render(face, spec.image_size, _rng(spec, _TEXTURE, identity)).regions[region]
     mask = feather(np.maximum(full, before), 1)
@@ -178,13 +180,17 @@ def _pggan(spec: SampleSpec, index: int) -> Array:
     face = random_face(rng, _framing(rng))
     low = render(face, spec.image_size // 2, _rng(spec, _PGGAN + 100, index)).image
     image = resize_bilinear(low, spec.image_size)
+    image = image * (1.0 + (0.06 + 0.04 * rng.random()) * _checkerboard(rng, spec.image_size))
+    return _post_noise(image, rng)
+
+
+def _checkerboard(rng: np.random.Generator, size: int) -> Array:
+    """A transposed-convolution artifact: a random zero-mean 2x2 kernel tiled over the
+    image, peak magnitude 1, shape (size, size, 1)."""
     kernel = rng.random((2, 2)) - 0.5
     kernel = kernel - ordered_mean(ordered_mean(kernel, 0), 0)
     kernel = kernel / (np.abs(kernel).max() + 1e-9)
-    reps = spec.image_size // 2
-    checker = np.tile(kernel, (reps, reps))[..., None]
-    image = image * (1.0 + (0.06 + 0.04 * rng.random()) * checker)
-    return _post_noise(image, rng)
+    return np.tile(kernel, (size // 2, size // 2))[..., None]
 
 
 def _fingerprint(spec: SampleSpec) -> Array:
@@ -206,14 +212,17 @@ def _stylegan(spec: SampleSpec, index: int, fingerprint: Array) -> Array:
 
 
 def _droplet(image: Array, rng: np.random.Generator) -> Array:
-    """StyleGAN's tell-tale 'water droplet': a smooth bright blob somewhere in the frame."""
+    """StyleGAN's tell-tale 'water droplet': a bright blob ringed by a dark halo (the
+    generator's normalization artifact), somewhere in the frame."""
     size = image.shape[0]
     xx, yy = grid(size)
     cx, cy = (rng.random() - 0.5) * 1.6, (rng.random() - 0.5) * 1.6
     radius = (4.0 + 3.0 * rng.random()) * 2.0 / size
     r2 = ((xx - cx) * (xx - cx) + (yy - cy) * (yy - cy)) / (radius * radius)
     bump = np.clip(1.0 - r2, 0.0, 1.0)
-    return image + (bump * bump)[..., None] * (0.12 + 0.12 * rng.random())
+    halo = np.clip(1.0 - r2 / 2.25, 0.0, 1.0) - bump  # the ring between r and 1.5 r
+    strength = 0.15 + 0.1 * rng.random()
+    return image + (bump * bump * strength - halo * halo * strength * 1.5)[..., None]
 
 
 def _binary_mask(mask: Array) -> Array:

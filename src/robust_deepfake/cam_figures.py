@@ -1,0 +1,74 @@
+"""CAM grid figures: rows of examples, columns image / adversarial / CAMs / GT mask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """Heat-map overlay (grad-cam's show_cam_on_image) of a [0, 1] HWC image."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    return show_cam_on_image(image.astype(np.float32), cam, use_rgb=True, image_weight=0.55)
+
+
+def pick_rows(labels: np.ndarray, rows: int) -> list[int]:
+    """Half reals, half fakes (as available), first ones in subset order."""
+    reals = np.flatnonzero(labels == 0).tolist()
+    fakes = np.flatnonzero(labels == 1).tolist()
+    n_fake = min(len(fakes), rows - min(len(reals), rows // 2))
+    return reals[: rows - n_fake] + fakes[:n_fake]
+
+
+def cam_grid(
+    path: Path,
+    images: torch.Tensor,
+    adversarial: torch.Tensor,
+    clean_cams: np.ndarray,
+    adv_cams: np.ndarray,
+    masks: np.ndarray,
+    labels: np.ndarray,
+    p_clean: np.ndarray,
+    p_adv: np.ndarray,
+    title: str,
+    rows: int = 6,
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from robust_deepfake.io import atomic_path
+
+    chosen = pick_rows(labels, rows)
+    columns = ["image", "adversarial", "CAM (clean)", "CAM (adversarial)", "GT mask"]
+    figure, axes = plt.subplots(len(chosen), len(columns), figsize=(2.1 * len(columns), 2.2 * len(chosen)), squeeze=False)
+    for r, i in enumerate(chosen):
+        clean = images[i].permute(1, 2, 0).numpy()
+        adv = adversarial[i].permute(1, 2, 0).numpy()
+        mask = masks[i]
+        panels = [clean, adv, overlay(clean, clean_cams[i]), overlay(adv, adv_cams[i]),
+                  np.zeros_like(clean[..., 0]) if not np.isfinite(mask).all() else mask]
+        for c, panel in enumerate(panels):
+            axis = axes[r, c]
+            axis.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if r == 0:
+                axis.set_title(columns[c], fontsize=9)
+        kind = "fake" if labels[i] == 1 else "real"
+        axes[r, 0].set_ylabel(f"{kind}\np(fake) {p_clean[i]:.2f}", fontsize=8)
+        axes[r, 1].set_ylabel(f"p(fake) {p_adv[i]:.2f}", fontsize=8)
+        if not np.isfinite(mask).all():
+            axes[r, 4].text(0.5, 0.5, "no mask", ha="center", va="center", color="white", fontsize=8,
+                            transform=axes[r, 4].transAxes)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
+    plt.close(figure)
+    return path

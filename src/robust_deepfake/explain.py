@@ -1,0 +1,88 @@
+"""Explanations: Grad-CAM maps (via the grad-cam package) and the IINC distance between maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+CAM_METHODS = ("gradcam", "gradcam++")
+
+
+def iinc(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray:
+    r"""Inverse Intersection Non-Containment (Dang et al., "On the Detection of Digital Face
+    Manipulation", CVPR 2020), for batches of maps in [0, 1] shaped (N, H, W):
+
+        I = min(Ma, Mb), U = max(Ma, Mb), |M| = mean(M) (area fraction)
+        IINC = 1 / (3 - |U|) * { 0                          if mean(Ma) = 0 and mean(Mb) = 0
+                               { 1                          if exactly one of them is 0
+                               { 2 - |I|/|Ma| - |I|/|Mb|    otherwise
+
+    0 for identical maps; larger means less overlap; always in [0, 1]. Unlike IoU it
+    penalises one map containing the other less than disjoint maps.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"maps must have the same shape, got {a.shape} and {b.shape}")
+    if a.ndim == 2:
+        return iinc(a[None], b[None])
+    axes = tuple(range(1, a.ndim))
+    area_a, area_b = a.mean(axis=axes), b.mean(axis=axes)
+    intersection = np.minimum(a, b).mean(axis=axes)
+    union = np.maximum(a, b).mean(axis=axes)
+    zero_a, zero_b = area_a == 0, area_b == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        overlap = 2 - intersection / area_a - intersection / area_b
+    inner = np.where(zero_a & zero_b, 0.0, np.where(zero_a ^ zero_b, 1.0, overlap))
+    return inner / (3 - union)
+
+
+def resolve_layer(model: nn.Module, path: str) -> nn.Module:
+    """A CAM target layer by its timm path (`blocks.4`, `conv_head`) or full path."""
+    for candidate in (path, f"body.{path}"):
+        try:
+            return model.get_submodule(candidate)
+        except AttributeError:
+            continue
+    names = [n.removeprefix("body.") for n, _ in model.named_modules() if n.count(".") <= 2 and n]
+    raise ValueError(f"cam.target_layer: no layer {path!r}; e.g. {', '.join(names[:12])} ...")
+
+
+def compute_cams(
+    model: nn.Module,
+    images: torch.Tensor,
+    target_layer: str,
+    targets: list[int],
+    method: str = "gradcam",
+    batch_size: int = 32,
+) -> np.ndarray:
+    """(N, H, W) maps in [0, 1] at input resolution for class `targets[i]` of image i."""
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if method not in CAM_METHODS:
+        raise ValueError(f"cam.method must be one of {CAM_METHODS}, got {method!r}")
+    cam_class = GradCAM if method == "gradcam" else GradCAMPlusPlus
+    layer = resolve_layer(model, target_layer)
+    model.eval()
+    maps = []
+    with cam_class(model=model, target_layers=[layer]) as cam:  # hooks released on exit
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            chunk_targets = [ClassifierOutputTarget(int(t)) for t in targets[start : start + batch_size]]
+            maps.append(cam(input_tensor=chunk, targets=chunk_targets))
+    return np.concatenate(maps).astype(np.float32)
+
+
+def feature_map_size(model: nn.Module, target_layer: str, image_size: int) -> tuple[int, int]:
+    """Spatial size of the target layer's output for an image_size input."""
+    layer = resolve_layer(model, target_layer)
+    shapes = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape[-2:])))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        handle.remove()
+    return shapes[0]

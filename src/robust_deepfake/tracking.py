@@ -1,0 +1,195 @@
+"""MLflow: where runs go, what each training run records, and the model registry.
+
+Default store: `sqlite:///<repo>/mlflow.db` by absolute path (a relative path would
+point elsewhere when DVC or Prefect run a stage from another directory), artifacts in
+`<repo>/mlartifacts`. `MLFLOW_TRACKING_URI` overrides both (use a tracking server when
+several processes write at once, e.g. queued `dvc exp` runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from robust_deepfake.config import Params, TrackingConfig, flatten
+
+DEFAULT_DB = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+PYFUNC_REQUIREMENTS = [
+    "torch==2.14.1", "timm==1.0.31", "numpy==2.4.6", "pillow==13.0.0", "pandas==3.1.1", "mlflow==3.17.2",
+]
+
+
+def find_repo_root(start: Path | None = None) -> Path:
+    """The nearest directory holding dvc.yaml (stages run from there), else cwd."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").exists():
+            return candidate
+    return here
+
+
+def tracking_uri(config: TrackingConfig, root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri or f"sqlite:///{root / DEFAULT_DB}"
+
+
+def configure(config: TrackingConfig, root: Path | None = None) -> str:
+    """Point the mlflow client at our store (tracking and registry) and return the URI."""
+    import logging
+
+    import mlflow
+
+    # Stage logs are captured by DVC/Prefect: no per-file download bars.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # alembic's migration chatter on first use of a new sqlite store is noise in stage logs
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    root = root or find_repo_root()
+    uri = tracking_uri(config, root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str, root: Path) -> str:
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = (root / ARTIFACT_DIR).as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def git_commit(root: Path) -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def data_md5(root: Path) -> str:
+    from robust_deepfake.data.materialize import DataStateError, read_dvc_file
+
+    try:
+        return read_dvc_file(root / "data.dvc").md5 or "unknown"
+    except DataStateError:
+        return "unknown"
+
+
+def finite_metrics(values: dict[str, Any]) -> dict[str, float]:
+    """Numbers MLflow can store: drops NaN/inf and non-numeric entries."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+@contextlib.contextmanager
+def training_run(params: Params, variant: str, root: Path) -> Iterator[Any]:
+    """An MLflow run for one training, with the resolved config and provenance tags."""
+    import mlflow
+
+    configure(params.tracking, root)
+    experiment_id = ensure_experiment(params.tracking.experiment, root)
+    tags = {
+        "variant": variant,
+        "reg_mode": params.reg.mode if variant == "reg" else "none",
+        "git_commit": git_commit(root),
+        "data_md5": data_md5(root),
+        "stage": f"train_{variant}",
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train_{variant}", tags=tags) as run:
+        mlflow.log_params({key: json.dumps(value) if isinstance(value, list) else value
+                           for key, value in flatten(params).items()})
+        yield run
+
+
+def log_and_register_detector(
+    weights_path: Path,
+    detector_config: dict[str, Any],
+    registered_model: str,
+    variant: str,
+    version_tags: dict[str, str] | None = None,
+) -> str:
+    """Log the pyfunc model to the active run, register a new version, tag it and point
+    the alias `<variant>` at it. Returns the version number."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from robust_deepfake import pyfunc_model
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # predict() takes arrays or DataFrames on purpose (see serving.py): no type-hint schema
+        warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+        config_path = Path(tmp) / "detector_config.json"
+        config_path.write_text(json.dumps(detector_config, indent=2))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=pyfunc_model.__file__,  # models-from-code: no pickled objects
+            artifacts={"state_dict": str(weights_path), "detector_config": str(config_path)},
+            pip_requirements=PYFUNC_REQUIREMENTS,
+            registered_model_name=registered_model,
+        )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    for key, value in {"variant": variant, **(version_tags or {})}.items():
+        client.set_model_version_tag(registered_model, version, key, value)
+    client.set_registered_model_alias(registered_model, variant, version)
+    return version
+
+
+def log_eps_curves(params: Params, root: Path, metas: dict[str, dict], rows: list[dict], prefix: str) -> None:
+    """Log overall metrics per eps to each model's training run (step = eps in hundredths
+    of a grey level, see evaluation.eps_step),
+    so MLflow's charts show accuracy-vs-eps curves next to the training curves. A model
+    whose run is not in this store (e.g. restored from the DVC cache elsewhere) gets a new
+    run tagged with its variant."""
+    import time
+
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from robust_deepfake.evaluation import eps_step
+
+    configure(params.tracking, root)
+    client = MlflowClient()
+    now = int(time.time() * 1000)
+    for variant, meta in metas.items():
+        run_id = meta.get("mlflow_run_id")
+        try:
+            if run_id is None:
+                raise LookupError
+            client.get_run(run_id)
+        except (LookupError, mlflow.exceptions.MlflowException):  # no id, or not in this store
+            experiment_id = ensure_experiment(params.tracking.experiment, root)
+            run_id = client.create_run(experiment_id, run_name=f"{prefix}_{variant}",
+                                       tags={"variant": variant, "stage": prefix}).info.run_id
+            client.set_terminated(run_id)
+            print(f"note: {variant}'s training run is not in {mlflow.get_tracking_uri()}; logged to new run {run_id}")
+        metrics = [
+            Metric(f"{prefix}/{row['attack']}/{row['metric']}", float(row["value"]), now, eps_step(row["eps"]))
+            for row in rows
+            if row["model"] == variant and row["source"] == "all" and math.isfinite(row["value"])
+        ]
+        for start in range(0, len(metrics), 900):
+            client.log_batch(run_id, metrics=metrics[start : start + 900])

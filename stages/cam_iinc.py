@@ -1,0 +1,34 @@
+"""DVC stage `cam_iinc`: Grad-CAM stability and localization (IINC) under attack ->
+metrics/cam_iinc.json, plots/iinc.csv, reports/figures/cam_<model>_<attack>.png."""
+
+from __future__ import annotations
+
+import argparse
+
+from robust_deepfake.cam_job import cam_iinc
+from robust_deepfake.cli_common import fail
+from robust_deepfake.config import load_params_or_exit
+from robust_deepfake.tracking import find_repo_root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    params = load_params_or_exit(args.params)
+    try:
+        compact = cam_iinc(params, find_repo_root())
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    for model, entry in compact.items():
+        for attack, per_eps in entry.items():
+            if attack == "clean":
+                print(f"{model:8s} clean   localization {per_eps['localization']['mean']:.3f}")
+                continue
+            cells = "  ".join(f"{eps}: stab {v['stability']['mean']:.3f} loc {v['localization']['mean']:.3f}"
+                              for eps, v in per_eps.items())
+            print(f"{model:8s} {attack:7s} {cells}")
+
+
+if __name__ == "__main__":
+    main()
