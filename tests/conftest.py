@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,17 @@ def full_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     meta = read_dvc_file(REPO / "data.dvc").sample_meta
     assert meta is not None, "data.dvc must record the sample generator settings"
     return write_sample(spec_from_meta(meta), tmp_path_factory.mktemp("full") / "raw", progress=False)
+
+
+@pytest.fixture(scope="session")
+def micro_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the repo on the micro profile after a full `dvc repro` (built once).
+    Tests must not modify it; copy it first (see micro_repo.py) if they need to."""
+    from micro_repo import make_micro_repo, run
+
+    root = make_micro_repo(tmp_path_factory.mktemp("micro") / "repo")
+    run([sys.executable, "-m", "dvc", "repro"], root)
+    return root
 
 
 @pytest.fixture

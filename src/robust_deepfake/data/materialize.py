@@ -134,7 +134,7 @@ def ensure_raw_data(dvc_file: str | Path = DVC_FILE, force: bool = False, log=pr
         staging.rename(target)
         result = _dvc("commit", "-f", "-q", str(tracked.dvc_file.name), cwd=root)
         if result.returncode != 0:
-            raise DataStateError(f"dvc commit failed: {result.stderr.strip()}")
+            raise DataStateError(f"dvc commit failed: {(result.stderr or result.stdout).strip()}")
         return f"generated the bundled sample into {target}; it matches {tracked.dvc_file}"
 
     pull = _dvc("pull", "-q", str(tracked.dvc_file.name), cwd=root)
@@ -174,7 +174,7 @@ def regenerate_sample(dvc_file: str | Path = DVC_FILE, spec_meta: dict | None = 
         yaml.safe_dump(content, handle, sort_keys=False)
     result = _dvc("commit", "-f", "-q", dvc_file.name, cwd=dvc_file.parent.resolve())
     if result.returncode != 0:
-        raise DataStateError(f"dvc commit failed: {result.stderr.strip()}")
+        raise DataStateError(f"dvc commit failed: {(result.stderr or result.stdout).strip()}")
     return f"wrote {spec.n_images} images to {target} and recorded them in {dvc_file}"
 
 
@@ -196,5 +196,5 @@ def track_raw_dir(raw_dir: str | Path = "data/raw", dvc_file: str | Path = DVC_F
         yaml.safe_dump(content, handle, sort_keys=False)
     result = _dvc("commit", "-f", "-q", dvc_file.name, cwd=dvc_file.parent.resolve())
     if result.returncode != 0:
-        raise DataStateError(f"dvc commit {dvc_file} failed: {result.stderr.strip()}")
+        raise DataStateError(f"dvc commit {dvc_file} failed: {(result.stderr or result.stdout).strip()}")
     return f"{dvc_file} now tracks {raw_dir} ({read_dvc_file(dvc_file).md5})"
