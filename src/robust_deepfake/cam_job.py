@@ -29,10 +29,12 @@ class CamOutputs:
     metrics: Path
     plot: Path
     figures: Path
+    values: Path  # per-sample IINC, for the report's paired comparisons
 
     @classmethod
     def at(cls, root: Path) -> CamOutputs:
-        return cls(root / "metrics" / "cam_iinc.json", root / "plots" / "iinc.csv", root / "reports" / "cam")
+        return cls(root / "metrics" / "cam_iinc.json", root / "plots" / "iinc.csv", root / "reports" / "cam",
+                   root / "eval" / "cam_iinc_values.npz")
 
 
 def balanced_subset(labels: np.ndarray, sources: list[str], n: int, seed: int) -> np.ndarray:
@@ -89,6 +91,7 @@ def cam_iinc(params: Params, root: Path, track: bool = True) -> dict:
     )
     outputs = CamOutputs.at(root)
     rows: list[dict] = []
+    per_sample: dict[str, np.ndarray] = {"indices": indices, "has_mask": has_mask}
     compact: dict = {}
     bar = progress(total=len(VARIANTS) * (1 + len(attacks) * len(grid)), desc="cam_iinc", unit="set")
     for variant in VARIANTS:
@@ -99,6 +102,7 @@ def cam_iinc(params: Params, root: Path, track: bool = True) -> dict:
         clean_cams = compute_cams(model, x, cfg.target_layer, clean_targets, cfg.method, cfg.batch_size)
         bar.update(1)
         clean_loc = iinc(clean_cams[has_mask], masks[has_mask])
+        per_sample[f"localization|{variant}|none|0"] = clean_loc
         entry: dict = {"clean": {"localization": _stat(clean_loc, params, 0)}}
         rows.extend(_rows(variant, "none", 0.0, "localization", entry["clean"]["localization"]))
         for attack_name in attacks:
@@ -112,8 +116,12 @@ def cam_iinc(params: Params, root: Path, track: bool = True) -> dict:
                                  for s in range(0, len(x), cfg.batch_size)])
                 adv_p = model.p_fake(adv).cpu()
                 adv_cams = compute_cams(model, adv, cfg.target_layer, _targets(cfg.target, adv_p, y), cfg.method, cfg.batch_size)
-                stability = _stat(iinc(clean_cams, adv_cams), params, 1)
-                localization = _stat(iinc(adv_cams[has_mask], masks[has_mask]), params, 2)
+                stability_values = iinc(clean_cams, adv_cams)
+                localization_values = iinc(adv_cams[has_mask], masks[has_mask])
+                per_sample[f"stability|{variant}|{attack_name}|{eps_label(eps)}"] = stability_values
+                per_sample[f"localization|{variant}|{attack_name}|{eps_label(eps)}"] = localization_values
+                stability = _stat(stability_values, params, 1)
+                localization = _stat(localization_values, params, 2)
                 per_eps[eps_label(eps)] = {"stability": stability, "localization": localization}
                 rows.extend(_rows(variant, attack_name, eps, "stability", stability))
                 rows.extend(_rows(variant, attack_name, eps, "localization", localization))
@@ -131,10 +139,18 @@ def cam_iinc(params: Params, root: Path, track: bool = True) -> dict:
         compact[variant] = entry
     bar.close()
     write_json(outputs.metrics, compact)
+    _save_npz(outputs.values, per_sample)
     write_csv(outputs.plot, CSV_COLUMNS, rows)
     if track:
         _log(params, root, rows)
     return compact
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    from robust_deepfake.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
 
 
 def _figure_eps(params: Params, grid: list[float]) -> float:

@@ -193,3 +193,44 @@ def log_eps_curves(params: Params, root: Path, metas: dict[str, dict], rows: lis
         ]
         for start in range(0, len(metrics), 900):
             client.log_batch(run_id, metrics=metrics[start : start + 900])
+
+
+def publish_report(params: Params, root: Path, champion: str, challenger: str, scores: dict[str, float],
+                   reports: Path) -> dict[str, str]:
+    """Log the report to a `report` run, then move the aliases: `champion` to the winning
+    variant's latest registered version, `challenger` to the other; tag both versions with
+    their robustness score under the criterion."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    configure(params.tracking, root)
+    client = MlflowClient()
+    name = params.tracking.registered_model
+    versions = {}
+    for variant in (champion, challenger):
+        meta = json.loads((root / "models" / variant / "meta.json").read_text())
+        version = meta.get("registered_version")
+        if version is None:
+            raise RuntimeError(f"models/{variant}/meta.json has no registered_version: was it trained with tracking on?")
+        try:
+            client.get_model_version(name, version)
+        except mlflow.exceptions.MlflowException:
+            raise RuntimeError(
+                f"version {version} of {name} (models/{variant}) is not in {mlflow.get_tracking_uri()}; "
+                "re-run the train stages with this tracking store (`dvc repro -f train_baseline train_reg`)"
+            ) from None
+        versions[variant] = version
+    experiment_id = ensure_experiment(params.tracking.experiment, root)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="report",
+                          tags={"stage": "report", "champion": champion, "git_commit": git_commit(root)}):
+        mlflow.log_params({"select_by": params.report.select_by, "champion_version": versions[champion],
+                           "challenger_version": versions[challenger]})
+        mlflow.log_metrics({f"score_{variant}": value for variant, value in scores.items()})
+        mlflow.log_artifact(str(reports / "report.html"))
+        mlflow.log_artifact(str(reports / "report.md"))
+        mlflow.log_artifacts(str(reports / "figures"), artifact_path="figures")
+    for alias, variant in (("champion", champion), ("challenger", challenger)):
+        client.set_registered_model_alias(name, alias, versions[variant])
+        client.set_model_version_tag(name, versions[variant], f"robustness_{params.report.select_by}",
+                                     f"{scores[variant]:.6f}")
+    return {"champion_version": versions[champion], "challenger_version": versions[challenger]}
