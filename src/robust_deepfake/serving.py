@@ -76,7 +76,9 @@ class DetectorPyfunc(mlflow.pyfunc.PythonModel):
         )
         self.image_size = int(self.config["image_size"])
 
-    def predict(self, context, model_input, params: dict | None = None) -> np.ndarray:
+    # `np.ndarray` is one of the hints for which MLflow skips schema inference and input
+    # conversion; DataFrames of base64 images are accepted as well (images_from_input).
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         images = images_from_input(model_input, self.image_size)
         batch_size = int((params or {}).get("batch_size", 256))
         scores = [self.model.p_fake(chunk) for chunk in images.split(batch_size)]

@@ -31,7 +31,9 @@ class Sample:
     mask_path: str
 
 
-def read_split(csv_path: str | Path) -> list[Sample]:
+def read_split(csv_path: str | Path, root: str | Path | None = None) -> list[Sample]:
+    """Rows of a split CSV. Paths in it are relative to the repository root (where DVC
+    runs the stages); pass `root` to read them from elsewhere."""
     csv_path = Path(csv_path)
     if not csv_path.exists():
         raise FileNotFoundError(f"{csv_path}: split file not found; run `dvc repro split` first")
@@ -40,8 +42,11 @@ def read_split(csv_path: str | Path) -> list[Sample]:
         missing = set(SPLIT_COLUMNS) - set(reader.fieldnames or [])
         if missing:
             raise ValueError(f"{csv_path}: missing columns {sorted(missing)}")
+        def resolve(path: str) -> str:
+            return path if not path or root is None or Path(path).is_absolute() else str(Path(root) / path)
+
         return [
-            Sample(row["path"], int(row["label"]), row["source"], row["group"], row["mask_path"])
+            Sample(resolve(row["path"]), int(row["label"]), row["source"], row["group"], resolve(row["mask_path"]))
             for row in reader
         ]
 
@@ -99,8 +104,10 @@ def cache_fits(n_images: int, image_size: int, cache_max_mb: int) -> bool:
     return n_images * 3 * image_size * image_size <= cache_max_mb * 1024 * 1024
 
 
-def load_split(splits_dir: str | Path, split: str, image_size: int, cache_max_mb: int) -> ImageSet:
-    samples = read_split(Path(splits_dir) / f"{split}.csv")
+def load_split(
+    splits_dir: str | Path, split: str, image_size: int, cache_max_mb: int, root: str | Path | None = None
+) -> ImageSet:
+    samples = read_split(Path(splits_dir) / f"{split}.csv", root)
     return ImageSet(samples, image_size, cache=cache_fits(len(samples), image_size, cache_max_mb))
 
 
