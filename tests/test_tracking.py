@@ -56,3 +56,19 @@ def test_pyfunc_by_alias_scores_any_batch_size(client, micro_repo, alias):
         assert np.all((scores >= 0) & (scores <= 1))
     nhwc = model.predict(batch[:3])  # channel-last input is accepted too
     np.testing.assert_allclose(nhwc, model.predict(batch[:3].transpose(0, 3, 1, 2)), rtol=1e-6)
+
+
+def test_configure_follows_each_repository_and_respects_the_user(tmp_path, monkeypatch):
+    from robust_deepfake import tracking
+    from robust_deepfake.config import TrackingConfig
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert tracking.configure(TrackingConfig(), a) == f"sqlite:///{a / 'mlflow.db'}"
+    assert tracking.configure(TrackingConfig(), b) == f"sqlite:///{b / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
+    assert tracking.configure(TrackingConfig(), a) == "sqlite:////elsewhere/mlflow.db"
+    assert tracking.configure(TrackingConfig(), b) == "sqlite:////elsewhere/mlflow.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking.configure(TrackingConfig(), b) == f"sqlite:///{b / 'mlflow.db'}"
+    assert tracking.configure(TrackingConfig(tracking_uri="sqlite:////x.db"), a) == "sqlite:////x.db"

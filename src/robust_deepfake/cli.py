@@ -98,6 +98,23 @@ def _params_merge(args: argparse.Namespace) -> None:
     print(f"{args.into}: {len(changed)} value(s) changed")
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from robust_deepfake.predict import PredictOptions, run
+
+    raise SystemExit(run(PredictOptions(
+        inputs=args.inputs, model=args.model, params=args.params, threshold=args.threshold, json=args.json,
+        cam_dir=args.cam, cam_layer=args.cam_layer, batch_size=args.batch_size, device=args.device,
+        progress=not args.no_progress,
+    )))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robust-deepfake", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +163,27 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("overrides")
     merge.add_argument("--into", default="params.yaml")
     merge.set_defaults(func=_params_merge)
+
+    predict = commands.add_parser(
+        "predict", help="p(fake) for image files or folders, optionally with Grad-CAM overlays",
+        description="Score images with a trained detector. Prints `path<TAB>p(fake)<TAB>label` per image "
+        "(label at --threshold); unreadable files are reported as `error: <path>: <reason>` on stderr and "
+        "the exit code is then 1 (the readable ones are still scored); 2 when the model cannot be loaded.",
+    )
+    predict.add_argument("inputs", nargs="+", metavar="PATH",
+                         help="image files (any suffix) or folders (searched recursively for image files)")
+    predict.add_argument("--model", "-m",
+                         help="models:/<name>@<alias> (default: models:/<tracking.registered_model>@champion), "
+                         "models:/<name>/<version>, or a local models/<variant>/model.pt or its folder")
+    predict.add_argument("--threshold", type=float, default=0.5, help="label 'fake' when p(fake) >= this (0.5)")
+    predict.add_argument("--json", action="store_true", help="print one JSON array of {path, p_fake, label[, cam]}")
+    predict.add_argument("--cam", metavar="DIR", help="write a Grad-CAM overlay per image: DIR/<stem>_cam.png")
+    predict.add_argument("--cam-layer", help="CAM target layer (default: params.yaml cam.target_layer)")
+    predict.add_argument("--params", help="params file for tracking/cam settings (default: <repo>/params.yaml)")
+    predict.add_argument("--batch-size", type=_positive_int, default=64)
+    predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar for folders")
+    predict.set_defaults(func=_predict)
     return parser
 
 

@@ -27,7 +27,7 @@ import torch
 def images_from_input(model_input: Any, image_size: int) -> torch.Tensor:
     """Turn any accepted input into float (N, 3, S, S) in [0, 1]."""
     import pandas as pd
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     from robust_deepfake.data.images import to_rgb
 
@@ -39,7 +39,8 @@ def images_from_input(model_input: Any, image_size: int) -> torch.Tensor:
             try:
                 with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
                     image.load()
-                    rgb = to_rgb(image).resize((image_size, image_size), Image.Resampling.BILINEAR)
+                    upright = ImageOps.exif_transpose(image)  # as data.images.open_rgb (training)
+                    rgb = to_rgb(upright).resize((image_size, image_size), Image.Resampling.BILINEAR)
             except Exception as error:
                 raise ValueError(f"row {position}: not a base64-encoded image ({error})") from None
             arrays.append(np.asarray(rgb, dtype=np.float32) / 255.0)

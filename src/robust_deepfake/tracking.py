@@ -14,7 +14,6 @@ import math
 import os
 import subprocess
 import tempfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,19 @@ def find_repo_root(start: Path | None = None) -> Path:
     return here
 
 
+_exported: str | None = None  # MLFLOW_TRACKING_URI as mlflow.set_tracking_uri() exported it for us
+
+
 def tracking_uri(config: TrackingConfig, root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri or f"sqlite:///{root / DEFAULT_DB}"
+    """The user's MLFLOW_TRACKING_URI, else params' tracking_uri, else the repo's sqlite file.
+
+    mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI itself; a value that configure()
+    caused to be exported is ours, not the user's, and is ignored (else the first
+    repository configured in a process would capture every later one)."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env is not None and from_env == _exported:
+        from_env = None
+    return from_env or config.tracking_uri or f"sqlite:///{root / DEFAULT_DB}"
 
 
 def configure(config: TrackingConfig, root: Path | None = None) -> str:
@@ -51,10 +61,13 @@ def configure(config: TrackingConfig, root: Path | None = None) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # alembic's migration chatter on first use of a new sqlite store is noise in stage logs
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    global _exported
     root = root or find_repo_root()
     uri = tracking_uri(config, root)
+    users = os.environ.get("MLFLOW_TRACKING_URI") == uri and uri != _exported
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    _exported = None if users else os.environ.get("MLFLOW_TRACKING_URI")
     return uri
 
 
@@ -137,9 +150,7 @@ def log_and_register_detector(
 
     from robust_deepfake import pyfunc_model
 
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # predict() takes arrays or DataFrames on purpose (see serving.py): no type-hint schema
-        warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+    with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "detector_config.json"
         config_path.write_text(json.dumps(detector_config, indent=2))
         info = mlflow.pyfunc.log_model(
