@@ -3,19 +3,13 @@ MLflow aliases @champion / @challenger."""
 
 from __future__ import annotations
 
-import argparse
-
-from robust_deepfake.cli_common import fail
-from robust_deepfake.config import load_params_or_exit
+from robust_deepfake.cli_common import fail, stage_params
 from robust_deepfake.report_job import build_report
 from robust_deepfake.tracking import find_repo_root
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    params = load_params_or_exit(args.params)
+    params = stage_params(__doc__)
     try:
         summary = build_report(params, find_repo_root())
     except (FileNotFoundError, ValueError, RuntimeError) as error:

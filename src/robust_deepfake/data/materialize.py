@@ -164,37 +164,29 @@ def regenerate_sample(dvc_file: str | Path = DVC_FILE, spec_meta: dict | None = 
     write_sample(spec, target)
     from robust_deepfake.data.sample import spec_to_meta
 
-    content = {
-        "outs": [{"path": os.path.relpath(target, dvc_file.parent).replace(os.sep, "/")}],
-        "meta": {"sample": spec_to_meta(spec)},
-    }
+    _record(dvc_file, target, {"sample": spec_to_meta(spec)})
+    return f"wrote {spec.n_images} images to {target} and recorded them in {dvc_file}"
+
+
+def _record(dvc_file: Path, directory: Path, meta: dict) -> None:
+    """Write data.dvc for `directory` with `meta`, then hash it into the DVC cache."""
     from robust_deepfake.io import atomic_open
 
+    content = {"outs": [{"path": os.path.relpath(directory, dvc_file.parent).replace(os.sep, "/")}], "meta": meta}
     with atomic_open(dvc_file) as handle:
         yaml.safe_dump(content, handle, sort_keys=False)
     result = _dvc("commit", "-f", "-q", dvc_file.name, cwd=dvc_file.parent.resolve())
     if result.returncode != 0:
-        raise DataStateError(f"dvc commit failed: {(result.stderr or result.stdout).strip()}")
-    return f"wrote {spec.n_images} images to {target} and recorded them in {dvc_file}"
+        raise DataStateError(f"dvc commit {dvc_file} failed: {(result.stderr or result.stdout).strip()}")
 
 
 def track_raw_dir(raw_dir: str | Path = "data/raw", dvc_file: str | Path = DVC_FILE, note: str = "") -> str:
     """Record the current contents of raw_dir in data.dvc (what `dvc add` does for a
     stand-alone .dvc file), dropping the sample generator's settings: the data is no
     longer reproducible from them."""
-    from robust_deepfake.io import atomic_open
-
     dvc_file = Path(dvc_file)
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise DataStateError(f"{raw_dir}: no such directory")
-    content = {
-        "outs": [{"path": os.path.relpath(raw_dir, dvc_file.parent).replace(os.sep, "/")}],
-        "meta": {"source": note or "user data"},
-    }
-    with atomic_open(dvc_file) as handle:
-        yaml.safe_dump(content, handle, sort_keys=False)
-    result = _dvc("commit", "-f", "-q", dvc_file.name, cwd=dvc_file.parent.resolve())
-    if result.returncode != 0:
-        raise DataStateError(f"dvc commit {dvc_file} failed: {(result.stderr or result.stdout).strip()}")
+    _record(dvc_file, raw_dir, {"source": note or "user data"})
     return f"{dvc_file} now tracks {raw_dir} ({read_dvc_file(dvc_file).md5})"
