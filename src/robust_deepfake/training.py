@@ -177,6 +177,8 @@ def fit(
         bar = progress(total=len(train_indices), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
                        disable=not show_progress, leave=False)
         for batch in iterate(train_set, config.batch_size, shuffle=True, seed=epoch_seed, indices=train_indices):
+            if len(batch.labels) < 2:
+                continue  # BatchNorm cannot train on a single image (a split of size k * batch + 1)
             images = batch.images
             if config.augment_hflip:
                 flip = torch.rand(len(images), generator=generator) < 0.5
