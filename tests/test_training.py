@@ -79,7 +79,7 @@ def test_killed_run_resumes_to_the_same_metrics(micro_repo, tmp_path):
 def test_checkpoint_of_other_params_is_ignored(micro_repo, tmp_path):
     copy = _copy_with_epochs(micro_repo, tmp_path, 1)
     checkpoint = copy / ".cache" / "checkpoints" / "baseline" / "last.pt"
-    checkpoint.parent.mkdir(parents=True)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"fingerprint": "something else", "epoch": 0}, checkpoint)
     result = run([sys.executable, "stages/train.py", "--variant", "baseline"], copy)
     assert "ignoring" in result.stdout

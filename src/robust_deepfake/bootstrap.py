@@ -20,7 +20,10 @@ def bootstrap_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
 
 def weighted_accuracy(labels: np.ndarray, predicted: np.ndarray, w: np.ndarray) -> np.ndarray:
     correct = (labels == predicted).astype(np.float64)
-    return (w * correct).sum(axis=-1) / w.sum(axis=-1)
+    total = w.sum(axis=-1)
+    hits = (w * correct).sum(axis=-1)
+    # a replicate that drew none of these images has no accuracy (NaN, skipped by percentile_ci)
+    return np.divide(hits, total, out=np.full_like(hits, np.nan, dtype=np.float64), where=total > 0)
 
 
 def weighted_macro_f1(labels: np.ndarray, predicted: np.ndarray, w: np.ndarray) -> np.ndarray:

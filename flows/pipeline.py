@@ -1,0 +1,101 @@
+"""The DVC pipeline as a Prefect flow: one task per dvc.yaml stage, in DVC's order.
+
+DVC owns the DAG and the cache (robust_deepfake.orchestration); Prefect runs it, retries
+transient failures, streams each stage's output into its task's log and shows it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import Task, flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.futures import wait
+from prefect.states import Failed, State
+
+from robust_deepfake import orchestration
+from robust_deepfake.config import ConfigError, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry a stage only when its failure looks transient (a locked store, the network)."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, orchestration.StageFailed) and error.transient
+
+
+@task(name="dvc-stage", task_run_name="{stage}", retries=2, retry_delay_seconds=10,
+      retry_condition_fn=_transient_only, cache_policy=NO_CACHE)
+def run_stage(stage: str, repo: str, device: str = "auto") -> bool:
+    """`dvc repro --single-item <stage>`; True when it ran, False when DVC skipped it."""
+    logger = get_run_logger()
+    result = orchestration.run_stage(Path(repo), stage, orchestration.stage_env(device), on_line=logger.info)
+    if not result.ran:
+        logger.info(f"{stage}: up to date, skipped by DVC")
+    return result.ran
+
+
+@flow(name="pipeline")
+def pipeline(
+    overrides: list[str] | None = None,
+    device: str = "auto",
+    target: str | None = None,
+    experiment_name: str | None = None,
+    repo: str | None = None,
+    retries: int = 2,
+    retry_delay_s: float = 10.0,
+) -> dict[str, float | str]:
+    """Run dvc.yaml's stages up to `target` (all by default) and return the key metrics.
+
+    overrides: `key=value` as for `dvc exp run -S` (e.g. ["train.lr=0.003"]); with
+        overrides (or an experiment_name) the run is saved as a DVC experiment.
+    device: auto, cpu, cuda:N, or several ("cuda:0,cuda:1") to run independent stages
+        (train_baseline and train_reg) at the same time, one per device.
+    repo: the repository to run in (default: the one holding this file).
+    """
+    logger = get_run_logger()
+    root = Path(repo).resolve() if repo else REPO
+    try:
+        devices = orchestration.parse_devices(device)
+        params = orchestration.apply_overrides(root, overrides) if overrides else load_params(root / "params.yaml")
+        orchestration.check_devices(params, devices)
+        graph = orchestration.read_stage_graph(root)
+        if target:
+            graph = graph.up_to(target)
+    except (orchestration.OrchestrationError, ConfigError) as error:
+        return Failed(message=str(error))
+    if overrides:
+        logger.info(f"params.yaml overrides applied: {overrides}")
+    stage = run_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_s)
+    for level in graph.levels():
+        failures = []
+        if len(devices) > 1 and len(level) > 1:
+            futures = [stage.submit(name, str(root), devices[i % len(devices)]) for i, name in enumerate(level)]
+            wait(futures)
+            failures = [future.state.result(raise_on_failure=False) for future in futures if future.state.is_failed()]
+        else:
+            for name in level:
+                try:
+                    stage(name, str(root), devices[0])
+                except orchestration.StageFailed as error:
+                    failures = [error]
+                    break
+        if failures:
+            return Failed(message="; ".join(str(error) for error in failures))
+    metrics: dict[str, float | str] = orchestration.key_metrics(root)
+    if overrides or experiment_name:
+        metrics["experiment"] = orchestration.save_experiment(root, experiment_name)
+        logger.info(f"saved DVC experiment {metrics['experiment']!r} (`dvc exp show` lists it)")
+    create_table_artifact(
+        key="pipeline-metrics",
+        table=[{"metric": key, "value": value} for key, value in metrics.items()],
+        description=f"Key metrics after `dvc repro` of {', '.join(graph.stages)} in {root}",
+    )
+    return metrics
+
+
+if __name__ == "__main__":
+    pipeline()

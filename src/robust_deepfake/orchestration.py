@@ -1,0 +1,333 @@
+"""Run the DVC pipeline stage by stage for an orchestrator (the Prefect flow in flows/pipeline.py).
+
+DVC stays the owner of the DAG and the cache:
+
+* the stage order is DVC's own graph of dvc.yaml (`read_stage_graph`), never a list
+  kept here, so a stage added to dvc.yaml is picked up as it is;
+* each stage runs as `dvc --wait-for-lock repro --single-item <stage>`, so an up-to-date
+  stage is skipped and dvc.lock is written exactly as `dvc repro` writes it. DVC releases
+  its repo lock while a stage command runs, so independent stages (train_baseline and
+  train_reg) can run at the same time, each on its own GPU;
+* param overrides go through DVC's own `-S` implementation (hydra override grammar) and
+  the finished run is recorded with `dvc exp save`: the same experiment `dvc exp run -S`
+  would make, listed by `dvc exp show`. As with `dvc exp run`, the workspace keeps the
+  overridden params.yaml afterwards.
+
+No Prefect import here: the flow adds retries, logging and concurrency around these
+functions, and the library stays quick to import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from robust_deepfake.config import ConfigError, Params, load_params, parse_pixel_value
+
+PARAMS_FILE = "params.yaml"
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+# Failures worth retrying: another writer holds the SQLite MLflow store or DVC's repo
+# lock, or a network hiccup reaching a remote tracking server / DVC remote. Anything
+# else (a bad param, a missing file, a bug) fails the same way on every attempt.
+TRANSIENT_PATTERNS = (
+    "database is locked",
+    "unable to acquire lock",
+    "connection refused",
+    "connection reset by peer",
+    "temporary failure in name resolution",
+    "remote end closed connection",
+)
+
+
+class OrchestrationError(RuntimeError):
+    """The pipeline cannot start: a bad override, target or device. str() names the key."""
+
+
+class StageFailed(RuntimeError):
+    """A stage's command failed; the message names the stage and quotes its error line."""
+
+    def __init__(self, stage: str, returncode: int, tail: Sequence[str]) -> None:
+        self.stage = stage
+        self.returncode = returncode
+        self.tail = list(tail)
+        self.transient = is_transient(self.tail)
+        kind = " (transient)" if self.transient else ""
+        # no exit code in the message: dvc exits 255 whatever the stage's command returned
+        super().__init__(f"stage '{stage}' failed{kind}: {error_line(self.tail)}")
+
+
+def is_transient(lines: Sequence[str]) -> bool:
+    text = "\n".join(lines).lower()
+    return any(pattern in text for pattern in TRANSIENT_PATTERNS)
+
+
+def error_line(lines: Sequence[str]) -> str:
+    """The most useful line of a failed stage's output: the stage's own `error: ...`
+    (stages/*.py print one naming the file or key), else an exception line of a
+    traceback, else DVC's `ERROR: ...`, else the last line."""
+    stripped = [line.strip() for line in lines if line.strip()]
+    for pattern in (r"^error: ", r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*", r"^ERROR: "):
+        matches = [line for line in stripped if re.match(pattern, line)]
+        if matches:
+            return matches[-1]
+    return stripped[-1] if stripped else "no output"
+
+
+@dataclass(frozen=True)
+class StageGraph:
+    """dvc.yaml's stages in a topological order (ties keep dvc.yaml's order) and, for
+    each, the stages whose outputs it reads."""
+
+    stages: tuple[str, ...]
+    upstream: Mapping[str, frozenset[str]]
+
+    def levels(self) -> list[list[str]]:
+        """Groups that may run at the same time: every stage's upstream lies in earlier groups."""
+        depth: dict[str, int] = {}
+        for stage in self.stages:
+            depth[stage] = 1 + max((depth[u] for u in self.upstream[stage]), default=-1)
+        return [[s for s in self.stages if depth[s] == level] for level in range(max(depth.values(), default=-1) + 1)]
+
+    def up_to(self, target: str) -> StageGraph:
+        """`target` and everything it depends on (what `dvc repro <target>` would check)."""
+        if target not in self.upstream:
+            raise OrchestrationError(f"dvc.yaml: no stage {target!r}; stages: {', '.join(self.stages)}")
+        keep, todo = set(), [target]
+        while todo:
+            stage = todo.pop()
+            if stage not in keep:
+                keep.add(stage)
+                todo.extend(self.upstream[stage])
+        return StageGraph(tuple(s for s in self.stages if s in keep), {s: self.upstream[s] for s in keep})
+
+
+def read_stage_graph(root: Path) -> StageGraph:
+    """The pipeline's DAG as DVC itself builds it from dvc.yaml (deps matched to outs).
+
+    `.dvc` files (data.dvc) are inputs, not stages to run; `dvc repro --single-item`
+    still notices when the data they track changed."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    def address(stage: PipelineStage) -> str:
+        """What `dvc repro` accepts from root: `name`, or `sub/dvc.yaml:name` for nested files."""
+        dvcfile = Path(stage.path).resolve().parent / "dvc.yaml"
+        return stage.name if dvcfile.parent == root.resolve() else f"{dvcfile.relative_to(root.resolve())}:{stage.name}"
+
+    try:
+        with Repo(str(root)) as repo, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # dvc's trie internals, not ours
+            graph = repo.index.graph  # edges point from a stage to the stages it depends on
+            nodes = [node for node in repo.index.stages if isinstance(node, PipelineStage)]
+            upstream = {
+                address(node): frozenset(
+                    address(dep) for dep in graph.successors(node) if isinstance(dep, PipelineStage)
+                )
+                for node in nodes
+            }
+    except DvcException as error:
+        raise OrchestrationError(f"{root / 'dvc.yaml'}: {error}") from None
+    order: list[str] = []
+    pending = [address(node) for node in nodes]
+    while pending:  # Kahn's algorithm, always taking the first ready stage in dvc.yaml order
+        ready = next((s for s in pending if upstream[s] <= set(order)), None)
+        if ready is None:
+            raise OrchestrationError(f"{root / 'dvc.yaml'}: the stages {pending} form a cycle")
+        order.append(ready)
+        pending.remove(ready)
+    return StageGraph(tuple(order), upstream)
+
+
+def parse_devices(device: str) -> list[str]:
+    """`auto`, `cpu`, `cuda`, `cuda:N`, or several separated by commas ("cuda:0,cuda:1"):
+    stages that may run at the same time are spread over them, one stage per device."""
+    devices = [part.strip() for part in str(device).split(",") if part.strip()]
+    bad = [d for d in devices if not _DEVICE.match(d)]
+    if not devices or bad:
+        raise OrchestrationError(
+            f"device: expected auto, cpu, cuda, cuda:N or a comma-separated list, got {device!r}"
+        )
+    return devices
+
+
+def device_env(device: str) -> dict[str, str]:
+    """Pin a stage to one device through CUDA_VISIBLE_DEVICES, not params.yaml.
+
+    Changing train.device would change the params DVC hashes and re-run training; the
+    device is where a stage runs, not what it computes. With `cuda:N` the stage sees one
+    GPU, which `train.device: auto` (or `cuda`) then picks."""
+    if device.startswith("cuda:"):
+        return {"CUDA_VISIBLE_DEVICES": device.split(":", 1)[1]}
+    if device == "cpu":
+        return {"CUDA_VISIBLE_DEVICES": ""}
+    return {}
+
+
+def check_devices(params: Params, devices: Sequence[str]) -> None:
+    """A flow device `cuda:N` hides every other GPU, so params must not name one."""
+    pinned = any(d.startswith("cuda:") or d == "cpu" for d in devices)
+    if pinned and params.train.device not in {"auto", "cuda", "cuda:0"}:
+        raise OrchestrationError(
+            f"{PARAMS_FILE}: train.device is {params.train.device!r}, but the flow's device "
+            f"{','.join(devices)!r} selects the device through CUDA_VISIBLE_DEVICES; set "
+            "train.device to auto (or cuda), or run the flow with device=auto"
+        )
+
+
+def stage_env(device: str = "auto", base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment of a stage process: this interpreter's bin first on PATH (the stage
+    commands call `python`), unbuffered output (streamed line by line), no analytics."""
+    env = dict(os.environ if base is None else base)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.update(device_env(device))
+    return env
+
+
+def _dvc(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dvc", *args]
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    ran: bool  # False: DVC found it up to date and skipped it
+
+
+def run_stage(
+    root: Path,
+    stage: str,
+    env: Mapping[str, str] | None = None,
+    on_line: Callable[[str], Any] = print,
+    tail_lines: int = 60,
+) -> StageResult:
+    """`dvc repro --single-item <stage>` in `root`, each output line passed to `on_line`
+    as it comes (progress-bar redraws arrive as lines too). Raises StageFailed."""
+    command = _dvc("--wait-for-lock", "repro", "--single-item", stage)
+    on_line(f"$ dvc repro --single-item {stage}")
+    tail: deque[str] = deque(maxlen=tail_lines)
+    ran = False
+    process = subprocess.Popen(
+        command, cwd=root, env=dict(env) if env is not None else stage_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+    )
+    try:
+        assert process.stdout is not None
+        for raw in process.stdout:  # text mode: "\r" (tqdm redraws) also ends a line
+            line = raw.rstrip()
+            if not line.strip():
+                continue
+            ran = ran or line.startswith(f"Running stage '{stage}'")
+            tail.append(line)
+            on_line(line)
+        returncode = process.wait()
+    finally:
+        if process.poll() is None:  # the flow was cancelled or crashed: do not orphan the stage
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    if returncode != 0:
+        raise StageFailed(stage, returncode, tail)
+    return StageResult(stage, ran)
+
+
+def apply_overrides(root: Path, overrides: Sequence[str]) -> Params:
+    """Apply `key=value` overrides to params.yaml the way `dvc exp run -S` does (DVC's own
+    hydra-based code: `+key=value` adds, `~key` deletes), then validate strictly. On any
+    error params.yaml is left as it was and the error names the override or key."""
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
+
+    path = root / PARAMS_FILE
+    by_file = to_path_overrides(list(overrides))
+    others = sorted(set(by_file) - {PARAMS_FILE})
+    if others:
+        raise OrchestrationError(f"overrides: only {PARAMS_FILE} keys can be set, got file(s) {others}")
+    original = path.read_bytes()
+    try:
+        dvc_apply_overrides(str(path), by_file.get(PARAMS_FILE, []))
+        return load_params(path)
+    except InvalidArgumentError as error:
+        path.write_bytes(original)
+        cause = str(error.__cause__ or error).strip().splitlines()
+        raise OrchestrationError(f"{PARAMS_FILE}: override {list(overrides)} rejected: {' '.join(cause)}") from None
+    except ConfigError as error:
+        path.write_bytes(original)
+        raise OrchestrationError(f"override {list(overrides)} gives an invalid {error}") from None
+    except BaseException:
+        path.write_bytes(original)
+        raise
+
+
+def save_experiment(root: Path, name: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """`dvc exp save`: record the workspace (params, dvc.lock, metrics) as a DVC experiment
+    and return its name."""
+    command = _dvc("--wait-for-lock", "exp", "save", *(["--name", name] if name else []))
+    result = subprocess.run(command, cwd=root, env=dict(env) if env is not None else stage_env(),
+                            capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    match = re.search(r"saved as: (\S+)", output)
+    if result.returncode != 0 or not match:
+        raise OrchestrationError(f"dvc exp save failed (exit {result.returncode}): {error_line(output.splitlines())}")
+    return match.group(1)
+
+
+def key_metrics(root: Path) -> dict[str, float | str]:
+    """The figures a run is judged by, from the DVC metrics files present (a run up to a
+    target stage has only some): per variant `val_auc`, `clean_accuracy`, `clean_auc`,
+    `robust_accuracy` (see reevaluation.robustness) and `iinc_stability`; and `champion`."""
+    from robust_deepfake.reevaluation import robustness
+
+    metrics_dir = root / "metrics"
+    out: dict[str, float | str] = {}
+    for path in sorted(metrics_dir.glob("train_*.json")):
+        variant = path.stem.removeprefix("train_")
+        value = _read_json(path).get("val_auc")
+        if isinstance(value, int | float):
+            out[f"{variant}/val_auc"] = float(value)
+    sweep = _read_json(metrics_dir / "attack_sweep.json")
+    for variant, attacks in sweep.items():
+        curves = {
+            attack: {parse_pixel_value(label): entry["accuracy"] for label, entry in per_eps.items()}
+            for attack, per_eps in attacks.items()
+        }
+        clean = next((per_eps["0"] for per_eps in attacks.values() if "0" in per_eps), None)
+        if clean is not None:
+            out[f"{variant}/clean_accuracy"] = float(clean["accuracy"])
+            out[f"{variant}/clean_auc"] = float(clean["auc"])
+        value, _ = robustness(curves)
+        out[f"{variant}/robust_accuracy"] = value
+    for variant, entry in _read_json(metrics_dir / "cam_iinc.json").items():
+        values = [
+            stats["stability"]["mean"]
+            for attack, per_eps in entry.items() if attack != "clean"
+            for stats in per_eps.values()
+        ]
+        if values:
+            out[f"{variant}/iinc_stability"] = float(sum(values) / len(values))
+    champion = _read_json(metrics_dir / "report.json").get("champion")
+    if isinstance(champion, str):
+        out["champion"] = champion
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
