@@ -218,7 +218,9 @@ def fit(
         }
         history.append(record)
         score = record[config.monitor] if maximize else -record[config.monitor]
-        improved = score > best_score
+        if math.isnan(score):  # e.g. AUC on a validation split with one class
+            score = -math.inf
+        improved = best_state is None or score > best_score
         if improved:
             best_score, best_epoch, bad_epochs = score, epoch, 0
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
