@@ -42,7 +42,7 @@ def _synthetic_outputs(root, params):
     for variant in ("baseline", "reg"):
         write_json(root / "metrics" / f"train_{variant}.json", {
             "best_epoch": 1, "val_accuracy": 0.8, "val_f1": 0.79, "val_auc": 0.9, "val_loss": 0.4,
-            "train_loss": 0.3, "epochs_run": 2, "seconds": 1.0, "images_per_s": 100.0})
+            "train_loss": 0.3, "epochs_run": 2})
         history = [{"epoch": e, "train_loss": 0.6 - 0.2 * e, "val_loss": 0.7 - 0.2 * e, "val_auc": 0.7 + 0.1 * e,
                     "val_accuracy": 0.6 + 0.1 * e} for e in range(2)]
         write_csv(root / "plots" / f"train_{variant}.csv", list(history[0]), history)

@@ -76,9 +76,13 @@ def data_section(split: dict) -> str:
     ])
 
 
-def training_section(train: dict[str, dict]) -> str:
+def training_section(train: dict[str, dict], timing: dict[str, dict]) -> str:
+    def speed(model: str) -> str:
+        value = timing.get(model, {}).get("images_per_s")
+        return f"{value:.0f}" if value else "n/a"
+
     rows = [[model, str(m["best_epoch"] + 1), str(m["epochs_run"]), _f(m["val_accuracy"]), _f(m["val_f1"]),
-             _f(m["val_auc"]), _f(m["val_loss"]), f"{m['images_per_s']:.0f}"] for model, m in train.items()]
+             _f(m["val_auc"]), _f(m["val_loss"]), speed(model)] for model, m in train.items()]
     return "\n\n".join([
         "## Training",
         _table(["model", "best epoch", "epochs run", "val accuracy", "val macro-F1", "val ROC-AUC", "val loss", "img/s"], rows),

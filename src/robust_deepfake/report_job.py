@@ -29,6 +29,7 @@ class ReportInputs:
     iinc_rows: pd.DataFrame
     iinc_values: dict[str, np.ndarray]
     cam_figures: list[str]
+    timing: dict[str, dict]  # images/s etc. from models/<variant>/meta.json (absent: n/a)
 
     @classmethod
     def read(cls, root: Path) -> ReportInputs:
@@ -50,7 +51,13 @@ class ReportInputs:
             iinc_rows=pd.read_csv(need(root / "plots" / "iinc.csv")),
             iinc_values=values,
             cam_figures=sorted(p.name for p in (root / "reports" / "cam").glob("cam_*.png")),
+            timing={v: _meta(root, v).get("timing", {}) for v in VARIANTS},
         )
+
+
+def _meta(root: Path, variant: str) -> dict:
+    path = root / "models" / variant / "meta.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def reference(params: Params, predictions: SweepPredictions) -> tuple[str, float]:
@@ -90,7 +97,7 @@ def build_report(params: Params, root: Path, track: bool = True) -> dict:
         f"epsilon={params.reg.epsilon}, split after block {params.reg.split_at}.",
         report_doc.verdict_section(differences, champion, challenger, params.report.select_by, scores, params.eval.ci),
         report_doc.data_section(inputs.split),
-        report_doc.training_section(inputs.train),
+        report_doc.training_section(inputs.train, inputs.timing),
         report_doc.robustness_section(inputs.sweep, robustness_figures),
         report_doc.iinc_section(inputs.cam, inputs.cam_figures),
         report_doc.per_source_section(inputs.sweep_rows, attack, ref_eps),

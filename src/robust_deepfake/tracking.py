@@ -136,6 +136,17 @@ def training_run(params: Params, variant: str, root: Path) -> Iterator[Any]:
         yield run
 
 
+def _output_only_signature():
+    """Declare the output (p(fake) per image) but no input schema: inputs are either
+    arrays of any image size or DataFrames of base64 files (serving.py), which an input
+    schema would reject, and without any signature MLflow warns on every log."""
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype("float64"), (-1,), "p_fake")]))
+
+
 def log_and_register_detector(
     weights_path: Path,
     detector_config: dict[str, Any],
@@ -159,6 +170,7 @@ def log_and_register_detector(
             artifacts={"state_dict": str(weights_path), "detector_config": str(config_path)},
             pip_requirements=PYFUNC_REQUIREMENTS,
             registered_model_name=registered_model,
+            signature=_output_only_signature(),
         )
     version = str(info.registered_model_version)
     client = MlflowClient()

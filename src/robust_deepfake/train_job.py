@@ -103,6 +103,7 @@ def train_variant(params: Params, variant: str, root: Path, track: bool = True) 
             "stopped_early": result.stopped_early,
             "resumed_from_epoch": result.resumed_from,
             "class_weights": result.class_weights,
+            "timing": _timing(result),
             "detector": detector_config(params),
             "reg": params.reg.model_dump(mode="json") if reg else None,
         }
@@ -122,8 +123,8 @@ def train_variant(params: Params, variant: str, root: Path, track: bool = True) 
             )
     write_json(outputs.model_dir / "meta.json", meta)
     write_json(outputs.metrics, summary)
-    columns = list(result.history[0])
-    write_csv(outputs.plot, columns, result.history)
+    columns = [c for c in result.history[0] if c not in TIMING]
+    write_csv(outputs.plot, columns, ({c: r[c] for c in columns} for r in result.history))
     if checkpoint.exists():
         checkpoint.unlink()  # only needed to survive a crash; the outs now hold the result
     return result, meta
@@ -139,8 +140,13 @@ def _summary(result: FitResult) -> dict:
         "val_loss": best["val_loss"],
         "train_loss": best["train_loss"],
         "epochs_run": len(result.history),
-        "seconds": round(sum(r["seconds"] for r in result.history), 1),
-        "images_per_s": round(
-            sum(r["images_per_s"] * r["seconds"] for r in result.history)
-            / max(sum(r["seconds"] for r in result.history), 1e-9), 1),
     }
+
+
+TIMING = ("seconds", "images_per_s")  # machine-dependent: MLflow and meta.json, not DVC metrics
+
+
+def _timing(result: FitResult) -> dict:
+    seconds = sum(r["seconds"] for r in result.history)
+    images = sum(r["images_per_s"] * r["seconds"] for r in result.history)
+    return {"seconds": round(seconds, 1), "images_per_s": round(images / max(seconds, 1e-9), 1)}
