@@ -157,10 +157,10 @@ def confusion_matrices(predictions: SweepPredictions, attack: str, eps: float, p
     figure, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.0), squeeze=False)
     for axis, (m, name, idx) in zip(axes[0], panels):
         matrix = confusion_matrix(predictions.labels, (predictions.p_fake[m, a, idx] >= 0.5).astype(int), labels=[0, 1])
-        axis.imshow(matrix, cmap="Blues")
-        for (i, j), count in np.ndenumerate(matrix):
+        axis.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
+        for (i, j), count in np.ndenumerate(matrix):  # dark text on light cells, white on dark
             axis.text(j, i, str(count), ha="center", va="center",
-                      color="white" if count > matrix.max() / 2 else "black")
+                      color="white" if count > 0.6 * matrix.max() else "black")
         axis.set_xticks([0, 1], ["real", "fake"])
         axis.set_yticks([0, 1], ["real", "fake"])
         axis.set_xlabel("predicted")
