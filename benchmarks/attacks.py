@@ -55,7 +55,7 @@ def main() -> None:
     from robust_deepfake.evaluation import run_sweep
 
     config = AttackConfig(attacks=["fgsm", "pgd"], eps=["1/255", "2/255"], steps=5, batch_size=args.batch_size)
-    dataset = ImageSet([Sample("", int(l), "synthetic", "", "") for l in labels], args.image_size, cache=False)
+    dataset = ImageSet([Sample("", int(label), "synthetic", "", "") for label in labels], args.image_size, cache=False)
     dataset.pixels = (images * 255).round().to(torch.uint8)
     started = time.perf_counter()
     run_sweep({"model": model}, dataset, np.arange(len(labels)), config, torch.device("cpu"), show_progress=False)

@@ -69,3 +69,18 @@ def percentile_ci(replicates: np.ndarray, level: float) -> tuple[float, float]:
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(finite, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def mean_with_ci(values: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[float, float, float]:
+    """Mean of the finite values and its percentile bootstrap interval (NaN when undefined)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(values.mean())
+    if n_boot == 0 or values.size < 2:
+        return mean, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    replicates = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
+    low, high = percentile_ci(replicates, level)
+    return mean, low, high

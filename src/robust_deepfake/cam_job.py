@@ -3,13 +3,12 @@ localizes the manipulation, for both models on a fixed class-balanced test subse
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from robust_deepfake.bootstrap import percentile_ci
+from robust_deepfake.bootstrap import mean_with_ci
 from robust_deepfake.cam_figures import cam_grid
 from robust_deepfake.cam_measure import CamSubset, cam_grid_plan, measure
 from robust_deepfake.config import Params
@@ -34,19 +33,6 @@ class CamOutputs:
     def at(cls, root: Path) -> CamOutputs:
         return cls(root / "metrics" / "cam_iinc.json", root / "plots" / "iinc.csv", root / "reports" / "cam",
                    root / "eval" / "cam_iinc_values.npz")
-
-
-def _bootstrap_mean(values: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[float, float, float]:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(values.mean())
-    if n_boot == 0 or values.size < 2:
-        return mean, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    samples = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
-    low, high = percentile_ci(samples, level)
-    return mean, low, high
 
 
 def cam_iinc(params: Params, root: Path, track: bool = True) -> dict:
@@ -115,7 +101,7 @@ def _figure_eps(params: Params, grid: list[float]) -> float:
 
 
 def _stat(values: np.ndarray, params: Params, salt: int) -> dict:
-    mean, low, high = _bootstrap_mean(values, params.eval.n_bootstrap, params.eval.ci, params.eval.seed + salt)
+    mean, low, high = mean_with_ci(values, params.eval.n_bootstrap, params.eval.ci, params.eval.seed + salt)
     return {"mean": mean, "ci": [low, high], "n": int(np.isfinite(values).sum())}
 
 

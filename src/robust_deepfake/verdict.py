@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robust_deepfake.bootstrap import bootstrap_counts, metric_replicates, percentile_ci
+from robust_deepfake.bootstrap import bootstrap_counts, mean_with_ci, metric_replicates, percentile_ci
 from robust_deepfake.config import EvalConfig
 from robust_deepfake.evaluation import SweepPredictions, eps_label
 from robust_deepfake.metrics import classification_metrics
@@ -89,13 +89,7 @@ def iinc_differences(values: dict[str, np.ndarray], attacks: list[str], eps_grid
             if not diffs or diffs[0].size == 0:
                 continue
             per_image = np.mean(diffs, axis=0)  # (n,) average over eps, paired per image
-            point = float(per_image.mean())
-            if config.n_bootstrap and per_image.size > 1:
-                rng = np.random.default_rng(config.seed)
-                boots = per_image[rng.integers(0, per_image.size, size=(config.n_bootstrap, per_image.size))].mean(axis=1)
-                low, high = percentile_ci(boots, config.ci)
-            else:
-                low, high = math.nan, math.nan
+            point, low, high = mean_with_ci(per_image, config.n_bootstrap, config.ci, config.seed)
             out.append(Difference(attack, f"iinc_{measure}", point, low, high, int(per_image.size)))
     return out
 
