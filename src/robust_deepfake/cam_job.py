@@ -14,7 +14,7 @@ from robust_deepfake.cam_measure import CamSubset, cam_grid_plan, measure
 from robust_deepfake.config import Params
 from robust_deepfake.data.dataset import load_split
 from robust_deepfake.evaluation import eps_label
-from robust_deepfake.io import write_csv, write_json
+from robust_deepfake.io import write_csv, write_json, write_npz
 from robust_deepfake.models import load_trained, resolve_device
 from robust_deepfake.progress import progress
 from robust_deepfake.train_job import VARIANTS
@@ -81,18 +81,11 @@ def cam_iinc(params: Params, root: Path, track: bool = True) -> dict:
         compact[variant] = entry
     bar.close()
     write_json(outputs.metrics, compact)
-    _save_npz(outputs.values, per_sample)
+    write_npz(outputs.values, **per_sample)
     write_csv(outputs.plot, CSV_COLUMNS, rows)
     if track:
         _log(params, root, rows)
     return compact
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    from robust_deepfake.io import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, **arrays)
 
 
 def _figure_eps(params: Params, grid: list[float]) -> float:

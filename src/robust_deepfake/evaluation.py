@@ -71,15 +71,12 @@ class SweepPredictions:
     p_fake: np.ndarray
 
     def save(self, path: Path) -> None:
-        from robust_deepfake.io import atomic_path
+        from robust_deepfake.io import write_npz
 
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez_compressed(
-                    handle, models=np.array(self.models), attacks=np.array(self.attacks),
-                    eps=np.array(self.eps), indices=self.indices, labels=self.labels,
-                    sources=self.sources, p_fake=self.p_fake,
-                )
+        write_npz(
+            path, models=np.array(self.models), attacks=np.array(self.attacks), eps=np.array(self.eps),
+            indices=self.indices, labels=self.labels, sources=self.sources, p_fake=self.p_fake,
+        )
 
     @classmethod
     def load(cls, path: Path) -> SweepPredictions:

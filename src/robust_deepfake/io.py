@@ -40,6 +40,14 @@ def write_json(path: str | Path, data: Any) -> None:
         handle.write("\n")
 
 
+def write_npz(path: str | Path, **arrays: Any) -> None:
+    """Compressed numpy arrays (no pickles), written atomically."""
+    import numpy as np
+
+    with atomic_open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

@@ -33,6 +33,18 @@ class SplitResult:
     notes: list[str] = field(default_factory=list)
 
 
+def _fill_score(split: str, counts: Counter, quota: dict, filled: Counter) -> float:
+    """Relative unfilled quota of a group's sources in `split`; a split without quota for
+    one of them (a held-out method outside test) is never chosen for the group."""
+    total = 0.0
+    for source, count in counts.items():
+        target = quota.get((split, source), 0.0)
+        if target <= 0:
+            return -np.inf
+        total += count * (target - filled[(split, source)]) / target
+    return total
+
+
 def split_records(records: list[Record], config: SplitConfig) -> SplitResult:
     sources = sorted({r.source for r in records})
     fake_sources = {r.source for r in records if r.label == 1}
@@ -86,19 +98,7 @@ def split_records(records: list[Record], config: SplitConfig) -> SplitResult:
     free.sort(key=lambda name: (-len(groups[name]), tie_break[name]))
     for name in free:
         counts = Counter(r.source for r in groups[name])
-
-        def score(split: str) -> float:
-            # Relative unfilled quota of the group's sources; a split without quota for
-            # a source (a held-out method outside test) is never chosen for it.
-            total = 0.0
-            for source, count in counts.items():
-                target = quota.get((split, source), 0.0)
-                if target <= 0:
-                    return -np.inf
-                total += count * (target - filled[(split, source)]) / target
-            return total
-
-        best = max(SPLITS, key=lambda split: (score(split), -SPLITS.index(split)))
+        best = max(SPLITS, key=lambda split: (_fill_score(split, counts, quota, filled), -SPLITS.index(split)))
         placed[name] = best
         for source, count in counts.items():
             filled[(best, source)] += count
