@@ -3,7 +3,10 @@
 Every stage validates the whole file before it does any work, so a typo in a section
 another stage owns still fails fast and names the key. Unknown keys are errors, not
 silently ignored: `dvc exp run -S reg.alpah=0.3` must not run an experiment that
-quietly uses the default.
+quietly uses the default. The defaults equal params.yaml's demo values (a test compares).
+
+One file on purpose (over 300 lines): the whole schema reads top to bottom in the
+order of params.yaml, and splitting it would scatter one contract over several files.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from pydantic import (
     model_validator,
 )
 
+from robust_deepfake.errors import StageError
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ConfigError(ValueError):
+class ConfigError(StageError, ValueError):
     """params.yaml is unreadable or invalid; str() is one line per problem, each naming the key."""
 
 
@@ -56,6 +61,17 @@ def parse_pixel_value(value: Any) -> float:
 
 
 PixelValue = Annotated[float, BeforeValidator(parse_pixel_value)]
+
+
+def require_whole_grey_levels(values: list[float], key: str) -> None:
+    """With 8-bit rounding a budget must be k/255: 0.5/255 would round to 1/255 (twice the
+    budget) and anything below half a grey level would vanish, silently."""
+    for eps in values:
+        if abs(eps * 255 - round(eps * 255)) > 1e-6:
+            raise ValueError(
+                f"{key}: {eps * 255:g}/255 is not a whole grey level; with attack.quantize: true every budget "
+                "must be k/255 (or set attack.quantize: false to score float adversarial images)"
+            )
 
 
 class Strict(BaseModel):
@@ -103,13 +119,21 @@ class ModelConfig(Strict):
 class RegConfig(Strict):
     split_at: int = Field(2, ge=1, le=6)
     alpha: float = Field(0.5, ge=0, le=1)
-    epsilon: float = Field(0.05, ge=0)
+    # Norm of the (d_mu, d_sigma) perturbation per sample: a fraction of that sample's
+    # ||(mu, sigma)|| (`relative`) or an absolute L2 norm (`absolute`, the paper's convention).
+    epsilon: float = Field(0.5, ge=0, allow_inf_nan=False)
+    epsilon_scale: Literal["relative", "absolute"] = "relative"
     mode: Literal["random", "gradient"] = "random"
 
 
+MAX_SEED = 2**31 - 1
+
+
 class TrainConfig(Strict):
-    seed: int = 0
-    epochs: int = Field(5, ge=1)
+    # One trained model per seed and variant; both variants of a seed share initial
+    # weights and data order, so the verdict compares them in pairs.
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    epochs: int = Field(4, ge=1)
     batch_size: int = Field(32, ge=2)
     lr: float = Field(4e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -119,6 +143,20 @@ class TrainConfig(Strict):
     amp: bool = True
     max_train_samples: int | None = Field(None, ge=2)
     augment_hflip: bool = True
+    # torch intra-op threads: results depend on it (float reduction order), so it is pinned.
+    num_threads: int = Field(2, ge=1, le=256)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("at least one seed is required")
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds must be unique, got {value}")
+        for seed in value:
+            if not 0 <= seed <= MAX_SEED:
+                raise ValueError(f"each seed must be in [0, {MAX_SEED}], got {seed}")
+        return value
 
     @field_validator("device")
     @classmethod
@@ -134,15 +172,17 @@ AttackName = Literal["fgsm", "bim", "pgd", "mifgsm"]
 class AttackConfig(Strict):
     attacks: list[AttackName] = Field(default_factory=lambda: ["fgsm", "bim", "pgd"])
     # Pixel-space L-inf budgets for images in [0, 1]; 0 (the clean row) is always added.
-    eps: list[PixelValue] = Field(default_factory=lambda: [2 / 255, 4 / 255, 8 / 255])
-    steps: int = Field(10, ge=1)
+    eps: list[PixelValue] = Field(default_factory=lambda: [1 / 255, 2 / 255, 4 / 255])
+    steps: int = Field(3, ge=1)
     # Step size of the iterative attacks: absolute when set, else step_size_relative * eps.
     step_size: PixelValue | None = None
-    step_size_relative: float = Field(0.25, gt=0)
+    step_size_relative: float = Field(0.5, gt=0)
     random_start: bool = True
+    # Score adversarial images after rounding to 8 bits (what survives saving the image).
+    quantize: bool = True
     momentum: float = Field(1.0, ge=0)
-    max_samples: int | None = Field(None, ge=2)
-    batch_size: int = Field(64, ge=1)
+    max_samples: int | None = Field(128, ge=2)
+    batch_size: int = Field(128, ge=1)
     seed: int = 0
 
     @field_validator("eps")
@@ -158,9 +198,17 @@ class AttackConfig(Strict):
     @field_validator("attacks")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one attack is required")
         if len(set(value)) != len(value):
             raise ValueError(f"attacks must be unique, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _whole_grey_levels(self) -> AttackConfig:
+        if self.quantize:
+            require_whole_grey_levels(self.eps, "eps")
+        return self
 
     @field_validator("step_size")
     @classmethod
@@ -190,8 +238,8 @@ class CamConfig(Strict):
     # (conv_head) sees a 2x2 map, too coarse to localize anything: blocks.4 (stride 16)
     # gives 4x4. At 224 px use conv_head (7x7).
     target_layer: str = "blocks.4"
-    target: Literal["predicted", "true"] = "predicted"
-    num_samples: int = Field(32, ge=2)
+    target: Literal["predicted", "true"] = "true"
+    num_samples: int = Field(16, ge=2)
     attacks: list[AttackName] | None = None
     eps: list[PixelValue] | None = None
     batch_size: int = Field(32, ge=1)
@@ -203,7 +251,7 @@ class ReportConfig(Strict):
     select_by: Literal[
         "pgd_accuracy", "pgd_auc", "mean_attack_accuracy", "clean_accuracy", "clean_auc"
     ] = "pgd_accuracy"
-    reference_eps: PixelValue = 4 / 255
+    reference_eps: PixelValue = 1 / 255
 
 
 class TrackingConfig(Strict):
@@ -238,6 +286,12 @@ class Params(Strict):
     report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     reevaluate: ReevaluateConfig = Field(default_factory=ReevaluateConfig)
+
+    @model_validator(mode="after")
+    def _cam_eps(self) -> Params:
+        if self.attack.quantize and self.cam.eps:
+            require_whole_grey_levels(self.cam.eps, "cam.eps")
+        return self
 
 
 def _format_errors(source: str, error: ValidationError) -> str:
@@ -286,6 +340,14 @@ def load_params_or_exit(path: str | Path = DEFAULT_PARAMS) -> Params:
     except ConfigError as error:
         print(f"error: {error}".replace("\n", "\nerror: "), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def params_hash(params: Params) -> str:
+    """sha256 of the resolved params (canonical JSON): provenance in reports and model cards."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def flatten(params: Params) -> dict[str, Any]:

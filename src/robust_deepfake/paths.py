@@ -1,0 +1,147 @@
+"""Where every stage output lives, which model variants exist, and how to read a model's
+meta.json: the one owner of the layout that dvc.yaml declares.
+
+A stage, the report or a re-evaluation that needs a path asks this module; a test checks
+that these paths agree with dvc.yaml's outs (tests/test_paths.py), so changing a path
+means editing this file and dvc.yaml, nothing else. Bottom layer: imports nothing of
+the project.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from robust_deepfake.errors import MissingInputError, StageError
+
+# The trained variants. `baseline`: plain cross-entropy. `reg`: with the shallow-
+# statistics regularizer. Each is trained once per seed in train.seeds.
+VARIANTS = ("baseline", "reg")
+CHECKPOINT_DIR = Path(".cache") / "checkpoints"  # resume state: outside every DVC out
+# The measured dose-response behind the demo's reg.epsilon (benchmarks/dose_response.py);
+# the report shows it when present.
+DOSE_RESPONSE = Path("benchmarks") / "results" / "dose_response.json"
+
+
+def find_repo_root(start: Path | None = None) -> Path:
+    """The nearest directory holding dvc.yaml (stages run from there), else cwd."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").exists():
+            return candidate
+    return here
+
+
+@dataclass(frozen=True, order=True)
+class ModelKey:
+    """One trained model: a variant and its training seed."""
+
+    variant: str
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+
+    @property
+    def name(self) -> str:
+        """`reg-seed1`: the model's name in logs, MLflow tags and aliases."""
+        return f"{self.variant}-seed{self.seed}"
+
+
+def model_keys(seeds: list[int]) -> list[ModelKey]:
+    """Every trained model of a run, variant-major (baseline seeds, then reg seeds)."""
+    return [ModelKey(variant, seed) for variant in VARIANTS for seed in seeds]
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """The outs of train_<variant>@<seed>."""
+
+    model_dir: Path
+    metrics: Path
+    plot: Path
+
+    @property
+    def weights(self) -> Path:
+        return self.model_dir / "model.pt"
+
+    @property
+    def meta(self) -> Path:
+        return self.model_dir / "meta.json"
+
+    @classmethod
+    def of(cls, root: Path, key: ModelKey) -> TrainOutputs:
+        stem = f"seed{key.seed}"
+        return cls(root / "models" / key.variant / stem,
+                   root / "metrics" / f"train_{key.variant}" / f"{stem}.json",
+                   root / "plots" / f"train_{key.variant}" / f"{stem}.csv")
+
+
+@dataclass(frozen=True)
+class SplitOutputs:
+    splits_dir: Path
+    metrics: Path
+
+    @classmethod
+    def at(cls, root: Path, splits_dir: str = "data/splits") -> SplitOutputs:
+        return cls(root / splits_dir, root / "metrics" / "split.json")
+
+
+@dataclass(frozen=True)
+class SweepOutputs:
+    predictions: Path  # per-sample p(fake), SweepPredictions
+    metrics: Path  # per model, attack and eps, SweepMetrics
+    plot: Path  # long table for dvc plots and the report
+
+    @classmethod
+    def at(cls, root: Path) -> SweepOutputs:
+        return cls(root / "eval" / "attack_predictions.npz", root / "eval" / "attack_sweep.json",
+                   root / "plots" / "attack_sweep.csv")
+
+
+@dataclass(frozen=True)
+class CamOutputs:
+    values: Path  # per-sample IINC, IincValues
+    metrics: Path  # CamMetrics
+    plot: Path
+    figures: Path  # cam_<variant>_<attack>.png grids
+
+    @classmethod
+    def at(cls, root: Path) -> CamOutputs:
+        return cls(root / "eval" / "cam_iinc_values.npz", root / "eval" / "cam_iinc.json",
+                   root / "plots" / "iinc.csv", root / "reports" / "cam")
+
+
+@dataclass(frozen=True)
+class ReportOutputs:
+    markdown: Path
+    html: Path
+    figures: Path
+    plots: Path  # wide CSVs for dvc plots
+    training: Path  # every model's per-epoch curves, one CSV each, for dvc plots
+    metrics: Path  # the headline numbers (DVC metrics)
+    verdict: Path  # the full verdict table
+
+    @classmethod
+    def at(cls, root: Path) -> ReportOutputs:
+        reports = root / "reports"
+        return cls(reports / "report.md", reports / "report.html", reports / "figures",
+                   root / "plots" / "robustness", root / "plots" / "training", root / "metrics" / "report.json",
+                   root / "eval" / "verdict.json")
+
+
+def read_json_file(path: Path, what: str = "run `dvc repro` first") -> dict:
+    """A JSON output of an upstream stage, or a one-line error that says what to run."""
+    if not path.exists():
+        raise MissingInputError(f"{path}: missing; {what}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise StageError(f"{path}: not valid JSON ({error})") from None
+
+
+def read_meta(root: Path, key: ModelKey) -> dict:
+    """models/<variant>/seed<k>/meta.json as the train stage wrote it."""
+    return read_json_file(TrainOutputs.of(root, key).meta, f"run `dvc repro train_{key.variant}@{key.seed}` first")
