@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from robust_deepfake.config import ModelConfig
+from robust_deepfake.errors import MissingInputError, StageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,7 +32,7 @@ WEIGHTS_HELP = (
 )
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(StageError, RuntimeError):
     """Pretrained weights were requested but cannot be loaded offline."""
 
 
@@ -72,6 +73,8 @@ class Detector(nn.Module):
 
     def features_late(self, f: torch.Tensor) -> torch.Tensor:
         """The remaining stages, head conv, pooling and classifier."""
+        if self.channels_last:  # perturbed statistics come back in the default layout
+            f = f.contiguous(memory_format=torch.channels_last)
         for stage in self.body.blocks[self.split_at :]:
             f = stage(f)
         f = self.body.bn2(self.body.conv_head(f))
@@ -142,12 +145,24 @@ def build_detector(config: ModelConfig, split_at: int, for_inference: bool = Fal
     return model
 
 
+def weights_bytes(model: nn.Module) -> bytes:
+    """The state dict serialized in memory: torch.save names its zip records after the
+    target file, so saving to a temporary file would give other bytes on every run
+    (and make DVC re-run every downstream stage for identical weights)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, buffer)
+    return buffer.getvalue()
+
+
 def save_weights(model: nn.Module, path: str | Path) -> None:
-    """State dict only (no pickled code), written atomically."""
+    """State dict only (no pickled code), byte-stable, written atomically."""
     from robust_deepfake.io import atomic_path
 
+    data = weights_bytes(model)
     with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        tmp.write_bytes(data)
 
 
 def load_detector(path: str | Path, config: ModelConfig, split_at: int, device: str | torch.device = "cpu") -> Detector:
@@ -158,17 +173,6 @@ def load_detector(path: str | Path, config: ModelConfig, split_at: int, device: 
     return model.to(device).eval()
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available on this machine")
-    return device
-
-
 def load_trained(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Detector, dict]:
     """A trained variant from its DVC outs (model.pt + meta.json written by the train stage)."""
     import json
@@ -177,7 +181,7 @@ def load_trained(model_dir: str | Path, device: str | torch.device = "cpu") -> t
     meta_path, weights = model_dir / "meta.json", model_dir / "model.pt"
     for path in (meta_path, weights):
         if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; run `dvc repro` (the train stages) first")
+            raise MissingInputError(f"{path}: missing; run `dvc repro` (the train stages) first")
     meta = json.loads(meta_path.read_text())
     detector = meta["detector"]
     model = load_detector(weights, ModelConfig(**detector["model"]), detector["split_at"], device)

@@ -1,0 +1,1 @@
+"""The detector network, its shallow-statistics regularizer and the training loop."""

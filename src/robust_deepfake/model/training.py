@@ -1,0 +1,339 @@
+"""The training loop: class-weighted CE, AdamW + one-cycle LR, early stopping on a
+validation metric, best-checkpoint selection and crash-safe resume.
+
+Every epoch reseeds from (seed, epoch): shuffling, flips, dropout and random
+perturbations of epoch k are the same whether the run started at epoch 0 or resumed at
+k from the per-epoch checkpoint, so a killed run that is re-run ends with the same
+metrics as an uninterrupted one (tests/test_training.py kills one to check).
+
+The step keeps its running sums on the device: the host reads them once per progress
+refresh, not after every batch (a `.item()` per step stalls a GPU pipeline).
+
+Over 300 lines because the loop's parts (step, epoch, best-epoch tracker, checkpoint)
+are small classes and functions that only make sense together; each is short.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from robust_deepfake.config import RegConfig, TrainConfig
+from robust_deepfake.data.dataset import ImageSet, iterate
+from robust_deepfake.io import atomic_path
+from robust_deepfake.metrics import classification_metrics
+from robust_deepfake.model.device import NO_AMP, Amp, seed_everything
+from robust_deepfake.model.regularization import perturb_statistics, perturbation
+from robust_deepfake.progress import progress
+
+MAXIMIZE = {"val_auc": True, "val_f1": True, "val_accuracy": True, "val_loss": False}
+# Epoch seeds are seed * EPOCH_SEED_STRIDE + epoch: a prime stride larger than any epoch
+# count keeps the (seed, epoch) -> RNG-seed map one-to-one across seeds.
+EPOCH_SEED_STRIDE = 10007
+PROGRESS_EVERY = 10  # steps between host reads of the running loss (one sync each)
+
+
+def class_weights(labels: torch.Tensor, n_classes: int = 2) -> torch.Tensor:
+    """N / (K * n_k): each class contributes equally to the loss (DFFD is ~1:5 real:fake)."""
+    counts = torch.bincount(labels, minlength=n_classes).double()
+    if (counts == 0).any():
+        raise ValueError(f"the training split lacks a class (counts {counts.tolist()})")
+    return (counts.sum() / (n_classes * counts)).float()
+
+
+@dataclass
+class StepLosses:
+    """One step's losses as detached 0-d device tensors (no host sync)."""
+
+    total: torch.Tensor
+    clean: torch.Tensor
+    perturbed: torch.Tensor | None
+    correct: torch.Tensor  # clean predictions that match the label
+    relative_size: torch.Tensor | None = None  # mean ||d|| / ||(mu, sigma)|| of the batch
+
+
+def training_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    criterion: nn.Module,
+    reg: RegConfig | None,
+    generator: torch.Generator | None = None,
+    amp: Amp = NO_AMP,
+) -> StepLosses:
+    """Forward and backward for one batch of either variant (the optimizer step is the caller's).
+
+    reg=None is the baseline: one forward, one backward. With reg: one early forward,
+    two late forwards and backwards, L = (1 - alpha) CE(late(f)) + alpha CE(late(f'));
+    f' is built from f.detach(), so the perturbed term trains the late part only.
+    """
+    with amp.autocast():
+        f = model.features_early(images)
+        logits = model.features_late(f)
+        clean = criterion(logits.float(), labels)
+    correct = (logits.detach().argmax(dim=1) == labels).sum()
+    if reg is None:
+        amp.scale(clean).backward()
+        clean = clean.detach()
+        return StepLosses(clean, clean, None, correct)
+
+    alpha = reg.alpha
+    wants_gradient = reg.mode == "gradient"
+    grad_f = None
+    if wants_gradient and alpha < 1:
+        f.retain_grad()
+    if wants_gradient and alpha >= 1:
+        (grad_f,) = torch.autograd.grad(clean, f, retain_graph=True)
+    amp.scale((1.0 - alpha) * clean).backward()
+    if wants_gradient and alpha < 1:
+        grad_f = f.grad
+
+    base = f.detach()
+    d_mu, d_sigma, relative = perturbation(base.float(), reg, grad_f, generator)
+    with amp.autocast():
+        perturbed_features = perturb_statistics(base.float(), d_mu.float(), d_sigma.float()).to(base.dtype)
+        perturbed = criterion(model.features_late(perturbed_features).float(), labels)
+    amp.scale(alpha * perturbed).backward()
+    clean, perturbed = clean.detach(), perturbed.detach()
+    total = (1.0 - alpha) * clean + alpha * perturbed
+    return StepLosses(total, clean, perturbed, correct, relative.mean())
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    dataset: ImageSet,
+    batch_size: int,
+    device: torch.device,
+    amp: Amp = NO_AMP,
+    indices: torch.Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, 2) as float64 numpy and labels, in dataset (or `indices`) order."""
+    model.eval()
+    logits, labels = [], []
+    for batch in iterate(dataset, batch_size, indices=indices):
+        with amp.autocast():
+            out = model(batch.images.to(device, non_blocking=True))
+        logits.append(out.float().cpu())
+        labels.append(batch.labels)
+    return torch.cat(logits).double().numpy(), torch.cat(labels).numpy()
+
+
+def validation_metrics(logits: np.ndarray, labels: np.ndarray, weights: torch.Tensor) -> dict[str, float]:
+    tensor = torch.from_numpy(logits)
+    loss = nn.functional.cross_entropy(tensor, torch.from_numpy(labels), weight=weights.double()).item()
+    p_fake = tensor.softmax(dim=1)[:, 1].numpy()
+    metrics = classification_metrics(labels, p_fake)
+    return {"val_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}}
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int  # 0-based index into history; shown 1-based to people
+    best: dict[str, float]
+    best_state: dict[str, torch.Tensor]
+    stopped_early: bool
+    resumed_from: int | None = None
+    class_weights: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Best:
+    """Best-epoch and early-stopping bookkeeping on the monitored metric."""
+
+    maximize: bool
+    score: float = -math.inf
+    epoch: int = -1
+    state: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0
+
+    def update(self, record: dict[str, float], monitor: str, model: nn.Module) -> bool:
+        score = record[monitor] if self.maximize else -record[monitor]
+        if math.isnan(score):  # e.g. AUC on a validation split with one class
+            score = -math.inf
+        if self.state is not None and score <= self.score:
+            self.bad_epochs += 1
+            return False
+        self.score, self.epoch, self.bad_epochs = score, int(record["epoch"]), 0
+        self.state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        return True
+
+
+@dataclass
+class _Checkpoint:
+    """Per-epoch resume state; reused only when the run's fingerprint matches."""
+
+    path: Path | None
+    fingerprint: str
+
+    def restore(self, model, optimizer, scheduler, amp: Amp, best: _Best) -> tuple[list[dict], int | None]:
+        if self.path is None or not self.path.exists():
+            return [], None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != self.fingerprint:
+            print(f"ignoring {self.path}: it belongs to other params or data")
+            return [], None
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if amp.scaler and state.get("scaler"):
+            amp.scaler.load_state_dict(state["scaler"])
+        best.score, best.epoch, best.bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
+        best.state = state["best_state"]
+        print(f"resuming from the checkpoint of epoch {state['epoch'] + 1} ({self.path})")
+        return state["history"], state["epoch"] + 1
+
+    def save(self, epoch: int, model, optimizer, scheduler, amp: Amp, history: list[dict], best: _Best) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            torch.save(
+                dict(
+                    fingerprint=self.fingerprint, epoch=epoch,
+                    model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    scaler=amp.scaler.state_dict() if amp.scaler else {},
+                    history=history, best_score=best.score, best_epoch=best.epoch,
+                    bad_epochs=best.bad_epochs, best_state=best.state,
+                ),
+                tmp,
+            )
+
+
+def _train_one_epoch(model, train_set, train_indices, config: TrainConfig, reg, device, criterion, optimizer,
+                     scheduler, amp: Amp, epoch: int, seed: int, show_progress: bool) -> dict[str, float]:
+    epoch_seed = seed * EPOCH_SEED_STRIDE + epoch
+    seed_everything(epoch_seed)
+    generator = torch.Generator().manual_seed(epoch_seed)  # flips (CPU batches)
+    # Random perturbations are drawn where the features are: a CPU draw copied to a GPU
+    # would block every step. CPU and CUDA draws differ (documented); each is seeded.
+    perturb_generator = (torch.Generator(device=device).manual_seed(epoch_seed) if device.type == "cuda"
+                         else generator)
+    model.train()
+    started = time.perf_counter()
+    zero = torch.zeros((), device=device)
+    sums = {"loss": zero.clone(), "clean": zero.clone(), "perturbed": zero.clone(), "gap": zero.clone(),
+            "relative": zero.clone(), "correct": zero.clone()}
+    seen = steps = 0
+    bar = progress(total=len(train_indices), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
+                   disable=not show_progress, leave=False)
+    for batch in iterate(train_set, config.batch_size, shuffle=True, seed=epoch_seed, indices=train_indices):
+        if len(batch.labels) < 2:
+            continue  # BatchNorm cannot train on a single image (a split of size k * batch + 1)
+        images = batch.images
+        if config.augment_hflip:
+            flip = torch.rand(len(images), generator=generator) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(3), images)
+        images = images.to(device, non_blocking=True)
+        labels = batch.labels.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        losses = training_step(model, images, labels, criterion, reg, generator=perturb_generator, amp=amp)
+        amp.step(optimizer)
+        scheduler.step()
+        n = len(labels)
+        seen += n
+        steps += 1
+        sums["loss"] += losses.total * n
+        sums["clean"] += losses.clean * n
+        sums["correct"] += losses.correct
+        if losses.perturbed is not None:
+            sums["perturbed"] += losses.perturbed * n
+            sums["gap"] += (losses.perturbed - losses.clean).abs() * n
+            sums["relative"] += losses.relative_size * n
+        bar.update(n)
+        if steps % PROGRESS_EVERY == 0:
+            bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}",
+                            img_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
+    bar.close()
+    seconds = time.perf_counter() - started
+    totals = {k: v.item() / max(seen, 1) for k, v in sums.items()}
+    regularized = reg is not None
+    return {
+        "epoch": epoch,
+        "train_loss": totals["loss"],
+        "train_clean_loss": totals["clean"],
+        "train_perturbed_loss": totals["perturbed"] if regularized else math.nan,
+        # how much the perturbation does: a no-op regularizer shows up as ~0 here
+        "train_loss_gap": totals["gap"] if regularized else math.nan,
+        "train_perturbation_relative": totals["relative"] if regularized else math.nan,
+        "train_accuracy": totals["correct"],
+        "seconds": seconds,
+        "images_per_s": seen / seconds,
+    }
+
+
+def fit(
+    model: nn.Module,
+    train_set: ImageSet,
+    val_set: ImageSet,
+    config: TrainConfig,
+    reg: RegConfig | None,
+    device: torch.device,
+    seed: int = 0,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    show_progress: bool = True,
+) -> FitResult:
+    """Train `model` in place and return the history and the best epoch's weights."""
+    model.to(device)
+    weights = class_weights(train_set.labels)
+    criterion = nn.CrossEntropyLoss(weight=weights.to(device))
+    amp = Amp.for_device(device, config.amp)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    train_indices = train_subset(len(train_set), config, seed)
+    steps_per_epoch = math.ceil(len(train_indices) / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    # OneCycleLR divides by (pct_start * total_steps - 1): exactly 0 for 4 steps at 0.25
+    pct_start = 0.25 if total_steps != 4 else 0.3
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=pct_start
+    )
+    best = _Best(MAXIMIZE[config.monitor])
+    saver = _Checkpoint(checkpoint, fingerprint)
+    history, resumed_from = saver.restore(model, optimizer, scheduler, amp, best)
+    stopped_early = False
+    for epoch in range(resumed_from or 0, config.epochs):
+        if best.bad_epochs >= config.patience:
+            stopped_early = True
+            break
+        record = _train_one_epoch(model, train_set, train_indices, config, reg, device, criterion, optimizer,
+                                  scheduler, amp, epoch, seed, show_progress)
+        logits, labels = predict_logits(model, val_set, max(64, config.batch_size * 2), device, amp)
+        record.update(validation_metrics(logits, labels, weights), lr=scheduler.get_last_lr()[0])
+        history.append(record)
+        improved = best.update(record, config.monitor, model)
+        print(
+            f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f} "
+            f"val_loss {record['val_loss']:.4f} val_acc {record['val_accuracy']:.3f} "
+            f"val_f1 {record['val_f1']:.3f} val_auc {record['val_auc']:.3f}"
+            + (f" |L_pert-L_clean| {record['train_loss_gap']:.4f}" if reg is not None else "")
+            + f" ({record['images_per_s']:.0f} img/s){' *' if improved else ''}",
+            flush=True,
+        )
+        if on_epoch:
+            on_epoch(record)
+        saver.save(epoch, model, optimizer, scheduler, amp, history, best)
+
+    assert best.state is not None, "no epoch completed"
+    model.load_state_dict(best.state)
+    return FitResult(history, best.epoch, dict(history[best.epoch]), best.state, stopped_early, resumed_from,
+                     weights.tolist())
+
+
+def train_subset(n: int, config: TrainConfig, seed: int) -> torch.Tensor:
+    """All training positions, or a seeded `max_train_samples` subset of them."""
+    if config.max_train_samples is None or config.max_train_samples >= n:
+        return torch.arange(n)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=generator)[: config.max_train_samples].sort().values
