@@ -165,6 +165,20 @@ class MIFGSM(Attack):
 ATTACKS = {cls.name: cls for cls in (FGSM, BIM, PGD, MIFGSM)}
 
 
+def gradient_passes(name: str, steps: int) -> int:
+    """Forward-backward passes one attack of `name` costs per image (progress bars)."""
+    return steps if ATTACKS[name].iterative else 1
+
+
+def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
+    """Round [0, 1] images to the 256 grey levels of a saved 8-bit image.
+
+    A published adversarial image is stored with 8 bits per channel: a perturbation
+    below half a grey level vanishes. For budgets that are whole grey levels (k/255)
+    and inputs on the grid (decoded PNG/JPEG), the rounded image stays inside the eps-ball."""
+    return torch.round(images * 255) / 255
+
+
 def build_attack(name: str, model: nn.Module, eps: float, config, generator: torch.Generator | None = None) -> Attack:
     """An attack configured from params.yaml's `attack` section at budget eps."""
     alpha = config.step_size_for(eps)

@@ -1,0 +1,1 @@
+"""Attacks, the attack sweep, eps units and the reg-vs-baseline verdict."""
