@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    from robust_deepfake.explain.measure import AttackedCams, Cams, CamSubset
 
 
 def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
@@ -23,19 +26,8 @@ def pick_rows(labels: np.ndarray, rows: int) -> list[int]:
     return reals[: rows - n_fake] + fakes[:n_fake]
 
 
-def cam_grid(
-    path: Path,
-    images: torch.Tensor,
-    adversarial: torch.Tensor,
-    clean_cams: np.ndarray,
-    adv_cams: np.ndarray,
-    masks: np.ndarray,
-    labels: np.ndarray,
-    p_clean: np.ndarray,
-    p_adv: np.ndarray,
-    title: str,
-    rows: int = 6,
-) -> Path:
+def cam_grid(path: Path, subset: CamSubset, clean: Cams, attacked: AttackedCams, title: str, rows: int = 6) -> Path:
+    """Rows of examples (half real, half fake): image, adversarial image, both CAMs, mask."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,6 +35,10 @@ def cam_grid(
 
     from robust_deepfake.io import atomic_path
 
+    labels = subset.labels.numpy()
+    images, adversarial, masks = subset.images, attacked.cams.inputs, subset.masks
+    clean_cams, adv_cams = clean.maps, attacked.cams.maps
+    p_clean, p_adv = clean.p_fake.numpy(), attacked.cams.p_fake.numpy()
     chosen = pick_rows(labels, rows)
     columns = ["image", "adversarial", "CAM (clean)", "CAM (adversarial)", "GT mask"]
     figure, axes = plt.subplots(len(chosen), len(columns), figsize=(2.1 * len(columns), 2.2 * len(chosen)), squeeze=False)

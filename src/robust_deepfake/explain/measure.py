@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from robust_deepfake.attacks import build_attack
 from robust_deepfake.config import Params
 from robust_deepfake.data.dataset import ImageSet
-from robust_deepfake.evaluation import attack_generator
-from robust_deepfake.explain import compute_cams, iinc
+from robust_deepfake.explain.gradcam import compute_cams, iinc
+from robust_deepfake.robustness.attacks import build_attack
+from robust_deepfake.robustness.sweep import adversarial, attack_generator
 
 
 def balanced_subset(labels: np.ndarray, sources: list[str], n: int, seed: int) -> np.ndarray:
@@ -52,7 +52,7 @@ class CamSubset:
         indices = balanced_subset(test.labels.numpy(), [s.source for s in test.samples], cfg.num_samples, cfg.seed)
         index_tensor = torch.as_tensor(indices)
         labels = test.labels[index_tensor]
-        masks = test.masks(index_tensor, whole_image_sources=set()).numpy()
+        masks = test.masks(index_tensor).numpy()
         has_mask = np.isfinite(masks).all(axis=(1, 2)) & (labels.numpy() == 1)
         return cls(indices, test.images(index_tensor), labels, masks, has_mask)
 
@@ -92,20 +92,19 @@ def measure(model: nn.Module, subset: CamSubset, params: Params, device: torch.d
     """Clean CAMs now, and a lazy sequence of adversarial CAMs per attack and eps.
 
     Adversarial examples come from the attack engine with the sweep's seed: the random
-    start depends on (attack.seed, attack, eps index in the sweep grid)."""
+    start depends on (attack.seed, attack, eps), and they are rounded to 8 bits when
+    attack.quantize is on, exactly as the sweep scores them."""
     x, y = subset.images.to(device), subset.labels.to(device)
     clean = _cams(model, x, subset, params)
     attacks, grid = cam_grid_plan(params)
-    sweep_grid = params.attack.eps_grid
     batch = params.cam.batch_size
 
     def attacked() -> Iterator[AttackedCams]:
         for name in attacks:
             for eps in grid:
-                eps_index = sweep_grid.index(eps) if eps in sweep_grid else len(sweep_grid)
-                attack = build_attack(name, model, eps, params.attack,
-                                      attack_generator(params.attack.seed, name, eps_index))
-                adv = torch.cat([attack(x[s : s + batch], y[s : s + batch]) for s in range(0, len(x), batch)])
+                attack = build_attack(name, model, eps, params.attack, attack_generator(params.attack.seed, name, eps))
+                adv = torch.cat([adversarial(attack, x[s : s + batch], y[s : s + batch], params.attack.quantize)
+                                 for s in range(0, len(x), batch)])
                 cams = _cams(model, adv, subset, params)
                 yield AttackedCams(name, eps, cams, iinc(clean.maps, cams.maps))
 

@@ -1,0 +1,1 @@
+"""Grad-CAM, IINC and the CAM-under-attack measurement and figures."""
