@@ -1,0 +1,1 @@
+"""The report document (markdown/HTML) and its figures."""

@@ -1,0 +1,206 @@
+"""The report's figures (matplotlib, Agg), each a function of the stage outputs.
+
+Curves show every training seed as a thin line and the seed mean as a thick one, with a
+band from the Student-t interval over seeds: training variance is part of the picture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from robust_deepfake.robustness import eps as eps_units
+from robust_deepfake.robustness.eps import CLEAN
+from robust_deepfake.robustness.sweep import SweepPredictions
+from robust_deepfake.robustness.verdict import t_interval
+
+COLORS = {"baseline": "#1f77b4", "reg": "#d62728"}
+LABELS = {"baseline": "baseline", "reg": "regularized"}
+METRIC_TITLES = {"accuracy": "accuracy", "f1": "macro-F1", "auc": "ROC-AUC", "asr": "attack success rate"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> Path:
+    from robust_deepfake.io import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
+    _plt().close(figure)
+    return path
+
+
+def _eps_axis(axis, eps_values: list[float]) -> None:
+    axis.set_xticks([e * 255 for e in eps_values])
+    axis.set_xticklabels([eps_units.label(e).replace("/255", "") for e in eps_values], fontsize=8)
+    axis.set_xlabel("eps (grey levels, x/255)")
+    axis.grid(alpha=0.3)
+
+
+def _seed_curves(axis, frame: pd.DataFrame, variant: str, level: float, value: str = "value") -> None:
+    """Thin line per seed, thick seed mean, band = t-interval over seeds at each eps."""
+    color = COLORS.get(variant)
+    for _, seed_frame in frame.groupby("seed"):
+        seed_frame = seed_frame.sort_values("eps")
+        axis.plot(seed_frame.eps * 255, seed_frame[value], color=color, alpha=0.35, linewidth=0.8)
+    stats = []
+    for eps, group in frame.groupby("eps"):
+        mean, low, high = t_interval(group[value].to_numpy(), level)
+        stats.append((eps, mean, low, high))
+    stats.sort()
+    x = np.array([s[0] for s in stats]) * 255
+    axis.plot(x, [s[1] for s in stats], marker="o", color=color, linewidth=2,
+              label=f"{LABELS.get(variant, variant)} (mean of {frame.seed.nunique()} seeds)")
+    axis.fill_between(x, [s[2] for s in stats], [s[3] for s in stats], color=color, alpha=0.15, linewidth=0)
+
+
+def robustness_curves(sweep: pd.DataFrame, metric: str, level: float, path: Path) -> Path:
+    """metric vs eps per attack (eps 0 = clean), both variants, every seed."""
+    plt = _plt()
+    overall = sweep[(sweep.source == "all") & (sweep.metric == metric)]
+    attacks = [a for a in dict.fromkeys(overall.attack) if a != CLEAN]
+    clean = overall[overall.attack == CLEAN]
+    figure, axes = plt.subplots(1, len(attacks), figsize=(3.8 * len(attacks), 3.3), sharey=True, squeeze=False)
+    for axis, attack in zip(axes[0], attacks):
+        rows = pd.concat([clean, overall[overall.attack == attack]])
+        for variant, frame in rows.groupby("variant", sort=False):
+            _seed_curves(axis, frame, variant, level)
+        axis.set_title(attack.upper())
+        _eps_axis(axis, sorted(set(rows.eps)))
+    axes[0][0].set_ylabel(METRIC_TITLES.get(metric, metric))
+    axes[0][0].legend(fontsize=7)
+    figure.suptitle(f"{METRIC_TITLES.get(metric, metric)} under attack: seeds (thin), seed mean (thick), "
+                    f"{level:.0%} t-interval over seeds (band)", fontsize=10)
+    return _save(figure, path)
+
+
+def iinc_curves(iinc: pd.DataFrame, level: float, path: Path) -> Path:
+    """IINC stability and localization vs eps per attack (lower = steadier / better)."""
+    plt = _plt()
+    attacks = [a for a in dict.fromkeys(iinc.attack) if a != CLEAN]
+    measures = ["stability", "localization"]
+    figure, axes = plt.subplots(2, len(attacks), figsize=(3.8 * len(attacks), 5.8), squeeze=False, sharex=True)
+    for row, measure in enumerate(measures):
+        for col, attack in enumerate(attacks):
+            axis = axes[row][col]
+            rows = iinc[(iinc.measure == measure) & (iinc.attack.isin([attack, CLEAN]))]
+            for variant, frame in rows.groupby("variant", sort=False):
+                _seed_curves(axis, frame, variant, level)
+            axis.set_title(f"{attack.upper()}: {measure}", fontsize=9)
+            _eps_axis(axis, sorted(set(iinc.eps)))
+            if row == 0:
+                axis.set_xlabel("")
+        axes[row][0].set_ylabel("IINC" + (" (clean vs adv CAM)" if measure == "stability" else " (CAM vs GT mask)"),
+                                fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    figure.suptitle("Grad-CAM under attack: IINC (0 = identical maps; lower is better)", fontsize=10)
+    return _save(figure, path)
+
+
+def training_curves(history: pd.DataFrame, path: Path) -> Path:
+    """Per-epoch curves of every model; `history` has variant and seed columns."""
+    plt = _plt()
+    panels = [("train_loss", "train loss"), ("val_loss", "val loss"), ("val_auc", "val ROC-AUC"),
+              ("train_loss_gap", "|L_perturbed - L_clean| (reg)")]
+    figure, axes = plt.subplots(1, len(panels), figsize=(15, 3.0), squeeze=False)
+    for axis, (column, title) in zip(axes[0], panels):
+        for (variant, seed), frame in history.groupby(["variant", "seed"], sort=False):
+            if column in frame and frame[column].notna().any():
+                axis.plot(frame.epoch, frame[column], marker="o", markersize=3, color=COLORS.get(variant),
+                          alpha=0.8, label=f"{LABELS.get(variant, variant)} seed {seed}")
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    return _save(figure, path)
+
+
+def per_source(sweep: pd.DataFrame, attack: str, eps: float, path: Path) -> Path:
+    """Seed-mean accuracy per source/method (error bars: sd over seeds), clean and under
+    `attack` at `eps`; held-out methods marked *."""
+    plt = _plt()
+    rows = sweep[(sweep.metric == "accuracy") & (sweep.source != "all")]
+    sources = sorted(set(rows.source))
+    held = set(rows[rows.heldout.astype(str).str.lower() == "true"].source)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 3.4), sharey=True)
+    width = 0.38
+    for axis, (title, name, at_eps) in zip(axes, [("clean", CLEAN, 0.0),
+                                                  (f"{attack.upper()} eps={eps_units.label(eps)}", attack, eps)]):
+        for offset, variant in zip((-width / 2, width / 2), ("baseline", "reg")):
+            frame = rows[(rows.variant == variant) & (rows.attack == name) & np.isclose(rows.eps, at_eps)]
+            stats = frame.groupby("source").value.agg(["mean", "std"]).reindex(sources)
+            x = np.arange(len(sources)) + offset
+            axis.bar(x, stats["mean"], width, color=COLORS[variant], label=LABELS[variant],
+                     yerr=np.nan_to_num(stats["std"].to_numpy()), capsize=2, error_kw={"linewidth": 0.8})
+        axis.set_xticks(np.arange(len(sources)))
+        axis.set_xticklabels([f"{s}*" if s in held else s for s in sources], rotation=30, ha="right", fontsize=8)
+        axis.set_title(title, fontsize=9)
+        axis.set_ylim(0, 1.05)
+        axis.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("accuracy (mean over seeds, ±sd)")
+    axes[0].legend(fontsize=8)
+    if held:
+        figure.text(0.01, -0.02, "* held-out method: never seen in training", fontsize=8)
+    return _save(figure, path)
+
+
+def _eps_index(predictions: SweepPredictions, eps: float) -> int:
+    return int(np.argmin(np.abs(np.array(predictions.eps) - eps)))
+
+
+def roc_curves(predictions: SweepPredictions, attack: str, eps: float, path: Path) -> Path:
+    """ROC of every model (one line per seed), clean and under `attack` at `eps`."""
+    from sklearn.metrics import roc_curve
+
+    plt = _plt()
+    a, e = predictions.attacks.index(attack), _eps_index(predictions, eps)
+    figure, axes = plt.subplots(1, 2, figsize=(8, 3.6), sharey=True)
+    for axis, (title, index) in zip(axes, [("clean", 0), (f"{attack.upper()} eps={eps_units.label(predictions.eps[e])}", e)]):
+        labelled = set()
+        for m, key in enumerate(predictions.models):
+            fpr, tpr, _ = roc_curve(predictions.labels, predictions.p_fake[m, a, index])
+            label = None if key.variant in labelled else LABELS.get(key.variant, key.variant)
+            labelled.add(key.variant)
+            axis.plot(fpr, tpr, color=COLORS.get(key.variant), alpha=0.7, linewidth=1, label=label)
+        axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle="--")
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("false positive rate")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("true positive rate")
+    axes[0].legend(fontsize=8)
+    return _save(figure, path)
+
+
+def confusion_matrices(predictions: SweepPredictions, attack: str, eps: float, path: Path) -> Path:
+    """Confusion counts per variant summed over its seeds, clean and under attack."""
+    from sklearn.metrics import confusion_matrix
+
+    plt = _plt()
+    a, e = predictions.attacks.index(attack), _eps_index(predictions, eps)
+    panels = [(variant, idx) for variant in predictions.variants for idx in (0, e)]
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.0), squeeze=False)
+    for axis, (variant, idx) in zip(axes[0], panels):
+        members = [m for m, key in enumerate(predictions.models) if key.variant == variant]
+        matrix = sum(confusion_matrix(predictions.labels, (predictions.p_fake[m, a, idx] >= 0.5).astype(int),
+                                      labels=[0, 1]) for m in members)
+        axis.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
+        for (i, j), count in np.ndenumerate(matrix):  # dark text on light cells, white on dark
+            axis.text(j, i, str(count), ha="center", va="center",
+                      color="white" if count > 0.6 * matrix.max() else "black")
+        axis.set_xticks([0, 1], ["real", "fake"])
+        axis.set_yticks([0, 1], ["real", "fake"])
+        axis.set_xlabel("predicted")
+        when = "clean" if idx == 0 else f"{attack.upper()} {eps_units.label(predictions.eps[idx])}"
+        axis.set_title(f"{LABELS.get(variant, variant)}, {when}\n(summed over {len(members)} seeds)", fontsize=8)
+    axes[0][0].set_ylabel("true")
+    return _save(figure, path)
