@@ -1,20 +1,15 @@
-"""DVC stage `attack_sweep`: models/* + test split -> metrics/attack_sweep.json,
-plots/attack_sweep.csv, eval/attack_predictions.npz, curves in each model's MLflow run."""
+"""DVC stage `attack_sweep`: every trained model + the test split -> eval/attack_sweep.json,
+eval/attack_predictions.npz, plots/attack_sweep.csv, curves in each model's MLflow run."""
 
 from __future__ import annotations
 
-from robust_deepfake.cli_common import fail, stage_params
-from robust_deepfake.sweep_job import attack_sweep, format_table
-from robust_deepfake.tracking import find_repo_root
+from robust_deepfake.paths import find_repo_root
+from robust_deepfake.pipeline.attack_sweep import attack_sweep, format_table
+from robust_deepfake.stage_kit import run_stage
 
 
 def main() -> None:
-    params = stage_params(__doc__)
-    try:
-        compact, _ = attack_sweep(params, find_repo_root())
-    except FileNotFoundError as error:
-        fail(str(error))
-    print(format_table(compact))
+    run_stage(__doc__, lambda params: attack_sweep(params, find_repo_root()), format_table)
 
 
 if __name__ == "__main__":

@@ -1,26 +1,15 @@
-"""DVC stage `report`: figures, reports/report.{md,html}, metrics/report.json, and the
-MLflow aliases @champion / @challenger."""
+"""DVC stage `report`: figures, reports/report.{md,html}, eval/verdict.json,
+metrics/report.json (headline numbers) and the MLflow aliases."""
 
 from __future__ import annotations
 
-from robust_deepfake.cli_common import fail, stage_params
-from robust_deepfake.report_job import build_report
-from robust_deepfake.tracking import find_repo_root
+from robust_deepfake.paths import find_repo_root
+from robust_deepfake.pipeline.report import build_report
+from robust_deepfake.stage_kit import run_stage
 
 
 def main() -> None:
-    params = stage_params(__doc__)
-    try:
-        summary = build_report(params, find_repo_root())
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        fail(str(error))
-    for key, difference in summary["verdict"].items():
-        print(f"{key:28s} reg-baseline {difference['diff']:+.3f} CI [{difference['ci'][0]:+.3f}, "
-              f"{difference['ci'][1]:+.3f}] favours {difference['favours']}")
-    registry = summary.get("registry", {})
-    print(f"champion: {summary['champion']} (version {registry.get('champion_version')}), "
-          f"challenger: {summary['challenger']} (version {registry.get('challenger_version')}); "
-          "open reports/report.html")
+    run_stage(__doc__, lambda params: build_report(params, find_repo_root()), lambda result: result["decision"].reason)
 
 
 if __name__ == "__main__":

@@ -1,32 +1,30 @@
-"""DVC stages `train_baseline` / `train_reg`: splits -> models/<variant>/{model.pt,meta.json},
-metrics/train_<variant>.json, plots/train_<variant>.csv, an MLflow run and a registered version."""
+"""DVC stages `train_baseline@<seed>` / `train_reg@<seed>`: splits ->
+models/<variant>/seed<k>/{model.pt,meta.json}, metrics/train_<variant>/seed<k>.json,
+plots/train_<variant>/seed<k>.csv, an MLflow run and a registered version."""
 
 from __future__ import annotations
 
 import argparse
 
-from robust_deepfake.cli_common import fail
-from robust_deepfake.config import load_params_or_exit
-from robust_deepfake.models import WeightsUnavailableError
-from robust_deepfake.tracking import find_repo_root
-from robust_deepfake.train_job import VARIANTS, train_variant
+from robust_deepfake.paths import VARIANTS, ModelKey, find_repo_root
+from robust_deepfake.pipeline.train import train_model
+from robust_deepfake.stage_kit import run_stage
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", choices=VARIANTS, required=True, help="which model to train")
+    parser.add_argument("--seed", type=int, required=True, help="training seed (one of train.seeds)")
+
+
+def _summary(result) -> str:
+    _, meta = result
+    return (f"train {meta['variant']}-seed{meta['seed']}: best epoch {meta['best_epoch']}, registered "
+            f"{meta.get('registered_model')} version {meta.get('registered_version')}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--variant", choices=VARIANTS, required=True)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    params = load_params_or_exit(args.params)
-    try:
-        _, meta = train_variant(params, args.variant, find_repo_root())
-    except (WeightsUnavailableError, FileNotFoundError, RuntimeError) as error:
-        fail(str(error))
-    print(
-        f"train_{args.variant}: best epoch {meta['best_epoch'] + 1}, registered "
-        f"{meta.get('registered_model')} version {meta.get('registered_version')} "
-        f"(alias @{args.variant})"
-    )
+    run_stage(__doc__, lambda params, args: train_model(params, ModelKey(args.variant, args.seed), find_repo_root()),
+              _summary, arguments=_arguments)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+"""The body of the cam_iinc stage: how far Grad-CAM moves under attack (stability), and
+how well it localizes the manipulation (localization), for every trained model on one
+fixed class-balanced test subset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from robust_deepfake.bootstrap import mean_with_ci
+from robust_deepfake.config import Params
+from robust_deepfake.data.dataset import load_split
+from robust_deepfake.explain.figures import cam_grid
+from robust_deepfake.explain.measure import CamSubset, cam_grid_plan, measure
+from robust_deepfake.explain.results import CamEntry, CamMetrics, IincValues
+from robust_deepfake.io import write_csv
+from robust_deepfake.model.detector import load_trained
+from robust_deepfake.model.device import resolve_device, set_threads
+from robust_deepfake.paths import CamOutputs, ModelKey, TrainOutputs, model_keys
+from robust_deepfake.progress import progress
+from robust_deepfake.robustness import eps as eps_units
+from robust_deepfake.robustness.eps import CLEAN
+
+CSV_COLUMNS = ["variant", "seed", "attack", "eps", "eps_label", "measure", "value", "ci_low", "ci_high", "n"]
+# Bootstrap streams of the per-image intervals: one per measure, so the clean and
+# attacked localization intervals do not reuse the stability resamples.
+BOOTSTRAP_SALT = {"localization_clean": 0, "stability": 1, "localization": 2}
+
+
+def cam_iinc(params: Params, root: Path, track: bool = True) -> CamMetrics:
+    cfg = params.cam
+    set_threads(params.train.num_threads)
+    device = resolve_device(params.train.device)
+    test = load_split(params.data.splits_dir, "test", params.data.image_size, params.data.cache_max_mb)
+    subset = CamSubset.from_split(test, params)
+    attacks, grid = cam_grid_plan(params)
+    keys = model_keys(params.train.seeds)
+    figure_eps = min(grid, key=lambda eps: abs(eps - params.report.reference_eps))
+    figure_seed = params.train.seeds[0]
+    print(
+        f"cam_iinc: {len(keys)} models, {len(subset.indices)} test images ({int((subset.labels == 1).sum())} fake, "
+        f"{int(subset.has_mask.sum())} with masks), {cfg.method} at {cfg.target_layer} (target: {cfg.target} class), "
+        f"attacks {attacks}, eps {[eps_units.label(e) for e in grid]}",
+        flush=True,
+    )
+    outputs = CamOutputs.at(root)
+    n = len(subset.indices)
+    shape = (len(keys), len(attacks), len(grid), n)
+    values = IincValues(keys, list(attacks), list(grid), subset.indices, subset.has_mask,
+                        np.full(shape, np.nan), np.full(shape, np.nan), np.full((len(keys), n), np.nan))
+    entries: list[CamEntry] = []
+    bar = progress(total=len(keys) * (1 + len(attacks) * len(grid)), desc="cam_iinc", unit="set")
+    for m, key in enumerate(keys):
+        model, _ = load_trained(TrainOutputs.of(root, key).model_dir, device)
+        clean, attacked = measure(model, subset, params, device)
+        bar.update(1)
+        values.localization_clean[m, subset.has_mask] = clean.localization
+        entries.append(_entry(key, CLEAN, 0.0, "localization", clean.localization, params, "localization_clean"))
+        for result in attacked:
+            a, e = attacks.index(result.attack), grid.index(result.eps)
+            values.stability[m, a, e] = result.stability
+            values.localization[m, a, e, subset.has_mask] = result.cams.localization
+            entries.append(_entry(key, result.attack, result.eps, "stability", result.stability, params, "stability"))
+            entries.append(_entry(key, result.attack, result.eps, "localization", result.cams.localization, params,
+                                  "localization"))
+            if result.eps == figure_eps and key.seed == figure_seed:
+                cam_grid(outputs.figures / f"cam_{key.variant}_{result.attack}.png", subset, clean, result,
+                         title=f"{key.name}: Grad-CAM under {result.attack.upper()} eps={eps_units.label(result.eps)} "
+                               f"({cfg.target_layer})", rows=cfg.figure_rows)
+            bar.update(1)
+    bar.close()
+    metrics = CamMetrics(entries, cfg.method, cfg.target_layer)
+    metrics.save(outputs.metrics)
+    values.save(outputs.values)
+    write_csv(outputs.plot, CSV_COLUMNS, (_row(entry) for entry in entries))
+    if track:
+        _log(params, root, entries)
+    return metrics
+
+
+def _entry(key: ModelKey, attack: str, eps: float, measure: str, per_image: np.ndarray, params: Params,
+           stream: str) -> CamEntry:
+    mean, low, high = mean_with_ci(per_image, params.eval.n_bootstrap, params.eval.ci,
+                                   params.eval.seed + BOOTSTRAP_SALT[stream])
+    return CamEntry(key, attack, eps, measure, mean, (low, high), int(np.isfinite(per_image).sum()))
+
+
+def _row(entry: CamEntry) -> dict:
+    return {"variant": entry.model.variant, "seed": entry.model.seed, "attack": entry.attack, "eps": entry.eps,
+            "eps_label": eps_units.label(entry.eps), "measure": entry.measure, "value": entry.mean,
+            "ci_low": entry.ci[0], "ci_high": entry.ci[1], "n": entry.n}
+
+
+def _log(params: Params, root: Path, entries: list[CamEntry]) -> None:
+    from robust_deepfake.ops.tracking import log_eps_curves
+    from robust_deepfake.paths import read_meta
+
+    keys = list(dict.fromkeys(e.model for e in entries))
+    rows = [{"model": e.model, "attack": e.attack, "metric": f"iinc_{e.measure}", "value": e.mean, "eps": e.eps}
+            for e in entries if e.attack != CLEAN]
+    log_eps_curves(params, root, {key: read_meta(root, key) for key in keys}, rows, prefix="cam")
+
+
+def format_table(metrics: CamMetrics) -> str:
+    """Stability / localization per model, attack and eps, as fixed-width text."""
+    lines = []
+    for key in metrics.models:
+        clean = metrics.get(key, CLEAN, 0.0, "localization")
+        lines.append(f"{key.name:14s} clean   localization {clean.mean:.3f}")
+        for attack in metrics.attacks:
+            cells = "  ".join(
+                f"{eps_units.label(eps)}: stab {metrics.get(key, attack, eps, 'stability').mean:.3f} "
+                f"loc {metrics.get(key, attack, eps, 'localization').mean:.3f}"
+                for eps in metrics.attacked_eps
+            )
+            lines.append(f"{key.name:14s} {attack:7s} {cells}")
+    return "\n".join(lines)

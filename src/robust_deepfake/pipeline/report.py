@@ -1,0 +1,219 @@
+"""The body of the report stage: figures, report.md/.html, the seed-level verdict, the
+headline metrics and (last, after every out is written) the MLflow aliases."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from robust_deepfake.config import Params
+from robust_deepfake.errors import MissingInputError
+from robust_deepfake.explain.results import CamMetrics, IincValues
+from robust_deepfake.io import atomic_open, write_csv, write_json
+from robust_deepfake.paths import (
+    DOSE_RESPONSE,
+    VARIANTS,
+    CamOutputs,
+    ModelKey,
+    ReportOutputs,
+    SplitOutputs,
+    SweepOutputs,
+    TrainOutputs,
+    model_keys,
+    read_json_file,
+    read_meta,
+)
+from robust_deepfake.report import document as report_doc
+from robust_deepfake.report import figures as report_figures
+from robust_deepfake.robustness import eps as eps_units
+from robust_deepfake.robustness.eps import CLEAN
+from robust_deepfake.robustness.sweep import SweepMetrics, SweepPredictions
+from robust_deepfake.robustness.verdict import SeedDifference, choose_champion, iinc_differences, sweep_differences
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    split: dict
+    train: dict[ModelKey, dict]
+    history: pd.DataFrame  # every model's per-epoch record, with variant and seed columns
+    sweep: SweepMetrics
+    sweep_rows: pd.DataFrame
+    predictions: SweepPredictions
+    cam: CamMetrics
+    iinc_rows: pd.DataFrame
+    iinc_values: IincValues
+    cam_figures: list[str]
+    timing: dict[ModelKey, dict]  # images/s etc. from meta.json
+    dose_response: dict | None
+
+    @classmethod
+    def read(cls, root: Path, seeds: list[int]) -> ReportInputs:
+        keys = model_keys(seeds)
+        sweep, cam = SweepOutputs.at(root), CamOutputs.at(root)
+        histories = []
+        for key in keys:
+            path = TrainOutputs.of(root, key).plot
+            if not path.exists():
+                raise MissingInputError(f"{path}: missing; run `dvc repro train_{key.variant}@{key.seed}` first")
+            histories.append(pd.read_csv(path).assign(variant=key.variant, seed=key.seed))
+        dose = root / DOSE_RESPONSE
+        return cls(
+            split=read_json_file(SplitOutputs.at(root).metrics, "run `dvc repro split` first"),
+            train={key: read_json_file(TrainOutputs.of(root, key).metrics) for key in keys},
+            history=pd.concat(histories, ignore_index=True),
+            sweep=SweepMetrics.load(sweep.metrics),
+            sweep_rows=_read_csv(sweep.plot),
+            predictions=SweepPredictions.load(sweep.predictions),
+            cam=CamMetrics.load(cam.metrics),
+            iinc_rows=_read_csv(cam.plot),
+            iinc_values=IincValues.load(cam.values),
+            cam_figures=sorted(p.name for p in cam.figures.glob("cam_*.png")),
+            timing={key: read_meta(root, key).get("timing", {}) for key in keys},
+            dose_response=json.loads(dose.read_text()) if dose.exists() else None,
+        )
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise MissingInputError(f"{path}: missing; run the upstream stages (`dvc repro`) first")
+    return pd.read_csv(path)
+
+
+def figure_attack_and_eps(params: Params, predictions: SweepPredictions) -> tuple[str, float]:
+    """The attack and eps of the headline, the per-source, ROC and confusion figures."""
+    attack = "pgd" if "pgd" in predictions.attacks else predictions.attacks[0]
+    attacked = [e for e in predictions.eps if e > 0] or predictions.eps
+    return attack, min(attacked, key=lambda e: abs(e - params.report.reference_eps))
+
+
+def build_report(params: Params, root: Path, track: bool = True) -> dict:
+    inputs = ReportInputs.read(root, params.train.seeds)
+    outputs = ReportOutputs.at(root)
+    attack, ref_eps = figure_attack_and_eps(params, inputs.predictions)
+    level = params.eval.ci
+
+    robustness_figures = []
+    for metric in ("accuracy", "auc", "asr"):
+        name = f"robustness_{metric}.png"
+        report_figures.robustness_curves(inputs.sweep_rows, metric, level, outputs.figures / name)
+        robustness_figures.append(name)
+    report_figures.iinc_curves(inputs.iinc_rows, level, outputs.figures / "iinc.png")
+    report_figures.training_curves(inputs.history, outputs.figures / "training_curves.png")
+    report_figures.per_source(inputs.sweep_rows, attack, ref_eps, outputs.figures / "per_source.png")
+    report_figures.roc_curves(inputs.predictions, attack, ref_eps, outputs.figures / "roc.png")
+    report_figures.confusion_matrices(inputs.predictions, attack, ref_eps, outputs.figures / "confusion.png")
+
+    differences = sweep_differences(inputs.predictions, params.eval)
+    differences += iinc_differences(inputs.iinc_values, params.eval)
+    current = _current_champion(params, root) if track else None
+    decision = choose_champion(inputs.sweep, params.report.select_by, params.eval, current)
+    provenance = _provenance(params, root)
+
+    document = "\n\n".join(part for part in [
+        "# Robust deepfake detection: baseline vs regularized",
+        report_doc.setup_section(params, len(inputs.predictions.labels), inputs.predictions.eps,
+                                 inputs.predictions.attacks, inputs.predictions.quantized),
+        report_doc.headline(differences, attack, len(params.train.seeds)),
+        report_doc.verdict_section(differences, decision, params.report.select_by, level),
+        report_doc.per_seed_section(differences, level),
+        report_doc.dose_response_section(inputs.dose_response),
+        report_doc.data_section(inputs.split),
+        report_doc.training_section(inputs.train, inputs.timing, inputs.sweep),
+        report_doc.robustness_section(inputs.sweep, robustness_figures),
+        report_doc.iinc_section(inputs.cam, inputs.cam_figures),
+        report_doc.per_source_section(inputs.sweep_rows, attack, ref_eps),
+        report_doc.provenance_section(provenance),
+        report_doc.reading_guide(),
+    ] if part) + "\n"
+    with atomic_open(outputs.markdown) as handle:
+        handle.write(document)
+    with atomic_open(outputs.html) as handle:
+        handle.write(report_doc.to_html(document, outputs.markdown.parent, "Robust deepfake detection report"))
+    _write_dvc_plots(outputs.plots, inputs.sweep_rows)
+    _write_training_plots(outputs.training, inputs.history)
+    write_json(outputs.verdict, {"differences": [d.as_dict() for d in differences], "decision": decision.as_dict(),
+                                 "provenance": provenance})
+    summary = headline_metrics(inputs, differences, attack, ref_eps)
+    write_json(outputs.metrics, summary)
+    if track:  # last: the aliases move only once every out is in place
+        from robust_deepfake.ops.tracking import publish_report
+
+        publish_report(params, root, decision, outputs)
+    return {"differences": differences, "decision": decision, "metrics": summary}
+
+
+def headline_metrics(inputs: ReportInputs, differences: list[SeedDifference], attack: str, eps: float) -> dict:
+    """The ~20 numbers `dvc metrics show` and `dvc exp show` display: seed means per
+    variant at the reference attack and eps, and the verdict under that attack."""
+    seeds = sorted({k.seed for k in inputs.sweep.models})
+    by_variant = {}
+    for variant in VARIANTS:
+        keys = [ModelKey(variant, s) for s in seeds]
+        clean = [inputs.sweep.get(k, CLEAN, 0.0) for k in keys]
+        attacked = [inputs.sweep.get(k, attack, eps) for k in keys]
+        stability = [inputs.cam.get(k, a, e, "stability").mean for k in keys
+                     for a in inputs.cam.attacks for e in inputs.cam.attacked_eps]
+        by_variant[variant] = {
+            "val_auc": float(np.mean([inputs.train[k]["val_auc"] for k in keys])),
+            "clean_accuracy": float(np.mean([e.accuracy for e in clean])),
+            "clean_auc": float(np.mean([e.auc for e in clean])),
+            f"{attack}_accuracy": float(np.mean([e.accuracy for e in attacked])),
+            f"{attack}_auc": float(np.mean([e.auc for e in attacked])),
+            "iinc_stability": float(np.nanmean(stability)) if stability else float("nan"),
+        }
+    verdict = next(d for d in differences if d.attack == attack and d.metric == "accuracy")
+    return {
+        "seeds": len(seeds),
+        "reference_eps_255": eps_units.grey_levels(eps),
+        "by_variant": by_variant,
+        "verdict": {
+            f"{attack}_accuracy_diff": verdict.mean,
+            "ci_low": verdict.ci_low,
+            "ci_high": verdict.ci_high,
+            "seeds_favouring_reg": verdict.seeds_favouring["reg"],
+            "seeds_favouring_baseline": verdict.seeds_favouring["baseline"],
+        },
+    }
+
+
+def _current_champion(params: Params, root: Path) -> str | None:
+    from robust_deepfake.ops.tracking import current_alias_variant
+
+    return current_alias_variant(params, root, "champion")
+
+
+def _provenance(params: Params, root: Path) -> dict[str, str]:
+    from robust_deepfake.config import params_hash
+    from robust_deepfake.ops.tracking import data_md5, git_commit
+
+    return {"git commit": git_commit(root), "data.dvc md5": data_md5(root), "params hash": params_hash(params)}
+
+
+def _write_training_plots(directory: Path, history: pd.DataFrame) -> None:
+    """One per-epoch CSV per model (epochs 1-based, as the train stage writes them) for `dvc plots show`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    columns = [c for c in ("epoch", "train_loss", "val_loss", "val_auc", "train_loss_gap") if c in history]
+    for (variant, seed), frame in history.groupby(["variant", "seed"], sort=False):
+        records = [{c: (int(row.epoch) if c == "epoch" else row[c]) for c in columns} for _, row in frame.iterrows()]
+        write_csv(directory / f"{ModelKey(variant, int(seed)).name}.csv", columns, records)
+
+
+def _write_dvc_plots(directory: Path, sweep_rows: pd.DataFrame) -> None:
+    """Wide CSVs for `dvc plots`: one file per attack, eps x (variant metric) seed means."""
+    rows = sweep_rows[sweep_rows.source == "all"]
+    clean = rows[rows.attack == CLEAN]
+    directory.mkdir(parents=True, exist_ok=True)
+    for attack in [a for a in dict.fromkeys(rows.attack) if a != CLEAN]:
+        frame = pd.concat([clean, rows[rows.attack == attack]])
+        wide = frame.pivot_table(index="eps", columns=["variant", "metric"], values="value", aggfunc="mean").sort_index()
+        records = []
+        for eps, values in wide.iterrows():
+            record = {"eps_255": eps_units.grey_levels(float(eps))}
+            for (variant, metric), value in values.items():
+                record[f"{variant}_{metric}"] = value
+            records.append(record)
+        write_csv(directory / f"{attack}.csv", list(records[0]), records)

@@ -1,0 +1,35 @@
+"""The body of the split stage: data/raw -> data/splits/{train,val,test}.csv and
+metrics/split.json (identity-disjoint, source-stratified; see data/split.py)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from robust_deepfake.config import Params
+from robust_deepfake.data.dataset import SPLIT_COLUMNS
+from robust_deepfake.data.layout import SPLITS
+from robust_deepfake.data.split import build_splits
+from robust_deepfake.io import write_csv, write_json
+from robust_deepfake.paths import SplitOutputs
+
+
+def split(params: Params, root: Path) -> dict:
+    """Write the three split CSVs and the split metrics; returns the metrics."""
+    outcome = build_splits(params.data.raw_dir, params.split, params.data.on_bad_file)
+    outputs = SplitOutputs.at(root, params.data.splits_dir)
+    for name in SPLITS:
+        rows = [
+            {key: value for key, value in asdict(record).items() if key in SPLIT_COLUMNS}
+            for record in outcome.result.assignment[name]
+        ]
+        write_csv(outputs.splits_dir / f"{name}.csv", SPLIT_COLUMNS, rows)
+    metrics = outcome.metrics(params.split.holdout_methods)
+    write_json(outputs.metrics, metrics)
+    return metrics
+
+
+def format_summary(metrics: dict) -> str:
+    summary = ", ".join(f"{name} {metrics[name]['total']}" for name in SPLITS)
+    skipped = metrics.get("skipped_bad_files", 0)
+    return f"split: {summary}" + (f"; skipped {skipped} bad file(s)" if skipped else "")

@@ -1,0 +1,171 @@
+"""One training job: the body of the train_baseline@<seed> / train_reg@<seed> stages."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+
+from robust_deepfake.config import Params
+from robust_deepfake.data.dataset import load_split
+from robust_deepfake.io import write_csv, write_json
+from robust_deepfake.model.detector import build_detector, save_weights
+from robust_deepfake.model.device import resolve_device, seed_everything, set_threads
+from robust_deepfake.model.training import FitResult, fit
+from robust_deepfake.paths import CHECKPOINT_DIR, ModelKey, TrainOutputs
+
+TIMING = ("seconds", "images_per_s")  # machine-dependent: MLflow and meta.json, not DVC metrics
+
+
+def detector_config(params: Params) -> dict:
+    """What it takes to rebuild the network from its state dict (saved with every model)."""
+    return {
+        "model": params.model.model_dump(mode="json"),
+        "split_at": params.reg.split_at,
+        "image_size": params.data.image_size,
+    }
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fingerprint(params: Params, key: ModelKey) -> str:
+    """Identity of a training run: a resume checkpoint is only reused when this matches."""
+    splits = Path(params.data.splits_dir)
+    train = params.train.model_dump(mode="json")
+    train.pop("seeds")
+    payload = {
+        "variant": key.variant,
+        "seed": key.seed,
+        "model": params.model.model_dump(mode="json"),
+        "reg": params.reg.model_dump(mode="json") if key.variant == "reg" else {"split_at": params.reg.split_at},
+        "train": train,
+        "image_size": params.data.image_size,
+        "splits": {name: _file_digest(splits / f"{name}.csv") for name in ("train", "val")},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -> tuple[FitResult, dict]:
+    """Train one variant at one seed, write its outs, log and register it in MLflow.
+    Returns the fit result and the meta.json content."""
+    if key.seed not in params.train.seeds:
+        raise ValueError(f"seed {key.seed} is not in train.seeds {params.train.seeds}")
+    set_threads(params.train.num_threads)
+    device = resolve_device(params.train.device)
+    data = params.data
+    train_set = load_split(data.splits_dir, "train", data.image_size, data.cache_max_mb)
+    val_set = load_split(data.splits_dir, "val", data.image_size, data.cache_max_mb)
+    seed_everything(key.seed)  # same initial weights for both variants of a seed
+    model = build_detector(params.model, params.reg.split_at)
+    reg = params.reg if key.variant == "reg" else None
+    outputs = TrainOutputs.of(root, key)
+    checkpoint = root / CHECKPOINT_DIR / key.variant / f"seed{key.seed}" / "last.pt"
+    n_train = min(len(train_set), params.train.max_train_samples or len(train_set))
+    print(
+        f"train {key.name}: {n_train} of {len(train_set)} train / {len(val_set)} val images at {data.image_size} px "
+        f"on {device}, {params.train.num_threads} thread(s)"
+        + (f", reg mode={reg.mode} alpha={reg.alpha} epsilon={reg.epsilon} ({reg.epsilon_scale})" if reg else ""),
+        flush=True,
+    )
+    identity = fingerprint(params, key)
+    config = detector_config(params)
+    run_context = _tracking_run(params, key, root) if track else contextlib.nullcontext()
+    with run_context as run:
+        result = fit(
+            model, train_set, val_set, params.train, reg, device, seed=key.seed,
+            checkpoint=checkpoint, fingerprint=identity, on_epoch=_epoch_logger(track),
+        )
+        save_weights(model, outputs.weights)
+        summary = _summary(result)
+        meta = {
+            "variant": key.variant,
+            "seed": key.seed,
+            "fingerprint": identity,
+            "best_epoch": result.best_epoch + 1,  # 1-based, as in the logs and the report
+            "epochs_run": len(result.history),
+            "stopped_early": result.stopped_early,
+            "resumed_from_epoch": result.resumed_from,
+            "class_weights": result.class_weights,
+            "num_threads": params.train.num_threads,
+            "timing": _timing(result),
+            "detector": config,
+            "reg": params.reg.model_dump(mode="json") if reg else None,
+        }
+        if track:
+            meta.update(_register(params, key, root, run, outputs, config, summary, reg is not None))
+    write_json(outputs.meta, meta)
+    write_json(outputs.metrics, summary)
+    columns = [c for c in result.history[0] if c not in TIMING]
+    # epochs are 1-based for people (logs, CSV, meta.json, MLflow steps); 0-based in FitResult
+    write_csv(outputs.plot, columns, ({c: (r[c] + 1 if c == "epoch" else r[c]) for c in columns}
+                                      for r in result.history))
+    if checkpoint.exists():
+        checkpoint.unlink()  # only needed to survive a crash; the outs now hold the result
+    return result, meta
+
+
+def _tracking_run(params: Params, key: ModelKey, root: Path):
+    from robust_deepfake.ops import tracking
+
+    return tracking.training_run(params, key, root)
+
+
+def _epoch_logger(track: bool):
+    if not track:
+        return None
+
+    def log_epoch(record: dict) -> None:
+        import mlflow
+
+        from robust_deepfake.ops.tracking import finite_metrics
+
+        mlflow.log_metrics(finite_metrics(record), step=int(record["epoch"]) + 1)
+
+    return log_epoch
+
+
+def _register(params: Params, key: ModelKey, root: Path, run, outputs: TrainOutputs, config: dict, summary: dict,
+              regularized: bool) -> dict:
+    import mlflow
+
+    from robust_deepfake.ops import tracking
+
+    mlflow.log_metrics({f"best_{k}" if not k.startswith("best") else k: v
+                        for k, v in tracking.finite_metrics(summary).items()})
+    version = tracking.log_and_register_detector(
+        outputs.weights, config, params.tracking.registered_model, key,
+        version_tags={"reg_mode": params.reg.mode if regularized else "none", "mlflow_run_id": run.info.run_id},
+    )
+    return {
+        "mlflow_run_id": run.info.run_id,
+        "tracking_uri": mlflow.get_tracking_uri(),
+        "registered_model": params.tracking.registered_model,
+        "registered_version": version,
+        "git_commit": tracking.git_commit(root),
+    }
+
+
+def _summary(result: FitResult) -> dict:
+    best = result.best
+    summary = {
+        "best_epoch": result.best_epoch + 1,
+        "val_accuracy": best["val_accuracy"],
+        "val_f1": best["val_f1"],
+        "val_auc": best["val_auc"],
+        "val_loss": best["val_loss"],
+        "train_loss": best["train_loss"],
+        "epochs_run": len(result.history),
+    }
+    if "train_loss_gap" in best and best["train_loss_gap"] == best["train_loss_gap"]:  # not NaN: regularized
+        summary["train_loss_gap"] = best["train_loss_gap"]
+        summary["train_perturbation_relative"] = best["train_perturbation_relative"]
+    return summary
+
+
+def _timing(result: FitResult) -> dict:
+    seconds = sum(r["seconds"] for r in result.history)
+    images = sum(r["images_per_s"] * r["seconds"] for r in result.history)
+    return {"seconds": round(seconds, 1), "images_per_s": round(images / max(seconds, 1e-9), 1)}
