@@ -1,6 +1,6 @@
 """The DVC pipeline as a Prefect flow: one task per dvc.yaml stage, in DVC's order.
 
-DVC owns the DAG and the cache (robust_deepfake.orchestration); Prefect runs it, retries
+DVC owns the DAG and the cache (robust_deepfake.ops.orchestration); Prefect runs it, retries
 transient failures, streams each stage's output into its task's log and shows it.
 """
 
@@ -15,8 +15,9 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.futures import wait
 from prefect.states import Failed, State
 
-from robust_deepfake import orchestration
 from robust_deepfake.config import ConfigError, load_params
+from robust_deepfake.ops import orchestration
+from robust_deepfake.pipeline.summary import key_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,8 +53,10 @@ def pipeline(
 
     overrides: `key=value` as for `dvc exp run -S` (e.g. ["train.lr=0.003"]); with
         overrides (or an experiment_name) the run is saved as a DVC experiment.
+    target: a stage as DVC names it (`attack_sweep`, or one foreach item: `train_reg@1`).
     device: auto, cpu, cuda:N, or several ("cuda:0,cuda:1") to run independent stages
-        (train_baseline and train_reg) at the same time, one per device.
+        (the train_baseline@<seed> and train_reg@<seed> items) at the same time, spread
+        over the devices round-robin.
     repo: the repository to run in (default: the one holding this file).
     """
     logger = get_run_logger()
@@ -85,7 +88,7 @@ def pipeline(
                     break
         if failures:
             return Failed(message="; ".join(str(error) for error in failures))
-    metrics: dict[str, float | str] = orchestration.key_metrics(root)
+    metrics: dict[str, float | str] = key_metrics(root, graph)  # only outputs this run covered
     if overrides or experiment_name:
         metrics["experiment"] = orchestration.save_experiment(root, experiment_name)
         logger.info(f"saved DVC experiment {metrics['experiment']!r} (`dvc exp show` lists it)")

@@ -1,8 +1,9 @@
 """Scheduled re-evaluation of the registered models (@champion, @challenger) as a Prefect flow.
 
 Nothing is retrained: each alias's model version is attacked again on the current test
-split with the current attack params (robust_deepfake.reevaluation), a run tagged
-`reevaluation` is logged, and the flow fails when robustness dropped by more than
+split with the current attack params (robust_deepfake.ops.reevaluation), a run tagged
+`reevaluation` is logged, and the flow fails when robustness (the `report.select_by`
+score that chose @champion, robustness.verdict) dropped by more than
 `reevaluate.max_drop` since that version's previous evaluation.
 """
 
@@ -15,8 +16,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from robust_deepfake import reevaluation
 from robust_deepfake.config import ConfigError, load_params
+from robust_deepfake.errors import StageError
+from robust_deepfake.ops import reevaluation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +44,7 @@ def reevaluate(aliases: list[str] | None = None, device: str = "auto", repo: str
     for alias in aliases or params.reevaluate.aliases:
         try:
             outcomes.append(reevaluate_alias(alias, str(root), device))
-        except (reevaluation.ReevaluationError, FileNotFoundError, ValueError) as error:
+        except (StageError, FileNotFoundError, ValueError) as error:  # ReevaluationError, DeviceError, ...
             problems.append(f"@{alias}: {error}")
     if outcomes:
         create_table_artifact(

@@ -19,21 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from robust_deepfake.config import Params, TrackingConfig, flatten
+from robust_deepfake.paths import ModelKey, find_repo_root, read_meta
 
 DEFAULT_DB = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
+MLFLOW_BATCH_LIMIT = 900  # log_batch takes at most 1,000 metrics per call
 PYFUNC_REQUIREMENTS = [
     "torch==2.14.1", "timm==1.0.31", "numpy==2.4.6", "pillow==13.0.0", "pandas==3.1.1", "mlflow==3.17.2",
 ]
-
-
-def find_repo_root(start: Path | None = None) -> Path:
-    """The nearest directory holding dvc.yaml (stages run from there), else cwd."""
-    here = (start or Path.cwd()).resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / "dvc.yaml").exists():
-            return candidate
-    return here
 
 
 _exported: str | None = None  # MLFLOW_TRACKING_URI as mlflow.set_tracking_uri() exported it for us
@@ -117,22 +110,23 @@ def finite_metrics(values: dict[str, Any]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def training_run(params: Params, variant: str, root: Path) -> Iterator[Any]:
+def training_run(params: Params, key: ModelKey, root: Path) -> Iterator[Any]:
     """An MLflow run for one training, with the resolved config and provenance tags."""
     import mlflow
 
     configure(params.tracking, root)
     experiment_id = ensure_experiment(params.tracking.experiment, root)
     tags = {
-        "variant": variant,
-        "reg_mode": params.reg.mode if variant == "reg" else "none",
+        "variant": key.variant,
+        "seed": str(key.seed),
+        "reg_mode": params.reg.mode if key.variant == "reg" else "none",
         "git_commit": git_commit(root),
         "data_md5": data_md5(root),
-        "stage": f"train_{variant}",
+        "stage": f"train_{key.variant}@{key.seed}",
     }
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train_{variant}", tags=tags) as run:
-        mlflow.log_params({key: json.dumps(value) if isinstance(value, list) else value
-                           for key, value in flatten(params).items()})
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train_{key.name}", tags=tags) as run:
+        mlflow.log_params({name: json.dumps(value) if isinstance(value, list) else value
+                           for name, value in flatten(params).items()})
         yield run
 
 
@@ -151,11 +145,12 @@ def log_and_register_detector(
     weights_path: Path,
     detector_config: dict[str, Any],
     registered_model: str,
-    variant: str,
+    key: ModelKey,
     version_tags: dict[str, str] | None = None,
 ) -> str:
-    """Log the pyfunc model to the active run, register a new version, tag it and point
-    the alias `<variant>` at it. Returns the version number."""
+    """Log the pyfunc model to the active run, register a new version, tag it (variant,
+    seed) and point the alias `<variant>-seed<k>` at it. Returns the version number.
+    The report moves `@<variant>`, `@champion` and `@challenger`."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -174,30 +169,32 @@ def log_and_register_detector(
         )
     version = str(info.registered_model_version)
     client = MlflowClient()
-    for key, value in {"variant": variant, **(version_tags or {})}.items():
-        client.set_model_version_tag(registered_model, version, key, value)
-    client.set_registered_model_alias(registered_model, variant, version)
+    tags = {"variant": key.variant, "seed": str(key.seed), **(version_tags or {})}
+    for name, value in tags.items():
+        client.set_model_version_tag(registered_model, version, name, value)
+    client.set_registered_model_alias(registered_model, key.name, version)
     return version
 
 
-def log_eps_curves(params: Params, root: Path, metas: dict[str, dict], rows: list[dict], prefix: str) -> None:
-    """Log overall metrics per eps to each model's training run (step = eps in hundredths
-    of a grey level, see evaluation.eps_step),
-    so MLflow's charts show accuracy-vs-eps curves next to the training curves. A model
-    whose run is not in this store (e.g. restored from the DVC cache elsewhere) gets a new
-    run tagged with its variant."""
+def log_eps_curves(params: Params, root: Path, metas: dict, rows: list[dict], prefix: str) -> None:
+    """Log overall metrics per eps to each model's training run, so MLflow's charts show
+    metric-vs-eps curves next to the training curves. `metas` maps a ModelKey to its
+    meta.json; `rows` carry `model` (a ModelKey), `attack`, `metric`, `value`, `eps`.
+    The step is eps in hundredths of a grey level (robustness.eps.to_step: 2/255 -> 200).
+    A model whose run is not in this store (e.g. restored from the DVC cache elsewhere)
+    gets a new run tagged with its variant and seed."""
     import time
 
     import mlflow
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from robust_deepfake.evaluation import eps_step
+    from robust_deepfake.robustness.eps import to_step
 
     configure(params.tracking, root)
     client = MlflowClient()
     now = int(time.time() * 1000)
-    for variant, meta in metas.items():
+    for key, meta in metas.items():
         run_id = meta.get("mlflow_run_id")
         try:
             if run_id is None:
@@ -205,55 +202,76 @@ def log_eps_curves(params: Params, root: Path, metas: dict[str, dict], rows: lis
             client.get_run(run_id)
         except (LookupError, mlflow.exceptions.MlflowException):  # no id, or not in this store
             experiment_id = ensure_experiment(params.tracking.experiment, root)
-            run_id = client.create_run(experiment_id, run_name=f"{prefix}_{variant}",
-                                       tags={"variant": variant, "stage": prefix}).info.run_id
+            run_id = client.create_run(experiment_id, run_name=f"{prefix}_{key.name}",
+                                       tags={"variant": key.variant, "seed": str(key.seed), "stage": prefix}).info.run_id
             client.set_terminated(run_id)
-            print(f"note: {variant}'s training run is not in {mlflow.get_tracking_uri()}; logged to new run {run_id}")
+            print(f"note: {key.name}'s training run is not in {mlflow.get_tracking_uri()}; logged to new run {run_id}")
         metrics = [
-            Metric(f"{prefix}/{row['attack']}/{row['metric']}", float(row["value"]), now, eps_step(row["eps"]))
+            Metric(f"{prefix}/{row['attack']}/{row['metric']}", float(row["value"]), now, to_step(row["eps"]))
             for row in rows
-            if row["model"] == variant and row["source"] == "all" and math.isfinite(row["value"])
+            if row["model"] == key and math.isfinite(row["value"])
         ]
-        for start in range(0, len(metrics), 900):
-            client.log_batch(run_id, metrics=metrics[start : start + 900])
+        for start in range(0, len(metrics), MLFLOW_BATCH_LIMIT):
+            client.log_batch(run_id, metrics=metrics[start : start + MLFLOW_BATCH_LIMIT])
 
 
-def publish_report(params: Params, root: Path, champion: str, challenger: str, scores: dict[str, float],
-                   reports: Path) -> dict[str, str]:
-    """Log the report to a `report` run, then move the aliases: `champion` to the winning
-    variant's latest registered version, `challenger` to the other; tag both versions with
-    their robustness score under the criterion."""
+def current_alias_variant(params: Params, root: Path, alias: str) -> str | None:
+    """The `variant` tag of the version `alias` points at, or None (no alias yet)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    configure(params.tracking, root)
+    try:
+        version = MlflowClient().get_model_version_by_alias(params.tracking.registered_model, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return version.tags.get("variant")
+
+
+def _registered_version(client, name: str, root: Path, key: ModelKey) -> str:
+    import mlflow
+
+    meta = read_meta(root, key)
+    version = meta.get("registered_version")
+    if version is None:
+        raise RuntimeError(f"{key.name}'s meta.json has no registered_version: was it trained with tracking on?")
+    try:
+        client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:
+        raise RuntimeError(
+            f"version {version} of {name} ({key.name}) is not in {mlflow.get_tracking_uri()}; re-run the train "
+            "stages with this tracking store (`dvc repro -f -s train_baseline train_reg`)"
+        ) from None
+    return version
+
+
+def publish_report(params: Params, root: Path, decision, outputs) -> dict[str, str]:
+    """Log the report to a `report` run, then move the aliases: `@<variant>` to each
+    variant's representative seed and, when the decision allows it, `@champion` /
+    `@challenger`; tag the versions with their variant's seed-mean score."""
     import mlflow
     from mlflow import MlflowClient
 
     configure(params.tracking, root)
     client = MlflowClient()
     name = params.tracking.registered_model
-    versions = {}
-    for variant in (champion, challenger):
-        meta = json.loads((root / "models" / variant / "meta.json").read_text())
-        version = meta.get("registered_version")
-        if version is None:
-            raise RuntimeError(f"models/{variant}/meta.json has no registered_version: was it trained with tracking on?")
-        try:
-            client.get_model_version(name, version)
-        except mlflow.exceptions.MlflowException:
-            raise RuntimeError(
-                f"version {version} of {name} (models/{variant}) is not in {mlflow.get_tracking_uri()}; "
-                "re-run the train stages with this tracking store (`dvc repro -f train_baseline train_reg`)"
-            ) from None
-        versions[variant] = version
+    versions = {variant: _registered_version(client, name, root, key)
+                for variant, key in decision.representatives.items()}
     experiment_id = ensure_experiment(params.tracking.experiment, root)
     with mlflow.start_run(experiment_id=experiment_id, run_name="report",
-                          tags={"stage": "report", "champion": champion, "git_commit": git_commit(root)}):
-        mlflow.log_params({"select_by": params.report.select_by, "champion_version": versions[champion],
-                           "challenger_version": versions[challenger]})
-        mlflow.log_metrics({f"score_{variant}": value for variant, value in scores.items()})
-        mlflow.log_artifact(str(reports / "report.html"))
-        mlflow.log_artifact(str(reports / "report.md"))
-        mlflow.log_artifacts(str(reports / "figures"), artifact_path="figures")
-    for alias, variant in (("champion", champion), ("challenger", challenger)):
-        client.set_registered_model_alias(name, alias, versions[variant])
-        client.set_model_version_tag(name, versions[variant], f"robustness_{params.report.select_by}",
-                                     f"{scores[variant]:.6f}")
-    return {"champion_version": versions[champion], "challenger_version": versions[challenger]}
+                          tags={"stage": "report", "champion": decision.champion.name, "git_commit": git_commit(root)}):
+        mlflow.log_params({"select_by": params.report.select_by, "seeds": json.dumps(params.train.seeds),
+                           "champion": decision.champion.name, "move_champion": decision.move_champion})
+        mlflow.log_metrics({f"score_{variant}": value for variant, value in decision.variant_scores.items()})
+        for path in (outputs.html, outputs.markdown, outputs.verdict):
+            mlflow.log_artifact(str(path))
+        mlflow.log_artifacts(str(outputs.figures), artifact_path="figures")
+    for variant, version in versions.items():
+        client.set_registered_model_alias(name, variant, version)
+        client.set_model_version_tag(name, version, f"robustness_{params.report.select_by}_seed_mean",
+                                     f"{decision.variant_scores[variant]:.6f}")
+    if decision.move_champion:
+        client.set_registered_model_alias(name, "champion", versions[decision.champion.variant])
+        client.set_registered_model_alias(name, "challenger", versions[decision.challenger.variant])
+    return {"champion_version": versions[decision.champion.variant],
+            "challenger_version": versions[decision.challenger.variant]}

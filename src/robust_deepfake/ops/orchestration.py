@@ -6,20 +6,21 @@ DVC stays the owner of the DAG and the cache:
   kept here, so a stage added to dvc.yaml is picked up as it is;
 * each stage runs as `dvc --wait-for-lock repro --single-item <stage>`, so an up-to-date
   stage is skipped and dvc.lock is written exactly as `dvc repro` writes it. DVC releases
-  its repo lock while a stage command runs, so independent stages (train_baseline and
-  train_reg) can run at the same time, each on its own GPU;
+  its repo lock while a stage command runs, so independent stages (the foreach-expanded
+  train_baseline@<seed> and train_reg@<seed>) can run at the same time, each on its own GPU;
 * param overrides go through DVC's own `-S` implementation (hydra override grammar) and
   the finished run is recorded with `dvc exp save`: the same experiment `dvc exp run -S`
   would make, listed by `dvc exp show`. As with `dvc exp run`, the workspace keeps the
   overridden params.yaml afterwards.
 
 No Prefect import here: the flow adds retries, logging and concurrency around these
-functions, and the library stays quick to import.
+functions, and the library stays quick to import. (Just over 300 lines: the DVC graph,
+device handling and stage runner share one error vocabulary; what a run is judged by
+lives in pipeline/summary.py.)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -27,11 +28,11 @@ import sys
 import warnings
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robust_deepfake.config import ConfigError, Params, load_params, parse_pixel_value
+from robust_deepfake.config import ConfigError, Params, load_params
 
 PARAMS_FILE = "params.yaml"
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -84,11 +85,17 @@ def error_line(lines: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class StageGraph:
-    """dvc.yaml's stages in a topological order (ties keep dvc.yaml's order) and, for
-    each, the stages whose outputs it reads."""
+    """dvc.yaml's stages in a topological order (ties keep dvc.yaml's order), for each
+    the stages whose outputs it reads and its own outs (POSIX paths relative to the
+    repository root). A foreach stage appears once per item (`train_reg@1`)."""
 
     stages: tuple[str, ...]
     upstream: Mapping[str, frozenset[str]]
+    outs: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def writes(self, path: str) -> bool:
+        """Whether one of these stages produces `path` (an out, or a file inside an out directory)."""
+        return any(path == out or path.startswith(f"{out}/") for outs in self.outs.values() for out in outs)
 
     def levels(self) -> list[list[str]]:
         """Groups that may run at the same time: every stage's upstream lies in earlier groups."""
@@ -107,11 +114,13 @@ class StageGraph:
             if stage not in keep:
                 keep.add(stage)
                 todo.extend(self.upstream[stage])
-        return StageGraph(tuple(s for s in self.stages if s in keep), {s: self.upstream[s] for s in keep})
+        return StageGraph(tuple(s for s in self.stages if s in keep), {s: self.upstream[s] for s in keep},
+                          {s: outs for s, outs in self.outs.items() if s in keep})
 
 
 def read_stage_graph(root: Path) -> StageGraph:
-    """The pipeline's DAG as DVC itself builds it from dvc.yaml (deps matched to outs).
+    """The pipeline's DAG as DVC itself builds it from dvc.yaml (deps matched to outs),
+    foreach stages expanded as DVC names them (`train_baseline@0`, from train.seeds).
 
     `.dvc` files (data.dvc) are inputs, not stages to run; `dvc repro --single-item`
     still notices when the data they track changed."""
@@ -135,6 +144,8 @@ def read_stage_graph(root: Path) -> StageGraph:
                 )
                 for node in nodes
             }
+            outs = {address(node): frozenset(filter(None, (_relative(out.fs_path, root) for out in node.outs)))
+                    for node in nodes}
     except DvcException as error:
         raise OrchestrationError(f"{root / 'dvc.yaml'}: {error}") from None
     order: list[str] = []
@@ -145,7 +156,15 @@ def read_stage_graph(root: Path) -> StageGraph:
             raise OrchestrationError(f"{root / 'dvc.yaml'}: the stages {pending} form a cycle")
         order.append(ready)
         pending.remove(ready)
-    return StageGraph(tuple(order), upstream)
+    return StageGraph(tuple(order), upstream, outs)
+
+
+def _relative(path: str | Path, root: Path) -> str | None:
+    """`path` relative to `root` in POSIX form, or None outside it (an external out)."""
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
 
 
 def parse_devices(device: str) -> list[str]:
@@ -284,50 +303,3 @@ def save_experiment(root: Path, name: str | None = None, env: Mapping[str, str] 
     if result.returncode != 0 or not match:
         raise OrchestrationError(f"dvc exp save failed (exit {result.returncode}): {error_line(output.splitlines())}")
     return match.group(1)
-
-
-def key_metrics(root: Path) -> dict[str, float | str]:
-    """The figures a run is judged by, from the DVC metrics files present (a run up to a
-    target stage has only some): per variant `val_auc`, `clean_accuracy`, `clean_auc`,
-    `robust_accuracy` (see reevaluation.robustness) and `iinc_stability`; and `champion`."""
-    from robust_deepfake.reevaluation import robustness
-
-    metrics_dir = root / "metrics"
-    out: dict[str, float | str] = {}
-    for path in sorted(metrics_dir.glob("train_*.json")):
-        variant = path.stem.removeprefix("train_")
-        value = _read_json(path).get("val_auc")
-        if isinstance(value, int | float):
-            out[f"{variant}/val_auc"] = float(value)
-    sweep = _read_json(metrics_dir / "attack_sweep.json")
-    for variant, attacks in sweep.items():
-        curves = {
-            attack: {parse_pixel_value(label): entry["accuracy"] for label, entry in per_eps.items()}
-            for attack, per_eps in attacks.items()
-        }
-        clean = next((per_eps["0"] for per_eps in attacks.values() if "0" in per_eps), None)
-        if clean is not None:
-            out[f"{variant}/clean_accuracy"] = float(clean["accuracy"])
-            out[f"{variant}/clean_auc"] = float(clean["auc"])
-        value, _ = robustness(curves)
-        out[f"{variant}/robust_accuracy"] = value
-    for variant, entry in _read_json(metrics_dir / "cam_iinc.json").items():
-        values = [
-            stats["stability"]["mean"]
-            for attack, per_eps in entry.items() if attack != "clean"
-            for stats in per_eps.values()
-        ]
-        if values:
-            out[f"{variant}/iinc_stability"] = float(sum(values) / len(values))
-    champion = _read_json(metrics_dir / "report.json").get("champion")
-    if isinstance(champion, str):
-        out["champion"] = champion
-    return out
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}

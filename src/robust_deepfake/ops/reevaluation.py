@@ -5,62 +5,81 @@ current test split with the current `attack` params (attacks or eps added to par
 are picked up) and measures Grad-CAM stability under attack (IINC) with the `cam`
 params. It logs a new run tagged `reevaluation` (linked to the version by tags and to its
 logged model by `model_id`) and points the version's tag `last_reevaluation_run_id` at
-it. It never trains and never writes DVC outputs.
+it. It never trains and never writes DVC outputs. (Over 300 lines: loading by alias,
+measuring, comparing with the previous evaluation and logging are one workflow whose
+pieces are each short.)
 
-"Robustness" is the mean PGD accuracy over eps > 0 (the mean over all attacks when PGD is
-not configured). The previous evaluation of a version is the run its tag
-`last_reevaluation_run_id` names (metrics `reeval/<attack>/accuracy`), or, before the
+"Robustness" is the score that chose @champion: `report.select_by` scored by
+robustness.verdict (criterion_plan, curve_score), e.g. the mean PGD accuracy over eps > 0.
+A criterion the re-evaluation cannot score (clean_*, or pgd_* without PGD in
+attack.attacks) falls back to PGD accuracy, else the mean accuracy over every attack
+(score_plan). The previous evaluation of a version is the run its tag
+`last_reevaluation_run_id` names (metrics `reeval/<attack>/<metric>`), or, before the
 first re-evaluation, the attack sweep the pipeline logged on its training run
-(`attack/<attack>/accuracy`). Both are compared on the eps they share (steps = eps in
-hundredths of a grey level, evaluation.eps_step), so a new eps is never read as a drop;
-drop = previous - current.
+(`attack/<attack>/<metric>`). Both are compared on the attacks and eps they share (steps =
+eps in hundredths of a grey level, robustness.eps.to_step), so a new eps is never read as
+a drop; drop = previous - current.
 
-Heavy imports (torch, mlflow) are inside the functions: `robustness` is also used by
-orchestration.key_metrics, which must import fast.
+Heavy imports (torch, mlflow) are inside the functions, so the module imports fast.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robust_deepfake.config import Params
+from robust_deepfake.errors import StageError
+from robust_deepfake.paths import VARIANTS, ModelKey
+from robust_deepfake.robustness import eps as eps_units
+from robust_deepfake.robustness.eps import CLEAN
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
     from robust_deepfake.data.dataset import ImageSet
-    from robust_deepfake.models import Detector
+    from robust_deepfake.model.detector import Detector
+    from robust_deepfake.robustness.sweep import SweepMetrics
 
-REEVAL_PREFIX = "reeval"  # reeval/<attack>/<metric>, step = eps_step(eps)
+REEVAL_PREFIX = "reeval"  # reeval/<attack>/<metric>, step = eps.to_step(eps); reeval/clean/<metric> at step 0
 REEVAL_CAM_PREFIX = "reeval_cam"  # reeval_cam/<attack>/iinc_<measure>, as cam/<attack>/... on training runs
-TRAINING_PREFIX = "attack"  # what stages/attack_sweep.py logs on each training run
+TRAINING_PREFIX = "attack"  # what the attack_sweep stage logs on each training run
 LAST_RUN_TAG = "last_reevaluation_run_id"
 
-Curves = Mapping[str, Mapping[Any, float]]  # attack -> eps (or eps step) -> accuracy
+Curves = Mapping[str, Mapping[Any, float]]  # attack -> eps (or eps step) -> metric value
 
 
-class ReevaluationError(RuntimeError):
+class ReevaluationError(StageError, RuntimeError):
     """A model cannot be re-evaluated (no such alias, no test split); str() says what to do."""
 
 
-def robustness(curves: Curves, attacks: list[str] | None = None, eps: set | None = None) -> tuple[float, str]:
-    """Mean accuracy under attack and the attacks it averages: PGD when present, else all.
+def score_plan(select_by: str, attacks: Iterable[str]) -> tuple[list[str], str]:
+    """The attacks and metric a re-evaluation scores: `report.select_by`'s
+    (verdict.criterion_plan), so the score that chose @champion is the one watched. A
+    criterion it cannot score (clean_*, or pgd_* without PGD in `attacks`) falls back to
+    PGD accuracy, else the mean accuracy over every attack."""
+    from robust_deepfake.robustness.verdict import criterion_plan
 
-    `eps` keys equal to 0 (the clean row) never count; `eps` restricts to a shared grid."""
-    chosen = attacks or (["pgd"] if "pgd" in curves else sorted(curves))
-    values = [
-        value
-        for attack in chosen
-        for key, value in curves.get(attack, {}).items()
-        if key > 0 and (eps is None or key in eps) and math.isfinite(value)
-    ]
-    label = "+".join(chosen)
-    return (float(sum(values) / len(values)) if values else math.nan), label
+    attacks = sorted({a for a in attacks if a != CLEAN})
+    for criterion in (select_by, "pgd_accuracy", "mean_attack_accuracy"):
+        try:
+            return criterion_plan(criterion, attacks)
+        except ValueError:
+            continue
+    raise ReevaluationError("attack.attacks is empty in params.yaml: there is nothing to re-evaluate")
+
+
+def robustness(curves: Curves, select_by: str = "pgd_accuracy", eps: set | None = None) -> tuple[float, str]:
+    """The score of `curves` (of score_plan's metric) and the attacks it averages, joined
+    by `+`: verdict.curve_score over eps > 0, restricted to `eps` when given."""
+    from robust_deepfake.robustness.verdict import curve_score
+
+    attacks, _ = score_plan(select_by, curves)
+    return curve_score(curves, attacks, eps), "+".join(attacks)
 
 
 @dataclass
@@ -70,6 +89,7 @@ class Comparison:
     current: float
     previous: float | None = None
     attacks: str = ""
+    metric: str = "accuracy"
     eps_steps: list[int] = field(default_factory=list)
     note: str = ""
 
@@ -78,21 +98,39 @@ class Comparison:
         return None if self.previous is None else self.previous - self.current
 
 
-def compare(current: Curves, previous: Curves | None) -> Comparison:
+def compare(current: Curves, previous: Curves | None, select_by: str = "pgd_accuracy") -> Comparison:
+    """Score both curves (attack -> eps step -> metric value) the same way on the attacks of
+    score_plan that both have and the eps > 0 all of those share; with nothing in common
+    (or no previous evaluation) only the current score, over its whole grid."""
+    from robust_deepfake.robustness.verdict import curve_score
+
+    attacks, metric = score_plan(select_by, current)
+    whole = Comparison(curve_score(current, attacks), attacks="+".join(attacks), metric=metric)
     if not previous:
-        value, label = robustness(current)
-        return Comparison(value, attacks=label, note="no previous evaluation")
-    attacks = ["pgd"] if "pgd" in current and "pgd" in previous else sorted(set(current) & set(previous))
+        whole.note = "no previous evaluation"
+        return whole
+    common = [attack for attack in attacks if attack in previous]
     shared: set = set()
-    for position, attack in enumerate(attacks):
+    for position, attack in enumerate(common):
         steps = {k for k in current[attack] if k > 0} & {k for k in previous[attack] if k > 0}
         shared = steps if position == 0 else shared & steps
     if not shared:
-        value, label = robustness(current)
-        return Comparison(value, attacks=label, note="no attack and eps in common with the previous evaluation")
-    now, label = robustness(current, attacks, shared)
-    before, _ = robustness(previous, attacks, shared)
-    return Comparison(now, before, label, sorted(shared))
+        whole.note = "no attack and eps in common with the previous evaluation"
+        return whole
+    return Comparison(curve_score(current, common, shared), curve_score(previous, common, shared),
+                      "+".join(common), metric, sorted(shared))
+
+
+def model_key(version: ModelVersion) -> ModelKey:
+    """The registered version's model by its `variant` and `seed` tags (set at
+    registration); an untagged or foreign version is keyed baseline / seed 0, which only
+    names it in this evaluation's tables."""
+    variant = version.tags.get("variant")
+    try:
+        seed = int(version.tags.get("seed", 0))
+    except ValueError:
+        seed = 0
+    return ModelKey(variant if variant in VARIANTS else VARIANTS[0], seed)
 
 
 @dataclass
@@ -102,6 +140,7 @@ class Outcome:
     alias: str
     registered_model: str
     version: str
+    model: ModelKey  # from the version's variant / seed tags (model_key)
     run_id: str
     robustness: float  # over the whole current grid
     comparison: Comparison
@@ -119,18 +158,17 @@ class Outcome:
         who = f"@{self.alias} ({self.registered_model} v{self.version})"
         c = self.comparison
         if c.previous is None:
-            return f"{who}: mean {c.attacks} accuracy {self.robustness:.3f} ({c.note}){run}"
+            return f"{who}: mean {c.attacks} {c.metric} {self.robustness:.3f} ({c.note}){run}"
         verdict = f"dropped by {c.drop:.3f} > reevaluate.max_drop {max_drop}" if self.dropped(max_drop) \
             else f"change {c.current - c.previous:+.3f} (max_drop {max_drop})"
-        from robust_deepfake.evaluation import eps_label
-
-        grid = ", ".join(eps_label(step / 25500) for step in c.eps_steps)
-        return (f"{who}: mean {c.attacks} accuracy over eps [{grid}] {c.current:.3f}, previous evaluation "
+        grid = ", ".join(eps_units.label(eps_units.from_step(step)) for step in c.eps_steps)
+        return (f"{who}: mean {c.attacks} {c.metric} over eps [{grid}] {c.current:.3f}, previous evaluation "
                 f"{c.previous:.3f} (run {self.previous_run_id}): {verdict}{run}")
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "alias": self.alias, "version": self.version, "run_id": self.run_id, "robustness": self.robustness,
+            "alias": self.alias, "version": self.version, "model": self.model.name, "run_id": self.run_id,
+            "robustness": self.robustness, "robustness_by": f"{self.comparison.attacks} {self.comparison.metric}",
             "previous": self.comparison.previous, "drop": self.comparison.drop,
             "previous_run_id": self.previous_run_id, "clean_accuracy": self.clean_accuracy,
             "iinc_stability": self.iinc_stability,
@@ -181,18 +219,19 @@ def load_test_split(root: Path, params: Params, image_size: int) -> ImageSet:
 
 def iinc_under_attack(model: Detector, test: ImageSet, params: Params, device: Any) -> list[dict]:
     """Mean IINC stability and localization per attack and eps, measured exactly as the
-    cam_iinc stage does (cam_measure: same subset, attack seeds and targets), for one
-    in-memory model and without figures."""
+    cam_iinc stage does (explain.measure: same subset, attack seeds and targets), for one
+    in-memory model and without figures. The clean localization is attack `clean`, eps 0
+    (as in CamMetrics)."""
     import numpy as np
 
-    from robust_deepfake.cam_measure import CamSubset, measure
+    from robust_deepfake.explain.measure import CamSubset, measure
 
     def mean(values: np.ndarray) -> float:
         values = values[np.isfinite(values)]
         return float(values.mean()) if values.size else math.nan
 
     clean, attacked = measure(model, CamSubset.from_split(test, params), params, device)
-    rows = [{"attack": "none", "eps": 0.0, "measure": "localization", "value": mean(clean.localization)}]
+    rows = [{"attack": CLEAN, "eps": 0.0, "measure": "localization", "value": mean(clean.localization)}]
     for result in attacked:
         rows.append({"attack": result.attack, "eps": result.eps, "measure": "stability", "value": mean(result.stability)})
         rows.append({"attack": result.attack, "eps": result.eps, "measure": "localization",
@@ -200,9 +239,18 @@ def iinc_under_attack(model: Detector, test: ImageSet, params: Params, device: A
     return rows
 
 
-def previous_evaluation(client: MlflowClient, version: ModelVersion) -> tuple[dict[str, dict[int, float]], str | None]:
-    """Accuracy curves (attack -> eps step -> accuracy) of the version's previous evaluation
-    and the run they come from; empty when there is none (see the module docstring)."""
+def sweep_curves(metrics: SweepMetrics, key: ModelKey, attacks: Iterable[str], metric: str) -> dict[str, dict[int, float]]:
+    """attack -> eps step -> `metric` of one model, for eps > 0 (the shape of the MLflow curves)."""
+    return {attack: {eps_units.to_step(e.eps): float(getattr(e, metric)) for e in metrics.entries
+                     if e.model == key and e.attack == attack and e.eps > 0}
+            for attack in attacks}
+
+
+def previous_evaluation(
+    client: MlflowClient, version: ModelVersion, metric: str = "accuracy"
+) -> tuple[dict[str, dict[int, float]], str | None]:
+    """Curves (attack -> eps step -> `metric`) of the version's previous evaluation and the
+    run they come from; empty when there is none (see the module docstring)."""
     import mlflow
 
     candidates = []
@@ -216,11 +264,11 @@ def previous_evaluation(client: MlflowClient, version: ModelVersion) -> tuple[di
         except mlflow.exceptions.MlflowException:
             continue  # deleted, or logged to another store
         curves = {}
-        for key in run.data.metrics:
-            parts = key.split("/")
-            if len(parts) == 3 and parts[0] == prefix and parts[2] == "accuracy":
+        for name in run.data.metrics:
+            parts = name.split("/")
+            if len(parts) == 3 and parts[0] == prefix and parts[1] != CLEAN and parts[2] == metric:
                 latest: dict[int, tuple[int, float]] = {}
-                for point in client.get_metric_history(run_id, key):
+                for point in client.get_metric_history(run_id, name):
                     if point.step not in latest or point.timestamp >= latest[point.step][0]:
                         latest[point.step] = (point.timestamp, point.value)
                 curves[parts[1]] = {step: value for step, (_, value) in latest.items()}
@@ -237,41 +285,44 @@ def reevaluate(
     import numpy as np
     from mlflow import MlflowClient
 
-    from robust_deepfake.evaluation import eps_label, eps_step, run_sweep, stratified_subset, summarize
-    from robust_deepfake.models import resolve_device
-    from robust_deepfake.tracking import configure
+    from robust_deepfake.model.device import resolve_device
+    from robust_deepfake.ops.tracking import configure
+    from robust_deepfake.robustness.sweep import run_sweep, stratified_subset, summarize
+    from robust_deepfake.robustness.verdict import curve_score
 
+    attacks, metric = score_plan(params.report.select_by, params.attack.attacks)
     uri = configure(params.tracking, root)
     client = MlflowClient()
     name = params.tracking.registered_model
     version = resolve_alias(client, name, alias)
-    log(f"@{alias} is {name} version {version.version} (training run {version.run_id}); store {uri}")
+    key = model_key(version)
+    log(f"@{alias} is {name} version {version.version} ({key.name}, training run {version.run_id}); store {uri}")
+    torch_device = resolve_device(device, key="the re-evaluation's device")
     model, image_size = load_version(name, version.version)
-    torch_device = resolve_device(device)
+    model.to(torch_device).eval()
     test = load_test_split(root, params, image_size)
     indices = stratified_subset([s.source for s in test.samples], params.attack.max_samples, params.attack.seed)
     log(f"attacking {len(indices)} of {len(test)} test images at {image_size} px on {torch_device}: "
-        f"{params.attack.attacks}, eps {[eps_label(e) for e in params.attack.eps_grid]}, {params.attack.steps} steps")
-    predictions = run_sweep({alias: model}, test, indices, params.attack, torch_device, show_progress=False)
+        f"{params.attack.attacks}, eps {[eps_units.label(e) for e in params.attack.eps]}, {params.attack.steps} steps; "
+        f"scored by mean {'+'.join(attacks)} {metric} (report.select_by {params.report.select_by})")
+    predictions = run_sweep({key: model}, test, indices, params.attack, torch_device, show_progress=False)
     # point metrics only: the intervals are the report's business, and the bootstrap is the slow part
     point_only = params.eval.model_copy(update={"n_bootstrap": 0})
-    compact, rows = summarize(predictions, point_only, params.split.holdout_methods)
-    rows = [r for r in rows if r["source"] == "all"]
+    metrics, _ = summarize(predictions, point_only, params.split.holdout_methods)
     log(f"Grad-CAM IINC on {params.cam.num_samples} images at {params.cam.target_layer}")
     cam_rows = iinc_under_attack(model, test, params, torch_device)
 
-    current = {a: {eps_step(r["eps"]): r["value"] for r in rows if r["attack"] == a and r["metric"] == "accuracy"}
-               for a in params.attack.attacks}
-    previous, previous_run_id = previous_evaluation(client, version)
-    comparison = compare(current, previous)
+    current = sweep_curves(metrics, key, attacks, metric)
+    previous, previous_run_id = previous_evaluation(client, version, metric)
+    comparison = compare(current, previous, params.report.select_by)
     stability = [r["value"] for r in cam_rows if r["measure"] == "stability" and math.isfinite(r["value"])]
     outcome = Outcome(
-        alias=alias, registered_model=name, version=str(version.version), run_id="",
-        robustness=robustness(current)[0], comparison=comparison, previous_run_id=previous_run_id,
-        clean_accuracy=float(compact[alias][params.attack.attacks[0]]["0"]["accuracy"]),
+        alias=alias, registered_model=name, version=str(version.version), model=key, run_id="",
+        robustness=curve_score(current, attacks), comparison=comparison, previous_run_id=previous_run_id,
+        clean_accuracy=float(metrics.get(key, CLEAN, 0.0).accuracy),
         iinc_stability=float(np.mean(stability)) if stability else math.nan,
     )
-    outcome.run_id = log_reevaluation(client, params, root, version, outcome, rows, cam_rows, device)
+    outcome.run_id = log_reevaluation(client, params, root, version, outcome, metrics, cam_rows, device)
     log(outcome.describe(params.reevaluate.max_drop))
     return outcome
 
@@ -290,20 +341,23 @@ def _model_id(client: MlflowClient, version: ModelVersion) -> str | None:
     return candidate
 
 
+SWEEP_METRICS = ("accuracy", "f1", "auc", "asr")
+
+
 def log_reevaluation(
     client: MlflowClient, params: Params, root: Path, version: ModelVersion, outcome: Outcome,
-    rows: list[dict], cam_rows: list[dict], device: str,
+    metrics: SweepMetrics, cam_rows: list[dict], device: str,
 ) -> str:
     """A FINISHED run tagged `reevaluation`, with per-eps curves (same shape as the training
-    run's attack/* and cam/* curves), the comparison, and links to the version; then the
-    version's `last_reevaluation_*` tags point at it."""
+    run's attack/* and cam/* curves; the clean row as reeval/clean/<metric> at step 0), the
+    comparison, and links to the version; then the version's `last_reevaluation_*` tags
+    point at it."""
     import json
     import time
 
     from mlflow.entities import Metric, Param, RunTag
 
-    from robust_deepfake.evaluation import eps_step
-    from robust_deepfake.tracking import data_md5, ensure_experiment, finite_metrics, git_commit
+    from robust_deepfake.ops.tracking import MLFLOW_BATCH_LIMIT, data_md5, ensure_experiment, finite_metrics, git_commit
 
     name, number = outcome.registered_model, outcome.version
     comparison = outcome.comparison
@@ -312,7 +366,9 @@ def log_reevaluation(
     tags = {
         "reevaluation": "true", "stage": "reevaluation", "alias": outcome.alias, "registered_model": name,
         "model_version": number, "model_run_id": version.run_id or "", "variant": version.tags.get("variant", ""),
+        "seed": version.tags.get("seed", ""), "model": outcome.model.name,
         "previous_run_id": outcome.previous_run_id or "", "robustness_status": status,
+        "robustness_by": f"{comparison.attacks} {comparison.metric}",
         "git_commit": git_commit(root), "data_md5": data_md5(root),
         "mlflow.note.content": outcome.describe(params.reevaluate.max_drop),  # run_id is not set yet
     }
@@ -320,25 +376,32 @@ def log_reevaluation(
     run_id = client.create_run(experiment_id, run_name=f"reevaluate_{outcome.alias}_v{number}", tags=tags).info.run_id
     model_id = _model_id(client, version)
     now = int(time.time() * 1000)
-    metrics = [Metric(f"{REEVAL_PREFIX}/{r['attack']}/{r['metric']}", float(r["value"]), now, eps_step(r["eps"]),
-                      model_id=model_id) for r in rows if math.isfinite(r["value"])]
-    metrics += [Metric(f"{REEVAL_CAM_PREFIX}/{r['attack']}/iinc_{r['measure']}", float(r["value"]), now,
-                       eps_step(r["eps"]), model_id=model_id) for r in cam_rows if math.isfinite(r["value"])]
+    logged = [
+        Metric(f"{REEVAL_PREFIX}/{entry.attack}/{metric}", float(getattr(entry, metric)), now,
+               eps_units.to_step(entry.eps), model_id=model_id)
+        for entry in metrics.entries if entry.model == outcome.model
+        for metric in SWEEP_METRICS
+        if not (entry.attack == CLEAN and metric == "asr") and math.isfinite(getattr(entry, metric))
+    ]
+    logged += [Metric(f"{REEVAL_CAM_PREFIX}/{r['attack']}/iinc_{r['measure']}", float(r["value"]), now,
+                      eps_units.to_step(r["eps"]), model_id=model_id) for r in cam_rows if math.isfinite(r["value"])]
     scalars = finite_metrics({
         "robustness": outcome.robustness, "robustness_common": comparison.current,
         "previous_robustness": comparison.previous, "robustness_drop": comparison.drop,
         "clean_accuracy": outcome.clean_accuracy, "iinc_stability": outcome.iinc_stability,
     })
-    metrics += [Metric(key, value, now, 0, model_id=model_id) for key, value in scalars.items()]
+    logged += [Metric(key, value, now, 0, model_id=model_id) for key, value in scalars.items()]
     logged_params = {
         f"attack.{key}": json.dumps(value) if isinstance(value, list) else value
         for key, value in params.attack.model_dump(mode="json").items()
     }
     logged_params.update({"cam.num_samples": params.cam.num_samples, "cam.target_layer": params.cam.target_layer,
+                          "report.select_by": params.report.select_by,
                           "reevaluate.max_drop": params.reevaluate.max_drop, "device": device})
     param_list = [Param(key, str(value)) for key, value in logged_params.items()]
-    for start in range(0, max(len(metrics), 1), 900):
-        client.log_batch(run_id, metrics=metrics[start : start + 900], params=param_list if start == 0 else [],
+    for start in range(0, max(len(logged), 1), MLFLOW_BATCH_LIMIT):
+        client.log_batch(run_id, metrics=logged[start : start + MLFLOW_BATCH_LIMIT],
+                         params=param_list if start == 0 else [],
                          tags=[RunTag("compared_eps_steps", json.dumps(comparison.eps_steps))] if start == 0 else [])
     client.set_terminated(run_id, "FINISHED")
     version_tags = {LAST_RUN_TAG: run_id, "last_reevaluation_robustness": f"{outcome.robustness:.6f}",

@@ -1,0 +1,1 @@
+"""MLOps plumbing: MLflow tracking and registry, DVC/Prefect orchestration, scheduled re-evaluation."""
