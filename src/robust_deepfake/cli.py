@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
-from robust_deepfake.cli_common import fail
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print `error: <message>` and exit without a traceback (the message names the file
+    or key; a traceback would only bury it)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
 
 
 def _data_ensure(args: argparse.Namespace) -> None:
@@ -99,7 +105,7 @@ def _params_merge(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from robust_deepfake.predict import PredictOptions, run
+    from robust_deepfake.inference.command import PredictOptions, run
 
     raise SystemExit(run(PredictOptions(
         inputs=args.inputs, model=args.model, params=args.params, threshold=args.threshold, json=args.json,
@@ -174,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="image files (any suffix) or folders (searched recursively for image files)")
     predict.add_argument("--model", "-m",
                          help="models:/<name>@<alias> (default: models:/<tracking.registered_model>@champion), "
-                         "models:/<name>/<version>, or a local models/<variant>/model.pt or its folder")
+                         "models:/<name>/<version>, or a local models/<variant>/seed<k>/model.pt or its folder")
     predict.add_argument("--threshold", type=float, default=0.5, help="label 'fake' when p(fake) >= this (0.5)")
     predict.add_argument("--json", action="store_true", help="print one JSON array of {path, p_fake, label[, cam]}")
     predict.add_argument("--cam", metavar="DIR", help="write a Grad-CAM overlay per image: DIR/<stem>_cam.png")

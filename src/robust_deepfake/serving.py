@@ -68,7 +68,7 @@ class DetectorPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from robust_deepfake.config import ModelConfig
-        from robust_deepfake.models import load_detector
+        from robust_deepfake.model.detector import load_detector
 
         with open(context.artifacts["detector_config"]) as handle:
             self.config = json.load(handle)

@@ -1,0 +1,1 @@
+"""Scoring image files with a trained or registered detector (the `predict` command)."""
