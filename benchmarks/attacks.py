@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import time_it
-from robust_deepfake.attacks import PGD
+from robust_deepfake.robustness.attacks import PGD
 from robust_deepfake.config import AttackConfig, ModelConfig
-from robust_deepfake.models import build_detector, load_trained
+from robust_deepfake.model.detector import build_detector, load_trained
 
 
 def _model(path: Path):
@@ -52,7 +52,7 @@ def main() -> None:
     print(f"ours / torchattacks time: {ratio:.2f} (target <= 1.0: {'ok' if ratio <= 1.0 else 'MISSED'})")
 
     from robust_deepfake.data.dataset import ImageSet, Sample
-    from robust_deepfake.evaluation import run_sweep
+    from robust_deepfake.robustness.sweep import run_sweep
 
     config = AttackConfig(attacks=["fgsm", "pgd"], eps=["1/255", "2/255"], steps=5, batch_size=args.batch_size)
     dataset = ImageSet([Sample("", int(label), "synthetic", "", "") for label in labels], args.image_size, cache=False)

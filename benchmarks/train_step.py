@@ -17,9 +17,8 @@ import torch
 from benchmarks.common import time_it
 from robust_deepfake.config import ModelConfig, RegConfig, TrainConfig
 from robust_deepfake.data.dataset import ImageSet, load_split, read_split
-from robust_deepfake.models import build_detector
-from robust_deepfake.regularization import training_step
-from robust_deepfake.training import fit
+from robust_deepfake.model.detector import build_detector
+from robust_deepfake.model.training import fit, training_step
 
 
 def step_throughput(batch_size: int, image_size: int, repeats: int) -> dict[str, float]:
