@@ -1,12 +1,23 @@
-"""Our attacks against the torchattacks 3.5.1 oracle, and the eps-ball/[0,1] guarantees."""
+"""Our attacks against the torchattacks 3.5.1 oracle, the eps-ball/[0,1] guarantees, and
+8-bit rounding of adversarial images."""
 
 import pytest
 import torch
 import torchattacks
 
-from robust_deepfake.attacks import BIM, FGSM, MIFGSM, PGD, attack_mode, build_attack
+from robust_deepfake.robustness.attacks import (
+    ATTACKS,
+    BIM,
+    FGSM,
+    MIFGSM,
+    PGD,
+    attack_mode,
+    build_attack,
+    gradient_passes,
+    quantize_8bit,
+)
 from robust_deepfake.config import AttackConfig, ModelConfig
-from robust_deepfake.models import build_detector
+from robust_deepfake.model.detector import build_detector
 
 EPS = 4 / 255
 
@@ -114,3 +125,64 @@ def test_attack_mode_restores_training_state_and_grad_flags(model):
 def test_relative_and_absolute_step_sizes():
     assert AttackConfig(step_size_relative=0.25).step_size_for(8 / 255) == pytest.approx(2 / 255)
     assert AttackConfig(step_size="1/255").step_size_for(8 / 255) == pytest.approx(1 / 255)
+
+
+def test_gradient_passes_per_image():
+    assert gradient_passes("fgsm", 10) == 1
+    assert gradient_passes("bim", 10) == 10
+    assert gradient_passes("pgd", 3) == 3
+    assert gradient_passes("mifgsm", 7) == 7
+    assert set(ATTACKS) == {"fgsm", "bim", "pgd", "mifgsm"}
+    with pytest.raises(KeyError):
+        gradient_passes("cw", 3)
+
+
+def test_unknown_attack_name_is_an_error(model):
+    with pytest.raises(ValueError, match="unknown attack"):
+        build_attack("cw", model, EPS, AttackConfig())
+
+
+def test_quantize_8bit_maps_onto_the_256_grey_levels():
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    x[0, 0, 0, :4] = torch.tensor([0.0, 1.0, 0.5 / 255 - 1e-4, 254.5 / 255 + 1e-4])
+    q = quantize_8bit(x)
+    levels = q * 255
+    assert torch.equal(levels, torch.round(levels))  # whole grey levels
+    assert q.min() >= 0 and q.max() <= 1
+    assert (q - x).abs().max() <= 0.5 / 255 + 1e-7  # nearest level
+    assert q[0, 0, 0, :4].tolist() == [0.0, 1.0, 0.0, 1.0]
+    # idempotent, and what an 8-bit image decodes to
+    assert torch.equal(quantize_8bit(q), q)
+    as_uint8 = torch.round(x * 255).to(torch.uint8)
+    assert torch.equal(q, as_uint8.float() / 255)
+    assert torch.equal(quantize_8bit(as_uint8.float() / 255), as_uint8.float() / 255)
+
+
+@pytest.fixture(scope="module")
+def grid_batch(batch):
+    """The batch on the 8-bit grid, as decoded PNG/JPEG inputs are (0 and 255 corners kept)."""
+    images, labels = batch
+    return quantize_8bit(images), labels
+
+
+@pytest.mark.parametrize("name", ["fgsm", "bim", "pgd", "mifgsm"])
+@pytest.mark.parametrize("grey", [1, 2, 4, 8])
+def test_quantized_attack_stays_in_the_ball_and_the_box(model, grid_batch, name, grey):
+    images, labels = grid_batch
+    eps = grey / 255
+    attack = build_attack(name, model, eps, AttackConfig(steps=3, step_size_relative=0.3),
+                          torch.Generator().manual_seed(grey))
+    adv = attack(images, labels)
+    q = quantize_8bit(adv)
+    _check_ball(q, images, eps)
+    levels = (q - images) * 255
+    assert torch.allclose(levels, torch.round(levels), atol=1e-4)  # moved by whole grey levels
+    assert torch.round(levels).abs().max() <= grey
+    assert (q != images).any()  # the perturbation survives rounding
+
+
+def test_quantization_removes_sub_grey_level_perturbations(model, grid_batch):
+    images, labels = grid_batch
+    adv = FGSM(model, 0.4 / 255)(images, labels)
+    assert (adv != images).any()
+    assert torch.equal(quantize_8bit(adv), images)

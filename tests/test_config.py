@@ -4,7 +4,15 @@ import sys
 import pytest
 import yaml
 
-from robust_deepfake.config import ConfigError, load_params, parse_pixel_value, validate
+from robust_deepfake.config import (
+    MAX_SEED,
+    ConfigError,
+    Params,
+    flatten,
+    load_params,
+    parse_pixel_value,
+    validate,
+)
 
 
 def test_shipped_params_are_valid(repo_root):
@@ -85,3 +93,53 @@ def test_yaml_syntax_errors_are_reported_with_a_line(tmp_path):
     bad.write_text("train:\n  epochs: [1\n")
     with pytest.raises(ConfigError, match=r"params.yaml: line \d+: invalid YAML"):
         load_params(bad)
+
+
+def test_schema_defaults_equal_params_yaml(repo_root):
+    """config.py's defaults are the demo settings: a key missing from params.yaml means
+    the same as the value params.yaml ships."""
+    defaults, shipped = Params(), load_params(repo_root / "params.yaml")
+    flat_defaults, flat_shipped = flatten(defaults), flatten(shipped)
+    differing = sorted(key for key in flat_defaults.keys() | flat_shipped.keys()
+                       if flat_defaults.get(key) != flat_shipped.get(key))
+    assert not differing, "config.py defaults differ from params.yaml:\n" + "\n".join(
+        f"  {key}: default {flat_defaults.get(key)!r}, params.yaml {flat_shipped.get(key)!r}"
+        for key in differing)
+    assert defaults.model_dump() == shipped.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("seeds", "problem"),
+    [
+        ([], "at least one seed"),
+        ([0, 1, 0], "unique"),
+        ([-1], f"[0, {MAX_SEED}]"),
+        ([1, MAX_SEED + 1], f"[0, {MAX_SEED}]"),
+        ([0.5], "valid integer"),
+        (0, "valid list"),
+    ],
+)
+def test_train_seeds_are_validated(seeds, problem):
+    with pytest.raises(ConfigError) as info:
+        validate({"train": {"seeds": seeds}})
+    assert ": train.seeds" in str(info.value) and problem in str(info.value)
+
+
+def test_train_seeds_accept_the_full_range():
+    assert validate({"train": {"seeds": [MAX_SEED, 0, 7]}}).train.seeds == [MAX_SEED, 0, 7]
+
+
+def test_train_seed_singular_is_an_unknown_key():
+    with pytest.raises(ConfigError, match=r": train.seed: unknown key"):
+        validate({"train": {"seed": 0}})
+
+
+@pytest.mark.parametrize("scale", ["relative", "absolute"])
+def test_epsilon_scale_accepts_relative_and_absolute(scale):
+    assert validate({"reg": {"epsilon_scale": scale}}).reg.epsilon_scale == scale
+
+
+@pytest.mark.parametrize("scale", ["Relative", "percent", "", None, 1])
+def test_epsilon_scale_rejects_anything_else(scale):
+    with pytest.raises(ConfigError, match=r": reg.epsilon_scale: .*'relative' or 'absolute'"):
+        validate({"reg": {"epsilon_scale": scale}})

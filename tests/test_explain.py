@@ -1,12 +1,19 @@
-"""IINC against hand-computed values; CAMs via the grad-cam package."""
+"""IINC against hand-computed values; CAMs via the grad-cam package; CAMs under attack
+(the sweep's adversarial images, 8-bit rounded when attack.quantize) and their figure."""
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from robust_deepfake.config import ModelConfig
-from robust_deepfake.explain import compute_cams, feature_map_size, iinc, resolve_layer
-from robust_deepfake.models import build_detector
+from robust_deepfake.config import AttackConfig, CamConfig, ModelConfig, Params
+from robust_deepfake.data.dataset import ImageSet, Sample
+from robust_deepfake.explain.figures import cam_grid, pick_rows
+from robust_deepfake.explain.gradcam import compute_cams, feature_map_size, iinc, resolve_layer
+from robust_deepfake.explain.measure import CamSubset, cam_grid_plan, measure
+from robust_deepfake.model.detector import build_detector
+from robust_deepfake.robustness.attacks import build_attack, quantize_8bit
+from robust_deepfake.robustness.sweep import attack_generator
 
 
 def _half(columns: slice, size: int = 8) -> np.ndarray:
@@ -102,3 +109,104 @@ def test_feature_map_size_explains_the_default_layer(model):
 def test_unknown_layer_names_the_key(model):
     with pytest.raises(ValueError, match="cam.target_layer"):
         resolve_layer(model, "blocks.99")
+
+
+# --- Grad-CAM under attack (explain.measure) and the CAM grid figure -------------------
+
+
+@pytest.fixture(scope="module")
+def cam_split(tmp_path_factory) -> ImageSet:
+    """Three reals and three fakes as 32 px PNGs: the face edits have mask files, the
+    whole-image fake has none (unknown)."""
+    folder = tmp_path_factory.mktemp("cam_images")
+    rng = np.random.default_rng(3)
+    samples = []
+    for i, (label, source) in enumerate([(0, "ffhq_like")] * 3 + [(1, "faceapp_like")] * 2 + [(1, "pggan_like")]):
+        path = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+        mask_path = ""
+        if source == "faceapp_like":
+            mask = np.zeros((32, 32), np.uint8)
+            mask[8:20, 10:24] = 255
+            mask_path = str(folder / f"{i}_mask.png")
+            Image.fromarray(mask).save(mask_path)
+        samples.append(Sample(str(path), label, source, f"id{i}", mask_path))
+    return ImageSet(samples, 32, cache=True)
+
+
+def _cam_params(quantize: bool) -> Params:
+    return Params(
+        attack=AttackConfig(attacks=["fgsm", "pgd"], eps=["1/255"], steps=2, quantize=quantize, seed=4),
+        cam=CamConfig(target_layer="blocks.2", num_samples=4, batch_size=3, attacks=["pgd"], eps=["2/255", "1/255"],
+                      figure_rows=2, seed=0),
+    )
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    net = build_detector(ModelConfig(channels_last=False, drop_rate=0.0), split_at=2)
+    net.train()
+    with torch.no_grad():
+        for _ in range(2):
+            net(torch.rand(8, 3, 32, 32))
+    return net.eval()
+
+
+def test_cam_subset_is_balanced_with_masks_where_known(cam_split):
+    subset = CamSubset.from_split(cam_split, _cam_params(True))
+    labels = subset.labels.numpy()
+    assert len(subset.indices) == 4 and (labels == 0).sum() == 2 and (labels == 1).sum() == 2
+    assert np.array_equal(subset.indices, np.sort(subset.indices))
+    assert torch.equal(subset.images, cam_split.images(torch.as_tensor(subset.indices)))
+    assert subset.masks.shape == (4, 32, 32)
+    assert (subset.masks[labels == 0] == 0).all()  # reals: nothing manipulated
+    for row, index in enumerate(subset.indices):
+        sample = cam_split.samples[index]
+        if sample.label == 1 and not sample.mask_path:
+            assert np.isnan(subset.masks[row]).all()  # unknown, skipped by localization
+        assert subset.has_mask[row] == (sample.label == 1 and bool(sample.mask_path))
+    assert np.array_equal(subset.indices, CamSubset.from_split(cam_split, _cam_params(True)).indices)
+
+
+@pytest.mark.parametrize("quantize", [True, False])
+def test_measure_attacks_like_the_sweep_and_compares_cams(small_model, cam_split, quantize):
+    params = _cam_params(quantize)
+    subset = CamSubset.from_split(cam_split, params)
+    assert subset.has_mask.sum() == 1  # one face edit (masked) and the whole-image fake (no mask)
+    clean, attacked = measure(small_model, subset, params, torch.device("cpu"))
+    results = list(attacked)
+    assert cam_grid_plan(params) == (["pgd"], [1 / 255, 2 / 255])
+    assert [(r.attack, r.eps) for r in results] == [("pgd", 1 / 255), ("pgd", 2 / 255)]
+    x, y = subset.images, subset.labels
+    np.testing.assert_allclose(clean.maps, compute_cams(small_model, x, "blocks.2", y.tolist(), batch_size=3),
+                               atol=1e-6)
+    assert clean.localization.shape == (int(subset.has_mask.sum()),)
+    for result in results:
+        # independently: the sweep's attack, generator and rounding, in the CAM batches
+        attack = build_attack("pgd", small_model, result.eps, params.attack,
+                              attack_generator(params.attack.seed, "pgd", result.eps))
+        adv = torch.cat([attack(x[s : s + 3], y[s : s + 3]) for s in range(0, len(x), 3)])
+        expected = quantize_8bit(adv) if quantize else adv
+        assert torch.equal(result.cams.inputs, expected)
+        assert (result.cams.inputs - x).abs().max() <= result.eps + 1e-6
+        on_grid = torch.equal(quantize_8bit(result.cams.inputs), result.cams.inputs)
+        assert on_grid == quantize  # PGD's random start is off the grid unless rounded
+        np.testing.assert_allclose(result.cams.p_fake, small_model.p_fake(expected), atol=1e-6)
+        maps = compute_cams(small_model, expected, "blocks.2", y.tolist(), batch_size=3)
+        np.testing.assert_allclose(result.cams.maps, maps, atol=1e-6)
+        np.testing.assert_allclose(result.stability, iinc(clean.maps, maps), atol=1e-6)
+        assert result.cams.localization.shape == (int(subset.has_mask.sum()),)
+
+
+def test_cam_grid_writes_a_figure(small_model, cam_split, tmp_path):
+    params = _cam_params(True)
+    subset = CamSubset.from_split(cam_split, params)
+    clean, attacked = measure(small_model, subset, params, torch.device("cpu"))
+    result = next(iter(attacked))
+    path = cam_grid(tmp_path / "cam" / "cam_baseline_pgd.png", subset, clean, result, "title", rows=2)
+    assert path.exists()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 100
+    chosen = pick_rows(subset.labels.numpy(), 2)
+    assert subset.labels[chosen].tolist() == [0, 1]  # one real, one fake

@@ -54,29 +54,49 @@ def copy_repo(source: Path, dest: Path) -> Path:
 
 
 def test_stage_graph_follows_dvc_not_the_file_order(tmp_path):
-    from robust_deepfake.orchestration import OrchestrationError, read_stage_graph
+    from robust_deepfake.ops.orchestration import OrchestrationError, read_stage_graph
 
     graph = read_stage_graph(make_toy_repo(tmp_path / "toy"))
     assert graph.stages == ("prepare", "right", "left", "report")
     assert graph.levels() == [["prepare"], ["right", "left"], ["report"]]
     assert graph.up_to("left").stages == ("prepare", "left")
+    assert graph.outs["left"] == {"out/left.txt"}
+    assert graph.up_to("left").writes("out/prepare.txt") and not graph.up_to("left").writes("out/report.txt")
     with pytest.raises(OrchestrationError, match="no stage 'nope'; stages: prepare, right, left, report"):
         graph.up_to("nope")
 
 
 def test_the_project_dag_is_read_from_dvc_yaml():
-    from robust_deepfake.orchestration import read_stage_graph
+    from robust_deepfake.ops.orchestration import read_stage_graph
+    from robust_deepfake.paths import ReportOutputs, SweepOutputs, TrainOutputs, model_keys
 
     graph = read_stage_graph(REPO)
-    declared = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    seeds = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["seeds"]
+    declared = []
+    for name, spec in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        if "foreach" in spec:  # DVC expands it: one stage per seed, `train_reg@1`
+            assert spec["foreach"] == "${train.seeds}"
+            declared += [f"{name}@{seed}" for seed in seeds]
+        else:
+            declared.append(name)
     assert sorted(graph.stages) == sorted(declared)
     assert graph.stages[0] == "split"
-    assert {"train_baseline", "train_reg"} in [set(level) for level in graph.levels()]
+    keys = model_keys(seeds)
+    assert {f"train_{k.variant}@{k.seed}" for k in keys} in [set(level) for level in graph.levels()]
+    assert graph.up_to(f"train_reg@{seeds[-1]}").stages == ("split", f"train_reg@{seeds[-1]}")
+    # the outputs key_metrics reads are where paths.py says
+    for key in keys:
+        produced = TrainOutputs.of(REPO, key)
+        assert graph.outs[f"train_{key.variant}@{key.seed}"] >= {
+            p.relative_to(REPO).as_posix() for p in (produced.model_dir, produced.metrics, produced.plot)}
+    for path in (SweepOutputs.at(REPO).metrics, ReportOutputs.at(REPO).metrics, ReportOutputs.at(REPO).verdict):
+        assert graph.writes(path.relative_to(REPO).as_posix()), path
+    assert not graph.up_to("attack_sweep").writes(ReportOutputs.at(REPO).metrics.relative_to(REPO).as_posix())
 
 
 def test_devices_and_failure_messages():
     from robust_deepfake.config import load_params
-    from robust_deepfake.orchestration import (
+    from robust_deepfake.ops.orchestration import (
         OrchestrationError, StageFailed, check_devices, device_env, parse_devices,
     )
 
@@ -99,14 +119,96 @@ def test_devices_and_failure_messages():
 
 
 def test_robustness_compares_on_the_shared_grid():
-    from robust_deepfake.reevaluation import compare, robustness
+    from robust_deepfake.ops.reevaluation import compare, robustness, score_plan
 
     assert robustness({"pgd": {0: 0.9, 100: 0.6, 200: 0.4}, "fgsm": {100: 1.0}}) == (0.5, "pgd")
+    # no PGD configured: pgd_accuracy falls back to the mean over every attack
     assert robustness({"fgsm": {0: 1.0, 100: 0.6}, "bim": {100: 0.4}}) == (0.5, "bim+fgsm")
+    assert robustness({"pgd": {100: 0.6}, "fgsm": {100: 1.0}}, "mean_attack_accuracy") == (0.8, "fgsm+pgd")
+    assert score_plan("pgd_auc", ["fgsm", "pgd"]) == (["pgd"], "auc")
+    assert score_plan("clean_accuracy", ["fgsm", "pgd"]) == (["pgd"], "accuracy")
     # a new eps (400) is reported but not read as a drop
     result = compare({"pgd": {0: 0.9, 100: 0.6, 400: 0.0}}, {"pgd": {0: 0.9, 100: 0.7}})
     assert result.eps_steps == [100] and result.drop == pytest.approx(0.1)
     assert compare({"pgd": {100: 0.6}}, {}).drop is None
+    # PGD is the score: a previous evaluation without it is not compared on another attack
+    assert compare({"pgd": {100: 0.6}, "fgsm": {100: 0.9}}, {"fgsm": {100: 1.0}}).previous is None
+
+
+def _sweep_metrics():
+    """A hand-made SweepMetrics: two seeds per variant, pgd and fgsm at 1/255 and 2/255."""
+    from robust_deepfake.paths import model_keys
+    from robust_deepfake.robustness.sweep import SweepEntry, SweepMetrics
+
+    entries = []
+    for m, key in enumerate(model_keys([0, 1])):
+        entries.append(SweepEntry(key, "clean", 0.0, 0.9 - 0.01 * m, 0.9, 0.95, 0.0, 10))
+        for a, attack in enumerate(("pgd", "fgsm")):
+            for e, eps in enumerate((1 / 255, 2 / 255)):
+                accuracy = 0.7 - 0.1 * e - 0.05 * a + 0.02 * m
+                entries.append(SweepEntry(key, attack, eps, accuracy, accuracy, accuracy + 0.1, 0.2, 10))
+    return SweepMetrics(entries, 0.95, True)
+
+
+def test_champion_and_reevaluation_share_one_robustness_definition():
+    from robust_deepfake.ops.reevaluation import compare, robustness, sweep_curves
+    from robust_deepfake.robustness.sweep import SweepMetrics
+    from robust_deepfake.robustness.verdict import robustness_score
+
+    metrics = _sweep_metrics()
+    for criterion in ("pgd_accuracy", "pgd_auc", "mean_attack_accuracy"):
+        metric = "auc" if criterion == "pgd_auc" else "accuracy"
+        for key in metrics.models:
+            curves = sweep_curves(metrics, key, metrics.attacks, metric)
+            assert set(curves["pgd"]) == {100, 200}  # MLflow steps: hundredths of a grey level
+            assert robustness(curves, criterion)[0] == pytest.approx(robustness_score(metrics, key, criterion))
+            assert compare(curves, curves, criterion).drop == 0
+    without_pgd = SweepMetrics([e for e in metrics.entries if e.attack != "pgd"], 0.95, True)
+    with pytest.raises(ValueError, match="pgd_\\* needs pgd"):  # the champion refuses what it cannot score
+        robustness_score(without_pgd, metrics.models[0], "pgd_accuracy")
+
+
+def test_key_metrics_reads_the_report_else_the_stage_outputs(tmp_path):
+    from robust_deepfake.io import write_json
+    from robust_deepfake.ops.orchestration import StageGraph
+    from robust_deepfake.pipeline.summary import key_metrics
+    from robust_deepfake.paths import ModelKey, ReportOutputs, SweepOutputs, TrainOutputs, model_keys
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"]["seeds"] = [0, 1]
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    assert key_metrics(root) == {}  # nothing run yet
+    for m, key in enumerate(model_keys([0, 1])):
+        write_json(TrainOutputs.of(root, key).metrics, {"val_auc": 0.8 + 0.1 * key.seed + 0.01 * m})
+    write_json(TrainOutputs.of(root, ModelKey("reg", 7)).metrics, {"val_auc": 0.0})  # not in train.seeds
+    _sweep_metrics().save(SweepOutputs.at(root).metrics)
+
+    found = key_metrics(root)
+    assert found["baseline/val_auc"] == pytest.approx(0.85 + 0.005)
+    assert found["reg/val_auc"] == pytest.approx(0.85 + 0.025)
+    assert found["robustness_by"] == "pgd accuracy"
+    assert found["baseline/robustness"] == pytest.approx(0.65 + 0.01)  # pgd at 1/255 and 2/255, seed mean
+    assert found["reg/clean_accuracy"] == pytest.approx(0.875)
+    assert "champion" not in found and "reg/pgd_accuracy" not in found
+
+    report = ReportOutputs.at(root)
+    by_variant = {v: {"val_auc": 0.5, "clean_accuracy": 0.6, "clean_auc": 0.7, "pgd_accuracy": 0.4, "pgd_auc": 0.3,
+                      "iinc_stability": float("nan")} for v in ("baseline", "reg")}
+    write_json(report.metrics, {"seeds": 2, "reference_eps_255": 1.0, "by_variant": by_variant, "verdict": {}})
+    write_json(report.verdict, {"differences": [], "decision": {"champion": "reg-seed1", "challenger": "baseline-seed0"}})
+    found = key_metrics(root)
+    assert (found["reg/val_auc"], found["reg/pgd_accuracy"], found["champion"]) == (0.5, 0.4, "reg-seed1")
+    assert "reg/iinc_stability" not in found  # NaN, and no eval/cam_iinc.json to fall back on
+
+    # a run up to attack_sweep: the report's files are from an earlier run
+    covered = {f"train_{k.variant}@{k.seed}": frozenset({TrainOutputs.of(root, k).metrics.relative_to(root).as_posix()})
+               for k in model_keys([0, 1])}
+    covered["attack_sweep"] = frozenset({"eval/attack_sweep.json"})
+    partial = key_metrics(root, StageGraph(tuple(covered), {s: frozenset() for s in covered}, covered))
+    assert "champion" not in partial and "reg/pgd_accuracy" not in partial
+    assert partial["reg/val_auc"] == pytest.approx(0.875)
 
 
 # --- the pipeline flow on the toy repo ----------------------------------------------------
@@ -206,15 +308,20 @@ def test_bad_overrides_targets_and_devices_fail_before_any_stage(prefect_harness
 def test_pipeline_on_micro_repo_override_and_target(prefect_harness, micro_repo, tmp_path):
     from flows.pipeline import pipeline
 
+    from robust_deepfake.paths import CamOutputs, SweepOutputs
+    from robust_deepfake.robustness.sweep import SweepMetrics
+
     root = copy_repo(micro_repo, tmp_path / "repo")
-    cam_before = (root / "metrics" / "cam_iinc.json").read_bytes()
+    cam_before = CamOutputs.at(root).metrics.read_bytes()
     state = pipeline(repo=str(root), overrides=["attack.attacks=[fgsm]"], target="attack_sweep", return_state=True)
     assert state.is_completed(), state.message
     metrics = state.result()
-    assert set(json.loads((root / "metrics" / "attack_sweep.json").read_text())["reg"]) == {"fgsm"}
-    assert 0 <= metrics["reg/robust_accuracy"] <= 1  # no PGD configured: the mean over all attacks
+    assert SweepMetrics.load(SweepOutputs.at(root).metrics).attacks == ["fgsm"]
+    assert metrics["robustness_by"] == "fgsm accuracy"  # no PGD configured: the mean over all attacks
+    assert 0 <= metrics["reg/robustness"] <= 1
     assert 0 <= metrics["baseline/val_auc"] <= 1
-    assert (root / "metrics" / "cam_iinc.json").read_bytes() == cam_before  # past the target: not run
+    assert "champion" not in metrics and "reg/pgd_accuracy" not in metrics  # the report is past the target
+    assert CamOutputs.at(root).metrics.read_bytes() == cam_before  # past the target: not run
     listed = run([sys.executable, "-m", "dvc", "exp", "show", "--no-pager", "--csv"], root).stdout
     assert metrics["experiment"] in listed
 
@@ -223,20 +330,21 @@ def test_pipeline_on_micro_repo_override_and_target(prefect_harness, micro_repo,
 
 
 def _registry(root: Path):
-    """The copy's registry with @champion -> reg, @challenger -> baseline (the report stage
-    sets them in a full run; set here so the test does not depend on its verdict)."""
+    """The copy's registry with @champion -> reg seed 0, @challenger -> baseline seed 0
+    (the report stage sets them in a full run; set here so the test does not depend on
+    its verdict)."""
     import mlflow
     from mlflow import MlflowClient
 
     from robust_deepfake.config import load_params
-    from robust_deepfake.tracking import configure
+    from robust_deepfake.ops.tracking import configure
+    from robust_deepfake.paths import ModelKey, read_meta
 
     params = load_params(root / "params.yaml")
     configure(params.tracking, root)
     client = MlflowClient()
     name = params.tracking.registered_model
-    versions = {v: json.loads((root / "models" / v / "meta.json").read_text())["registered_version"]
-                for v in ("baseline", "reg")}
+    versions = {v: read_meta(root, ModelKey(v, params.train.seeds[0]))["registered_version"] for v in ("baseline", "reg")}
     client.set_registered_model_alias(name, "champion", versions["reg"])
     client.set_registered_model_alias(name, "challenger", versions["baseline"])
     return mlflow, client, name, versions
@@ -251,11 +359,14 @@ def _set_params(root: Path, **sections) -> None:
 
 def test_reevaluation_logs_runs_picks_up_new_eps_and_never_retrains(prefect_harness, micro_repo, tmp_path):
     from flows.reevaluate import reevaluate
+    from robust_deepfake.config import load_params
+    from robust_deepfake.paths import TrainOutputs, model_keys
 
     root = copy_repo(micro_repo, tmp_path / "repo")
     mlflow, client, name, versions = _registry(root)
     _set_params(root, attack={"eps": ["1/255", "2/255", "4/255"]})  # a new eps since training
-    weights = {v: (root / "models" / v / "model.pt").read_bytes() for v in versions}
+    keys = model_keys(load_params(root / "params.yaml").train.seeds)
+    weights = {key: TrainOutputs.of(root, key).weights.read_bytes() for key in keys}
     n_versions = len(client.search_model_versions(f"name = '{name}'"))
 
     result = reevaluate(repo=str(root))
@@ -267,8 +378,10 @@ def test_reevaluation_logs_runs_picks_up_new_eps_and_never_retrains(prefect_harn
         assert run_.data.tags["reevaluation"] == "true"
         assert run_.data.tags["model_version"] == versions[variant]
         assert run_.data.tags["alias"] == alias
+        assert outcome["model"] == f"{variant}-seed{keys[0].seed}"
         steps = {m.step for m in client.get_metric_history(outcome["run_id"], "reeval/pgd/accuracy")}
-        assert steps == {0, 100, 200, 400}
+        assert steps == {100, 200, 400}  # eps in hundredths of a grey level, as on the training run
+        assert {m.step for m in client.get_metric_history(outcome["run_id"], "reeval/clean/accuracy")} == {0}
         assert "reeval_cam/pgd/iinc_stability" in run_.data.metrics
         version = client.get_model_version(name, versions[variant])
         assert version.tags["last_reevaluation_run_id"] == outcome["run_id"]
@@ -278,7 +391,7 @@ def test_reevaluation_logs_runs_picks_up_new_eps_and_never_retrains(prefect_harn
     found = mlflow.search_runs(filter_string="tags.reevaluation = 'true'", search_all_experiments=True)
     assert len(found) == 2
     assert len(client.search_model_versions(f"name = '{name}'")) == n_versions  # nothing retrained
-    assert {v: (root / "models" / v / "model.pt").read_bytes() for v in versions} == weights
+    assert {key: TrainOutputs.of(root, key).weights.read_bytes() for key in keys} == weights
 
 
 def test_a_robustness_drop_fails_the_flow_with_a_readable_message(prefect_harness, micro_repo, tmp_path):

@@ -5,14 +5,25 @@ import timm
 import torch
 
 from robust_deepfake.config import ModelConfig
-from robust_deepfake.models import (
+from robust_deepfake.model.detector import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     WeightsUnavailableError,
     build_detector,
     load_detector,
     save_weights,
+    weights_bytes,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a small shared CPU, two spinning threads per process are
+    an order of magnitude slower for these tiny tensors."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +44,26 @@ def test_late_of_early_equals_the_timm_forward(split_at):
         split = model.features_late(model.features_early(x))
     assert split.shape == (3, 2)
     assert torch.equal(split, reference)
+
+
+@pytest.mark.parametrize("split_at", [2, 4])
+def test_late_of_early_equals_the_timm_forward_in_channels_last(split_at):
+    """With channels_last the split forward still equals timm's own forward on a
+    channels_last input, and features_late gives the same logits whichever layout its
+    input comes in (perturbed statistics come back contiguous)."""
+    torch.manual_seed(0)
+    model = build_detector(ModelConfig(channels_last=True, drop_rate=0.0), split_at=split_at).eval()
+    x = torch.rand(3, 3, 64, 64)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        reference = model.body(((x - mean) / std).contiguous(memory_format=torch.channels_last))
+        f = model.features_early(x)
+        assert f.is_contiguous(memory_format=torch.channels_last)
+        split = model.features_late(f)
+        from_contiguous = model.features_late(f.contiguous())
+    assert torch.equal(split, reference)
+    assert torch.equal(from_contiguous, split)
 
 
 def test_channels_last_gives_the_same_logits():
@@ -65,6 +96,39 @@ def test_weights_roundtrip(detector, tmp_path):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), detector(x))
+
+
+def test_saved_weights_are_byte_identical(detector, tmp_path):
+    """Two saves of the same weights give the same bytes whatever the file name (DVC
+    must not see new outs for identical weights), and they are weights_bytes'."""
+    first, second = tmp_path / "a" / "model.pt", tmp_path / "other_name.pt"
+    first.parent.mkdir()
+    save_weights(detector, first)
+    save_weights(detector, second)
+    assert first.read_bytes() == second.read_bytes()
+    assert weights_bytes(detector) == first.read_bytes()
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["model.pt", "other_name.pt"], "temp files left"
+
+
+def test_saved_weights_follow_the_weights(detector, tmp_path):
+    """Byte-stable is not constant: other weights give other bytes, the same weights
+    in a fresh model object the same bytes."""
+    twin = build_detector(ModelConfig(channels_last=False), split_at=3).eval()
+    twin.load_state_dict(detector.state_dict())
+    assert weights_bytes(twin) == weights_bytes(detector)
+    with torch.no_grad():
+        twin.body.classifier.bias.add_(1e-3)
+    assert weights_bytes(twin) != weights_bytes(detector)
+
+
+def test_saved_weights_do_not_depend_on_the_memory_format(tmp_path):
+    torch.manual_seed(0)
+    plain = build_detector(ModelConfig(channels_last=False), split_at=2)
+    fast = build_detector(ModelConfig(channels_last=True), split_at=2)
+    fast.load_state_dict(plain.state_dict())
+    save_weights(fast, tmp_path / "model.pt")
+    loaded = load_detector(tmp_path / "model.pt", ModelConfig(channels_last=False), split_at=2)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), plain.state_dict().values(), strict=True))
 
 
 def test_pretrained_offline_without_weights_fails_fast_with_instructions(monkeypatch):

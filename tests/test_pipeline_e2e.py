@@ -1,23 +1,35 @@
-"""The real DAG with the real dvc CLI, on the micro profile."""
+"""The real DAG with the real dvc CLI, on the micro profile (two seeds per variant)."""
 
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from micro_repo import run
 
 pytestmark = pytest.mark.slow
 
+TRAIN_STAGES = ["train_baseline@0", "train_baseline@1", "train_reg@0", "train_reg@1"]
+
 
 def test_repro_produces_every_declared_output(micro_repo):
     for path in [
-        "data/splits/train.csv", "models/baseline/model.pt", "models/reg/meta.json",
-        "metrics/split.json", "metrics/train_baseline.json", "metrics/train_reg.json",
-        "metrics/attack_sweep.json", "plots/attack_sweep.csv", "eval/attack_predictions.npz",
-        "metrics/cam_iinc.json", "plots/iinc.csv", "reports/cam/cam_reg_pgd.png",
+        "data/splits/train.csv", "metrics/split.json",
+        *(f"models/{variant}/seed{seed}/{name}" for variant in ("baseline", "reg") for seed in (0, 1)
+          for name in ("model.pt", "meta.json")),
+        *(f"{kind}/train_{variant}/seed{seed}.{ext}" for variant in ("baseline", "reg") for seed in (0, 1)
+          for kind, ext in (("metrics", "json"), ("plots", "csv"))),
+        "eval/attack_sweep.json", "eval/attack_predictions.npz", "plots/attack_sweep.csv",
+        "eval/cam_iinc.json", "eval/cam_iinc_values.npz", "plots/iinc.csv", "reports/cam/cam_reg_pgd.png",
+        "reports/report.md", "reports/report.html", "reports/figures/robustness_accuracy.png",
+        "eval/verdict.json", "metrics/report.json", "plots/robustness/pgd.csv",
     ]:
         assert (micro_repo / path).exists(), path
+    for variant in ("baseline", "reg"):
+        for seed in (0, 1):
+            meta = json.loads((micro_repo / "models" / variant / f"seed{seed}" / "meta.json").read_text())
+            assert (meta["variant"], meta["seed"]) == (variant, seed)
 
 
 def test_second_repro_is_a_no_op_and_status_is_clean(micro_repo):
@@ -27,13 +39,81 @@ def test_second_repro_is_a_no_op_and_status_is_clean(micro_repo):
     assert "up to date" in status.stdout, status.stdout
 
 
-def test_metrics_show_lists_clean_and_attacked_accuracy(micro_repo):
+def test_train_stages_run_once_per_seed(micro_repo):
+    listed = run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], micro_repo).stdout.split()
+    assert [name for name in listed if name.startswith("train_")] == TRAIN_STAGES
+    dry = run([sys.executable, "-m", "dvc", "repro", "--dry", "--force", "--single-item", "train_reg@1"], micro_repo)
+    assert "'train_reg@1'" in dry.stdout, dry.stdout
+    assert "'train_reg@0'" not in dry.stdout and "'train_baseline@1'" not in dry.stdout, dry.stdout
+
+
+def _numeric_leaves(node) -> list[float]:
+    if isinstance(node, dict):
+        return [v for child in node.values() for v in _numeric_leaves(child)]
+    if isinstance(node, list):
+        return [v for child in node for v in _numeric_leaves(child)]
+    return [node] if isinstance(node, int | float) and not isinstance(node, bool) else []
+
+
+def test_metrics_show_lists_the_headline_and_every_seed(micro_repo):
     shown = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], micro_repo).stdout
-    data = json.loads(shown)
-    metrics = next(iter(data.values()))["data"]["metrics/attack_sweep.json"]["data"]
-    for model in ("baseline", "reg"):
-        assert 0 <= metrics[model]["pgd"]["0"]["accuracy"] <= 1
-        assert 0 <= metrics[model]["pgd"]["2/255"]["accuracy"] <= 1
+    data = next(iter(json.loads(shown).values()))["data"]
+    report = data["metrics/report.json"]["data"]
+    assert report["seeds"] == 2
+    for variant in ("baseline", "reg"):
+        assert 0 <= report["by_variant"][variant]["clean_accuracy"] <= 1
+        assert 0 <= report["by_variant"][variant]["pgd_accuracy"] <= 1
+        for seed in (0, 1):
+            assert 0 <= data[f"metrics/train_{variant}/seed{seed}.json"]["data"]["val_auc"] <= 1
+    assert len(_numeric_leaves(report)) <= 30  # a headline, not a dump of the sweep
+
+
+def _check_seed_interval(row: dict) -> None:
+    """A row's interval is at least as wide as the Student-t interval of its per-seed values."""
+    from scipy import stats
+
+    per_seed = np.array(row["per_seed"])
+    assert row["mean"] == pytest.approx(per_seed.mean())
+    low, high = row["ci"]
+    assert low <= row["mean"] <= high
+    if np.ptp(per_seed) > 0:
+        t_low, t_high = stats.t.interval(row["level"], per_seed.size - 1, loc=per_seed.mean(),
+                                         scale=stats.sem(per_seed))
+        assert high - low >= (t_high - t_low) * (1 - 1e-9), row
+        assert low <= t_low + 1e-12 and high >= t_high - 1e-12, row
+    else:  # equal differences at every seed: scipy has no interval (zero spread)
+        assert low == pytest.approx(high) == pytest.approx(per_seed[0])
+    excludes_zero = low > 0 or high < 0
+    assert row["excludes_zero"] is excludes_zero
+    assert (row["favours"] == "neither") is not excludes_zero
+
+
+def test_verdict_intervals_are_over_seeds(micro_repo):
+    """eval/verdict.json: the PGD accuracy row is the mean of the two per-seed differences
+    of the sweep, with an interval at least as wide as the Student-t interval over those
+    seeds; so is every other row."""
+    verdict = json.loads((micro_repo / "eval" / "verdict.json").read_text())
+    row = next(d for d in verdict["differences"] if d["attack"] == "pgd" and d["metric"] == "accuracy")
+    assert row["seeds"] == [0, 1] and len(row["per_seed"]) == 2 and len(row["per_image_ci"]) == 2
+    _check_seed_interval(row)
+    sweep = json.loads((micro_repo / "eval" / "attack_sweep.json").read_text())["entries"]
+
+    def pgd_accuracy(variant, seed):
+        return np.mean([e["accuracy"] for e in sweep
+                        if (e["variant"], e["seed"], e["attack"]) == (variant, seed, "pgd") and e["eps"] > 0])
+
+    np.testing.assert_allclose(row["per_seed"], [pgd_accuracy("reg", s) - pgd_accuracy("baseline", s) for s in (0, 1)])
+    report = json.loads((micro_repo / "metrics" / "report.json").read_text())
+    assert report["verdict"]["pgd_accuracy_diff"] == pytest.approx(row["mean"])
+    assert [report["verdict"]["ci_low"], report["verdict"]["ci_high"]] == pytest.approx(row["ci"])
+
+    spread = 0
+    for other in verdict["differences"]:
+        assert other["seeds"] == [0, 1]
+        _check_seed_interval(other)
+        spread += np.ptp(other["per_seed"]) > 0
+    assert spread > 0  # at least one row exercises a non-degenerate interval
+    assert verdict["decision"]["evidence"]["seeds"] == [0, 1]
 
 
 def test_changing_split_seed_invalidates_split_only(micro_repo, tmp_path):

@@ -19,10 +19,14 @@ from PIL import Image
 
 from micro_repo import run
 from robust_deepfake.data.images import open_rgb
-from robust_deepfake.predict import CamWriter, collect_images, default_model_uri
+from robust_deepfake.inference.inputs import collect_images
+from robust_deepfake.inference.model_ref import default_model_uri
+from robust_deepfake.inference.scoring import CamWriter
+from robust_deepfake.paths import ModelKey, TrainOutputs
 
 MODEL = "robust-deepfake-detector"
 BASELINE = f"models:/{MODEL}@baseline"
+SEED = 0  # the first of train.seeds (the micro profile keeps the default seeds)
 
 
 @pytest.fixture
@@ -60,11 +64,11 @@ def first_png(root: Path, folder: str) -> str:
 
 
 def reference_p_fake(root: Path, variant: str, paths: list[str | Path]) -> np.ndarray:
-    """Independent of predict.py: the training decode (load_rgb_array) and the checkpoint."""
+    """Independent of inference/: the training decode (load_rgb_array) and the checkpoint."""
     from robust_deepfake.data.images import load_rgb_array
-    from robust_deepfake.models import load_trained
+    from robust_deepfake.model.detector import load_trained
 
-    model, meta = load_trained(root / "models" / variant)
+    model, meta = load_trained(TrainOutputs.of(root, ModelKey(variant, SEED)).model_dir)
     size = meta["detector"]["image_size"]
     batch = torch.from_numpy(np.stack([load_rgb_array(p, size) for p in paths])).permute(0, 3, 1, 2)
     return model.p_fake(batch.float() / 255).double().numpy()
@@ -131,11 +135,30 @@ def test_bad_threshold_and_missing_model_path_exit_2(tmp_path, isolated_mlflow, 
     isolated_mlflow.chdir(tmp_path)
     image = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(image)
-    code, _, err = predict([str(image), "--threshold", "1.5", "-m", "models/baseline/model.pt"], capsys)
+    code, _, err = predict([str(image), "--threshold", "1.5", "-m", f"models/baseline/seed{SEED}/model.pt"], capsys)
     assert code == 2 and "--threshold" in err
     code, out, err = predict([str(image), "-m", "models/nope/model.pt"], capsys)
     assert code == 2 and out == ""
     assert "models/nope/model.pt: no such model file or directory" in err
+
+
+def test_variant_folder_asks_for_a_seed_folder(tmp_path, isolated_mlflow, capsys):
+    isolated_mlflow.chdir(tmp_path)
+    for seed in [10, 2, 0]:
+        (tmp_path / "models" / "baseline" / f"seed{seed}").mkdir(parents=True)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    code, out, err = predict([str(image), "-m", "models/baseline"], capsys)
+    assert code == 2 and out == ""
+    assert "models/baseline: holds one model per training seed" in err
+    assert "models/baseline/seed0, models/baseline/seed2, models/baseline/seed10" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_names_the_option(tmp_path, isolated_mlflow, capsys):
+    isolated_mlflow.chdir(tmp_path)
+    code, _, err = predict([str(tmp_path), "--device", "cuda", "-m", "models/nope/model.pt"], capsys)
+    assert code == 2 and "--device is 'cuda' but CUDA is not available" in err
 
 
 def test_registry_reference_without_a_store_does_not_create_one(tmp_path, isolated_mlflow, capsys):
@@ -144,7 +167,7 @@ def test_registry_reference_without_a_store_does_not_create_one(tmp_path, isolat
     Image.new("RGB", (8, 8)).save(image)
     code, _, err = predict([str(image)], capsys)
     assert code == 2
-    assert "no MLflow store at" in err and "--model models/<variant>/model.pt" in err
+    assert "no MLflow store at" in err and "--model models/<variant>/seed<k>/model.pt" in err
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -182,7 +205,7 @@ def test_local_path_folder_and_registry_alias_give_the_same_probabilities(in_mic
     files = [first_png(in_micro, "data/raw/fake/stylegan_like"), first_png(in_micro, "data/raw/real/celeba_like"),
              first_png(in_micro, "data/raw/fake/faceapp_like")]
     results = {}
-    for reference in ["models/baseline/model.pt", "models/baseline", BASELINE]:
+    for reference in [f"models/baseline/seed{SEED}/model.pt", f"models/baseline/seed{SEED}", BASELINE]:
         code, out, err = predict([*files, "--model", reference, "--json"], capsys)
         assert code == 0, err
         records = json.loads(out)
@@ -203,7 +226,7 @@ def test_any_mode_and_size_is_scored_like_training_and_broken_files_are_named(in
     empty.write_bytes(b"")
     missing = tmp_path / "missing.png"
     code, out, err = predict([str(tmp_path / "odd"), str(odd["no_suffix"]), str(missing),
-                              "-m", "models/reg", "--json", "--batch-size", "3"], capsys)
+                              "-m", f"models/reg/seed{SEED}", "--json", "--batch-size", "3"], capsys)
     assert code == 1
     records = {Path(r["path"]).name: r for r in json.loads(out)}
     assert set(records) == {p.name for p in odd.values()}  # notes.txt ignored, picture.data named
@@ -223,7 +246,7 @@ def test_cam_overlays_at_display_size_for_equal_stems_and_threshold(in_micro, tm
     Image.new("L", (45, 23), 128).save(same_stem[1])
     inputs = [*same_stem, str(odd["grey"]), str(odd["odd_size"]), str(odd["rotated"])]
     cams = tmp_path / "cams"
-    code, out, err = predict([*inputs, "-m", "models/baseline", "--cam", str(cams), "--threshold", "0",
+    code, out, err = predict([*inputs, "-m", f"models/baseline/seed{SEED}", "--cam", str(cams), "--threshold", "0",
                               "--cam-layer", "blocks.1", "--json"], capsys)
     assert code == 0, err
     records = json.loads(out)
@@ -235,7 +258,8 @@ def test_cam_overlays_at_display_size_for_equal_stems_and_threshold(in_micro, tm
             assert overlay.size == open_rgb(record["path"]).size and overlay.mode == "RGB"  # display size
     with Image.open(records[-1]["cam"]) as overlay:
         assert overlay.size == (30, 50)  # the EXIF-rotated image, upright
-    code, _, err = predict([inputs[0], "-m", "models/baseline", "--cam", str(cams), "--cam-layer", "no.such"], capsys)
+    code, _, err = predict([inputs[0], "-m", f"models/baseline/seed{SEED}", "--cam", str(cams),
+                            "--cam-layer", "no.such"], capsys)
     assert code == 2 and "--cam-layer" in err and "no.such" in err
 
 

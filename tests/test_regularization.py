@@ -4,21 +4,40 @@ import pytest
 import torch
 
 from robust_deepfake.config import ModelConfig, RegConfig
-from robust_deepfake.models import build_detector
-from robust_deepfake.regularization import (
+from robust_deepfake.model.detector import build_detector
+from robust_deepfake.model.regularization import (
     STAT_EPS,
     channel_stats,
     gradient_perturbation,
     perturb_statistics,
+    perturbation,
+    perturbation_norms,
     random_perturbation,
-    training_step,
 )
+from robust_deepfake.model.training import training_step
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a small shared CPU, two spinning threads per process are
+    an order of magnitude slower for these tiny tensors."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _stats_norm(f: torch.Tensor) -> torch.Tensor:
+    """||(mu, sigma)|| per sample, written out from the definition (not via the library)."""
+    mu = f.mean(dim=(2, 3))
+    sigma = torch.sqrt(f.var(dim=(2, 3), unbiased=False) + STAT_EPS)
+    return torch.sqrt((mu**2).sum(dim=1) + (sigma**2).sum(dim=1))
 
 
 def test_perturbed_features_have_exactly_the_requested_statistics():
     torch.manual_seed(0)
     f = torch.randn(4, 8, 16, 16, dtype=torch.float64) * 3 + 1
-    d_mu, d_sigma = random_perturbation(4, 8, epsilon=0.5, generator=None, device=f.device)
+    d_mu, d_sigma = random_perturbation(torch.full((4,), 0.5, dtype=torch.float64), 8, generator=None)
     d_mu, d_sigma = d_mu.double(), d_sigma.double()
     out = perturb_statistics(f, d_mu, d_sigma)
     mu, sigma = channel_stats(f)
@@ -48,8 +67,69 @@ def test_gradient_direction_equals_autograd_through_a_zero_leaf():
 
     f_var = f.clone().requires_grad_(True)
     loss_of(f_var).backward()
-    d_mu, d_sigma = gradient_perturbation(f_var.grad, f, epsilon=0.3)
+    d_mu, d_sigma = gradient_perturbation(f_var.grad, f, torch.full((3,), 0.3, dtype=torch.float64))
     torch.testing.assert_close(torch.cat([d_mu, d_sigma], dim=1), expected.float().double(), rtol=1e-5, atol=1e-6)
+
+
+# --- the size of the perturbation: epsilon_scale ---------------------------------------
+
+
+def _features(seed: int = 2) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    # samples on different scales, so a per-batch (instead of per-sample) norm would show
+    scale = torch.tensor([0.5, 1.0, 3.0, 10.0]).view(4, 1, 1, 1)
+    return (torch.randn(4, 6, 8, 8, generator=generator) * scale + scale).float()
+
+
+def _grad_like(f: torch.Tensor) -> torch.Tensor:
+    return torch.randn(f.shape, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("mode", ["random", "gradient"])
+def test_relative_epsilon_scales_with_each_samples_statistics(mode):
+    f = _features()
+    reg = RegConfig(epsilon=0.05, epsilon_scale="relative", mode=mode)
+    expected = 0.05 * _stats_norm(f.double()).float()
+    torch.testing.assert_close(perturbation_norms(f, reg), expected, rtol=1e-5, atol=0)
+    d_mu, d_sigma, relative = perturbation(f, reg, _grad_like(f), torch.Generator().manual_seed(0))
+    norms = torch.cat([d_mu, d_sigma], dim=1).norm(dim=1)
+    torch.testing.assert_close(norms, expected, rtol=1e-5, atol=0)
+    torch.testing.assert_close(relative, torch.full((4,), 0.05), rtol=1e-5, atol=1e-5)
+    assert norms.max() / norms.min() > 5, "the per-sample norms should follow the per-sample statistics"
+
+
+@pytest.mark.parametrize("mode", ["random", "gradient"])
+def test_absolute_epsilon_is_the_norm_itself(mode):
+    f = _features()
+    reg = RegConfig(epsilon=0.3, epsilon_scale="absolute", mode=mode)
+    torch.testing.assert_close(perturbation_norms(f, reg), torch.full((4,), 0.3))
+    d_mu, d_sigma, relative = perturbation(f, reg, _grad_like(f), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(torch.cat([d_mu, d_sigma], dim=1).norm(dim=1), torch.full((4,), 0.3))
+    # the reported size is relative to each sample's statistics even in absolute mode
+    torch.testing.assert_close(relative, 0.3 / _stats_norm(f.double()).float(), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("scale", ["relative", "absolute"])
+@pytest.mark.parametrize("mode", ["random", "gradient"])
+def test_zero_epsilon_gives_a_zero_perturbation(mode, scale):
+    f = _features()
+    reg = RegConfig(epsilon=0.0, epsilon_scale=scale, mode=mode)
+    d_mu, d_sigma, relative = perturbation(f, reg, _grad_like(f), torch.Generator().manual_seed(0))
+    assert torch.equal(d_mu, torch.zeros_like(d_mu)) and torch.equal(d_sigma, torch.zeros_like(d_sigma))
+    assert torch.equal(relative, torch.zeros(4))
+    torch.testing.assert_close(perturb_statistics(f, d_mu, d_sigma), f, rtol=1e-5, atol=1e-5)
+
+
+def test_random_perturbation_is_seeded_by_its_generator():
+    norms = torch.ones(3)
+    first = random_perturbation(norms, 4, torch.Generator().manual_seed(5))
+    second = random_perturbation(norms, 4, torch.Generator().manual_seed(5))
+    other = random_perturbation(norms, 4, torch.Generator().manual_seed(6))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not torch.equal(first[0], other[0])
+
+
+# --- the training step -----------------------------------------------------------------
 
 
 @pytest.fixture
@@ -76,11 +156,47 @@ def test_alpha_zero_reproduces_the_baseline(setup, mode):
     model.load_state_dict(state)
     model.zero_grad(set_to_none=True)
     reg = training_step(model, images, labels, criterion, RegConfig(alpha=0.0, mode=mode))
-    assert reg.total == pytest.approx(baseline.total, abs=1e-6)
+    assert float(reg.total) == pytest.approx(float(baseline.total), abs=1e-6)
     reg_grads = _grads(model)
     assert reg_grads.keys() == baseline_grads.keys()
     for name, grad in baseline_grads.items():
         torch.testing.assert_close(reg_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["random", "gradient"])
+def test_step_losses_are_detached_scalars_and_mix_by_alpha(setup, mode):
+    model, images, labels, criterion = setup
+    model.train()
+    losses = training_step(model, images, labels, criterion, RegConfig(alpha=0.3, epsilon=0.1, mode=mode),
+                           generator=torch.Generator().manual_seed(0))
+    for value in (losses.total, losses.clean, losses.perturbed, losses.correct, losses.relative_size):
+        assert isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad
+    torch.testing.assert_close(losses.total, 0.7 * losses.clean + 0.3 * losses.perturbed)
+    assert float(losses.relative_size) == pytest.approx(0.1, rel=1e-5)
+    assert 0 <= int(losses.correct) <= len(labels)
+
+    baseline = training_step(model, images, labels, criterion, None)
+    assert baseline.perturbed is None and baseline.relative_size is None
+    assert baseline.total.dim() == 0 and not baseline.total.requires_grad
+
+
+@pytest.mark.parametrize("reg", [None, RegConfig(mode="random"), RegConfig(mode="gradient"),
+                                 RegConfig(mode="gradient", alpha=1.0)], ids=["baseline", "random", "gradient",
+                                                                             "gradient-alpha1"])
+def test_training_step_reads_nothing_back_to_the_host(setup, monkeypatch, reg):
+    """No .item() / float() / bool() / .tolist() / .numpy() inside the step: each is a
+    device->host sync that stalls a GPU pipeline once per batch."""
+    model, images, labels, criterion = setup
+    model.train()
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("training_step read a tensor back to the host")
+
+    for name in ("item", "tolist", "numpy", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    losses = training_step(model, images, labels, criterion, reg, generator=torch.Generator().manual_seed(0))
+    monkeypatch.undo()
+    assert torch.isfinite(losses.total)
 
 
 def test_perturbed_term_trains_only_the_late_part(setup):
@@ -101,14 +217,14 @@ def test_gradient_mode_is_worse_case_than_random_at_equal_norm(setup):
     f = model.features_early(images).detach().requires_grad_(True)
     per_sample = torch.nn.CrossEntropyLoss(reduction="none")
     per_sample(model.features_late(f), labels).sum().backward()
-    epsilon = 2.0
+    norms = torch.full((8,), 2.0)
     with torch.no_grad():
-        d_mu, d_sigma = gradient_perturbation(f.grad, f, epsilon)
+        d_mu, d_sigma = gradient_perturbation(f.grad, f, norms)
         worst = per_sample(model.features_late(perturb_statistics(f, d_mu, d_sigma)), labels)
         generator = torch.Generator().manual_seed(0)
         random_losses = []
         for _ in range(10):
-            r_mu, r_sigma = random_perturbation(8, f.shape[1], epsilon, generator, f.device)
+            r_mu, r_sigma = random_perturbation(norms, f.shape[1], generator)
             random_losses.append(per_sample(model.features_late(perturb_statistics(f, r_mu, r_sigma)), labels))
         random_mean = torch.stack(random_losses).mean(0)
     assert worst.mean() > random_mean.mean()

@@ -1,96 +1,126 @@
-"""The report renders from small synthetic stage outputs (no training) with every section,
-figure and verdict row, and the champion choice follows report.select_by."""
+"""The report renders from small synthetic stage outputs (no training, three seeds per
+variant) with every section, figure and verdict row, and the champion choice follows
+report.select_by."""
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import stats
 
-from robust_deepfake.config import validate
-from robust_deepfake.evaluation import CSV_COLUMNS, SweepPredictions, eps_label, summarize
+from robust_deepfake.config import EvalConfig, validate
+from robust_deepfake.explain.results import CamEntry, CamMetrics, IincValues
 from robust_deepfake.io import write_csv, write_json
-from robust_deepfake.report_job import build_report
-from robust_deepfake.verdict import choose_champion
+from robust_deepfake.paths import (
+    CamOutputs,
+    ModelKey,
+    ReportOutputs,
+    SplitOutputs,
+    SweepOutputs,
+    TrainOutputs,
+    model_keys,
+)
+from robust_deepfake.pipeline.report import build_report
+from robust_deepfake.robustness import eps as eps_units
+from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepEntry, SweepMetrics, SweepPredictions, summarize
+from robust_deepfake.robustness.verdict import choose_champion
 
 EPS = [0.0, 1 / 255, 2 / 255]
 ATTACKS = ["fgsm", "pgd"]
 SOURCES = ["real_a", "fake_x", "fake_y"]
+SEEDS = [0, 1, 2]
+CAM_COLUMNS = ["variant", "seed", "attack", "eps", "eps_label", "measure", "value", "ci_low", "ci_high", "n"]
 
 
-def _synthetic_outputs(root, params):
+def _synthetic_outputs(root, params) -> SweepMetrics:
     rng = np.random.default_rng(0)
+    keys = model_keys(SEEDS)
     n = 60
     labels = np.array([0] * 20 + [1] * 40)
     sources = np.array(["real_a"] * 20 + ["fake_x"] * 20 + ["fake_y"] * 20)
-    p = np.zeros((2, len(ATTACKS), len(EPS), n))
-    for m in range(2):
+    p = np.zeros((len(keys), len(ATTACKS), len(EPS), n))
+    for m, key in enumerate(keys):
+        slope = 0.12 if key.variant == "baseline" else 0.08  # reg degrades more slowly
         for e, eps in enumerate(EPS):
-            strength = 0.35 - eps * 255 * (0.12 - 0.04 * m)  # reg (m=1) degrades more slowly
+            strength = 0.35 - eps * 255 * slope
             p[m, :, e] = np.clip(0.5 + (labels - 0.5) * 2 * strength + rng.normal(0, 0.2, n), 0, 1)
-    predictions = SweepPredictions(["baseline", "reg"], ATTACKS, EPS, np.arange(n), labels, sources, p)
-    (root / "eval").mkdir(parents=True)
-    predictions.save(root / "eval" / "attack_predictions.npz")
-    compact, rows = summarize(predictions, params.eval, holdout=["fake_y"])
-    write_json(root / "metrics" / "attack_sweep.json", compact)
-    write_csv(root / "plots" / "attack_sweep.csv", CSV_COLUMNS, rows)
+    predictions = SweepPredictions(keys, ATTACKS, EPS, np.arange(n), labels, sources, p)
+    sweep = SweepOutputs.at(root)
+    sweep.predictions.parent.mkdir(parents=True)
+    predictions.save(sweep.predictions)
+    metrics, rows = summarize(predictions, params.eval, holdout=["fake_y"])
+    metrics.save(sweep.metrics)
+    write_csv(sweep.plot, CSV_COLUMNS, rows)
 
     split = {name: {"total": t, "real": t // 2, "fake": t - t // 2, "groups": t, "by_source": {s: t // 3 for s in SOURCES}}
              for name, t in (("train", 90), ("val", 30), ("test", 60))}
-    write_json(root / "metrics" / "split.json", {**split, "holdout_methods": ["fake_y"], "skipped_bad_files": 0})
-    for variant in ("baseline", "reg"):
-        write_json(root / "metrics" / f"train_{variant}.json", {
-            "best_epoch": 1, "val_accuracy": 0.8, "val_f1": 0.79, "val_auc": 0.9, "val_loss": 0.4,
-            "train_loss": 0.3, "epochs_run": 2})
+    write_json(SplitOutputs.at(root).metrics, {**split, "holdout_methods": ["fake_y"], "skipped_bad_files": 0})
+    for key in keys:
+        outputs = TrainOutputs.of(root, key)
+        write_json(outputs.metrics, {"best_epoch": 1, "val_accuracy": 0.8, "val_f1": 0.79, "val_auc": 0.9 + 0.01 * key.seed,
+                                     "val_loss": 0.4, "train_loss": 0.3, "epochs_run": 2})
         history = [{"epoch": e, "train_loss": 0.6 - 0.2 * e, "val_loss": 0.7 - 0.2 * e, "val_auc": 0.7 + 0.1 * e,
                     "val_accuracy": 0.6 + 0.1 * e} for e in range(2)]
-        write_csv(root / "plots" / f"train_{variant}.csv", list(history[0]), history)
+        write_csv(outputs.plot, list(history[0]), history)
+        write_json(outputs.meta, {"variant": key.variant, "seed": key.seed,
+                                  "timing": {"seconds": 10.0, "images_per_s": 120.0}})
 
-    cam, iinc_rows, values = {}, [], {"indices": np.arange(8), "has_mask": np.ones(8, bool)}
-    for m, variant in enumerate(("baseline", "reg")):
-        stat = lambda v: {"mean": v, "ci": [v - 0.05, v + 0.05], "n": 8}  # noqa: E731
-        cam[variant] = {"clean": {"localization": stat(0.4)}}
-        values[f"localization|{variant}|none|0"] = np.full(8, 0.4)
-        iinc_rows.append({"model": variant, "attack": "none", "eps": 0.0, "eps_label": "0", "measure": "localization",
-                          "value": 0.4, "ci_low": 0.35, "ci_high": 0.45, "n": 8})
-        for attack in ATTACKS:
-            cam[variant][attack] = {}
-            for eps in EPS[1:]:
-                stability = 0.2 + eps * 255 * 0.05 - 0.03 * m
-                cam[variant][attack][eps_label(eps)] = {"stability": stat(stability), "localization": stat(0.42)}
-                values[f"stability|{variant}|{attack}|{eps_label(eps)}"] = np.full(8, stability) + rng.normal(0, 0.01, 8)
-                values[f"localization|{variant}|{attack}|{eps_label(eps)}"] = np.full(8, 0.42)
-                for measure, v in (("stability", stability), ("localization", 0.42)):
-                    iinc_rows.append({"model": variant, "attack": attack, "eps": eps, "eps_label": eps_label(eps),
-                                      "measure": measure, "value": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "n": 8})
-    write_json(root / "metrics" / "cam_iinc.json", cam)
-    write_csv(root / "plots" / "iinc.csv", list(iinc_rows[0]), iinc_rows)
-    np.savez(root / "eval" / "cam_iinc_values.npz", **values)
-    (root / "reports" / "cam").mkdir(parents=True)
+    cam = CamOutputs.at(root)
+    attacked = EPS[1:]
+    n_cam = 8
+    shape = (len(keys), len(ATTACKS), len(attacked), n_cam)
+    values = IincValues(keys, ATTACKS, attacked, np.arange(n_cam), np.ones(n_cam, bool), np.full(shape, np.nan),
+                        np.full(shape, 0.42), np.full((len(keys), n_cam), 0.4))
+    entries = []
+
+    def entry(key, attack, eps, measure, per_image):
+        mean = float(np.mean(per_image))
+        return CamEntry(key, attack, eps, measure, mean, (mean - 0.05, mean + 0.05), n_cam)
+
+    for m, key in enumerate(keys):
+        entries.append(entry(key, "clean", 0.0, "localization", values.localization_clean[m]))
+        for a, attack in enumerate(ATTACKS):
+            for e, eps in enumerate(attacked):
+                stability = 0.2 + eps * 255 * 0.05 - (0.03 if key.variant == "reg" else 0.0)
+                values.stability[m, a, e] = stability + rng.normal(0, 0.01, n_cam)
+                entries.append(entry(key, attack, eps, "stability", values.stability[m, a, e]))
+                entries.append(entry(key, attack, eps, "localization", values.localization[m, a, e]))
+    CamMetrics(entries, "gradcam", "blocks.2").save(cam.metrics)
+    values.save(cam.values)
+    write_csv(cam.plot, CAM_COLUMNS, [
+        {"variant": x.model.variant, "seed": x.model.seed, "attack": x.attack, "eps": x.eps,
+         "eps_label": eps_units.label(x.eps), "measure": x.measure, "value": x.mean, "ci_low": x.ci[0],
+         "ci_high": x.ci[1], "n": x.n} for x in entries])
+    cam.figures.mkdir(parents=True)
     for variant in ("baseline", "reg"):
         for attack in ATTACKS:
-            Image.new("RGB", (20, 20), (200, 0, 0)).save(root / "reports" / "cam" / f"cam_{variant}_{attack}.png")
-    return compact
+            Image.new("RGB", (20, 20), (200, 0, 0)).save(cam.figures / f"cam_{variant}_{attack}.png")
+    return metrics
 
 
-@pytest.fixture
-def rendered(tmp_path):
-    params = validate({"eval": {"n_bootstrap": 50}, "attack": {"attacks": ATTACKS, "eps": ["1/255", "2/255"]},
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    params = validate({"train": {"seeds": SEEDS}, "eval": {"n_bootstrap": 50},
+                       "attack": {"attacks": ATTACKS, "eps": ["1/255", "2/255"]},
                        "report": {"reference_eps": "1/255"}})
-    compact = _synthetic_outputs(tmp_path, params)
-    summary = build_report(params, tmp_path, track=False)
-    return tmp_path, summary, compact
+    metrics = _synthetic_outputs(root, params)
+    summary = build_report(params, root, track=False)
+    return root, summary, metrics
 
 
 def test_every_section_and_figure_exists(rendered):
     root, summary, _ = rendered
     markdown = (root / "reports" / "report.md").read_text()
-    for section in ["## Verdict", "## Data", "## Training", "## Robustness", "### FGSM", "### PGD",
-                    "## Explanations: Grad-CAM and IINC", "## Per-source generalization",
-                    "## ROC curves and confusion matrices", "## How to read this report"]:
+    for section in ["**Conclusion:**", "## Verdict", "### Per seed (test sampling only)", "## Data", "## Training",
+                    "## Robustness", "### FGSM", "### PGD", "## Explanations: Grad-CAM and IINC",
+                    "## Per-source generalization", "## ROC curves and confusion matrices", "## Provenance",
+                    "## How to read this report"]:
         assert section in markdown, section
-    figures = ["robustness_accuracy.png", "robustness_f1.png", "robustness_auc.png", "iinc.png",
+    figures = ["robustness_accuracy.png", "robustness_auc.png", "robustness_asr.png", "iinc.png",
                "training_curves.png", "per_source.png", "roc.png", "confusion.png"]
     for name in figures:
         path = root / "reports" / "figures" / name
@@ -101,6 +131,9 @@ def test_every_section_and_figure_exists(rendered):
             assert f"(cam/cam_{variant}_{attack}.png)" in markdown
     assert "fake_y*" not in markdown  # held-out marking lives in the table column and figure
     assert "| fake_y | yes |" in markdown
+    for key in model_keys(SEEDS):  # one training row per trained model, and the seed means
+        assert f"| {key.variant} | {key.seed} |" in markdown
+    assert "| **baseline mean** | 3 seeds |" in markdown and "| **reg mean** | 3 seeds |" in markdown
 
 
 def test_html_is_self_contained(rendered):
@@ -113,34 +146,103 @@ def test_html_is_self_contained(rendered):
     assert 'src="figures/' not in html and 'src="cam/' not in html
 
 
+def _pgd_accuracy_diffs(metrics: SweepMetrics) -> list[float]:
+    return [np.mean([metrics.get(ModelKey("reg", s), "pgd", eps).accuracy
+                     - metrics.get(ModelKey("baseline", s), "pgd", eps).accuracy for eps in EPS[1:]])
+            for s in SEEDS]
+
+
 def test_verdict_rows_and_numbers_come_from_the_predictions(rendered):
-    root, summary, compact = rendered
-    verdict = summary["verdict"]
+    root, summary, metrics = rendered
+    verdict = json.loads((ReportOutputs.at(root).verdict).read_text())
+    rows = {(d["attack"], d["metric"]): d for d in verdict["differences"]}
     for attack in ["clean", *ATTACKS]:
         for metric in ("accuracy", "f1", "auc"):
-            assert f"{attack}_{metric}" in verdict
-    pgd = verdict["pgd_accuracy"]
-    expected = np.mean([compact["reg"]["pgd"][e]["accuracy"] - compact["baseline"]["pgd"][e]["accuracy"]
-                        for e in ("1/255", "2/255")])
-    assert pgd["diff"] == pytest.approx(expected)
-    assert pgd["ci"][0] <= pgd["diff"] <= pgd["ci"][1]
-    assert verdict["pgd_iinc_stability"]["diff"] == pytest.approx(-0.03, abs=0.01)
-    assert verdict["pgd_iinc_stability"]["favours"] == "reg"  # lower IINC is better
-    report = json.loads((root / "metrics" / "report.json").read_text())
-    assert report["champion"] == summary["champion"]
+            assert (attack, metric) in rows
+    for attack in ATTACKS:
+        assert (attack, "asr") in rows
+        assert (attack, "iinc_stability") in rows and (attack, "iinc_localization") in rows
+
+    pgd = rows[("pgd", "accuracy")]
+    expected = _pgd_accuracy_diffs(metrics)
+    assert pgd["seeds"] == SEEDS
+    assert pgd["per_seed"] == pytest.approx(expected)
+    assert pgd["mean"] == pytest.approx(np.mean(expected))
+    low, high = stats.t.interval(0.95, len(SEEDS) - 1, loc=np.mean(expected), scale=stats.sem(expected))
+    assert pgd["ci"] == pytest.approx([low, high])
+    assert len(pgd["per_image_ci"]) == len(SEEDS)
+
+    stability = rows[("pgd", "iinc_stability")]
+    assert stability["mean"] == pytest.approx(-0.03, abs=0.01)
+    assert stability["favours"] == "reg"  # lower IINC is better
+    assert stability["excludes_zero"] is True
+    localization = rows[("pgd", "iinc_localization")]
+    assert localization["mean"] == pytest.approx(0.0) and localization["favours"] == "neither"
+
+    decision = verdict["decision"]
+    assert decision["champion"] == summary["decision"].champion.name
+    assert decision["move_champion"] is True  # no current champion when untracked
+    assert set(decision["representatives"]) == {"baseline", "reg"}
     robustness = pd.read_csv(root / "plots" / "robustness" / "pgd.csv")
     assert list(robustness.columns[:1]) == ["eps_255"] and "reg_accuracy" in robustness.columns
+    assert robustness.eps_255.tolist() == [0.0, 1.0, 2.0]
+    pgd_2 = np.mean([metrics.get(ModelKey("reg", s), "pgd", EPS[2]).accuracy for s in SEEDS])
+    assert robustness.reg_accuracy.iloc[2] == pytest.approx(pgd_2)  # seed mean
+
+
+def _numeric_leaves(node) -> list[float]:
+    if isinstance(node, dict):
+        return [v for child in node.values() for v in _numeric_leaves(child)]
+    if isinstance(node, list):
+        return [v for child in node for v in _numeric_leaves(child)]
+    return [node] if isinstance(node, int | float) and not isinstance(node, bool) else []
+
+
+def test_headline_metrics_are_few_and_match_the_verdict(rendered):
+    root, summary, metrics = rendered
+    report = json.loads(ReportOutputs.at(root).metrics.read_text())
+    assert report == json.loads(json.dumps(summary["metrics"]))
+    assert len(_numeric_leaves(report)) <= 30
+    assert report["seeds"] == len(SEEDS) and report["reference_eps_255"] == 1.0
+    expected = _pgd_accuracy_diffs(metrics)
+    assert report["verdict"]["pgd_accuracy_diff"] == pytest.approx(np.mean(expected))
+    favouring = report["verdict"]["seeds_favouring_reg"] + report["verdict"]["seeds_favouring_baseline"]
+    assert favouring == sum(d != 0 for d in expected)
+    for variant in ("baseline", "reg"):
+        pgd_1 = np.mean([metrics.get(ModelKey(variant, s), "pgd", EPS[1]).accuracy for s in SEEDS])
+        assert report["by_variant"][variant]["pgd_accuracy"] == pytest.approx(pgd_1)  # reference eps 1/255
+        assert report["by_variant"][variant]["val_auc"] == pytest.approx(0.91)
+        assert math.isfinite(report["by_variant"][variant]["iinc_stability"])
+
+
+def _sweep(scores: dict[str, tuple[float, float]], seeds=SEEDS, spread: float = 0.01) -> SweepMetrics:
+    """PGD accuracy/AUC per variant as (clean, attacked), plus a small per-seed spread."""
+    entries = []
+    for variant, (clean, attacked) in scores.items():
+        for s in seeds:
+            key, jitter = ModelKey(variant, s), spread * (s - np.mean(seeds))
+            entries.append(SweepEntry(key, "clean", 0.0, clean + jitter, clean, clean + jitter, 0.0, 60))
+            entries.append(SweepEntry(key, "pgd", 1 / 255, attacked + jitter, attacked, attacked + 0.1 + jitter,
+                                      0.5, 60))
+    return SweepMetrics(entries, 0.95, True)
 
 
 def test_champion_follows_the_criterion():
-    sweep = {
-        "baseline": {"pgd": {"0": {"accuracy": 0.95, "auc": 0.99}, "1/255": {"accuracy": 0.2, "auc": 0.3}}},
-        "reg": {"pgd": {"0": {"accuracy": 0.90, "auc": 0.97}, "1/255": {"accuracy": 0.4, "auc": 0.5}}},
-    }
-    assert choose_champion(sweep, "pgd_accuracy")[:2] == ("reg", "baseline")
-    assert choose_champion(sweep, "clean_accuracy")[:2] == ("baseline", "reg")
-    tied = {m: {"pgd": {"0": {"accuracy": a, "auc": 0.9}, "1/255": {"accuracy": 0.3, "auc": 0.4}}}
-            for m, a in (("baseline", 0.8), ("reg", 0.85))}
-    assert choose_champion(tied, "pgd_accuracy")[0] == "reg"  # clean accuracy breaks the tie
+    config = EvalConfig()
+    sweep = _sweep({"baseline": (0.95, 0.2), "reg": (0.90, 0.4)})
+    by_pgd = choose_champion(sweep, "pgd_accuracy", config)
+    assert (by_pgd.champion.variant, by_pgd.challenger.variant) == ("reg", "baseline")
+    assert by_pgd.champion == ModelKey("reg", 1)  # the seed at its variant's mean
+    by_clean = choose_champion(sweep, "clean_accuracy", config, current_champion="reg")
+    assert (by_clean.champion.variant, by_clean.challenger.variant) == ("baseline", "reg")
+    assert by_clean.move_champion
+    assert choose_champion(sweep, "pgd_auc", config).champion.variant == "reg"
+    # equal attacked accuracy: no detectable difference, so the alias stays (the baseline when none yet)
+    tied = _sweep({"baseline": (0.8, 0.3), "reg": (0.85, 0.3)})
+    assert choose_champion(tied, "pgd_accuracy", config).champion.variant == "baseline"
+    kept = choose_champion(tied, "pgd_accuracy", config, current_champion="reg")
+    assert kept.champion.variant == "reg" and not kept.move_champion
+    fgsm_only = SweepMetrics([SweepEntry(e.model, "fgsm" if e.attack == "pgd" else e.attack, e.eps, e.accuracy,
+                                         e.f1, e.auc, e.asr, e.n) for e in sweep.entries], 0.95, True)
     with pytest.raises(ValueError, match="report.select_by"):
-        choose_champion({m: {"fgsm": v["pgd"]} for m, v in sweep.items()}, "pgd_accuracy")
+        choose_champion(fgsm_only, "pgd_accuracy", config)

@@ -89,9 +89,12 @@ def local_pyfunc(micro_repo, monkeypatch):
     import mlflow.tracking._model_registry.utils as registry_utils
     import mlflow.tracking._tracking_service.utils as tracking_utils
 
-    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
-    monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    # No process-wide URI left by an earlier test: both the tracking and the registry
+    # client resolve MLFLOW_TRACKING_URI (the originals come back at teardown).
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "")  # recorded, so an absent variable stays absent
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{micro_repo / 'mlflow.db'}")
     return mlflow.pyfunc.load_model(MODEL_URI)
 

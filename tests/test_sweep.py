@@ -1,47 +1,84 @@
-"""The robustness sweep on a small trained model: monotone in eps, PGD at least as strong as FGSM."""
+"""The robustness sweep.
+
+On a small trained model (slow: the micro repo): monotone in eps, PGD at least as strong
+as FGSM. On tiny untrained stand-ins (fast): what is scored (8-bit rounded adversarial
+images), the random starts (keyed by the eps value, not its place in the grid), and the
+metrics against scikit-learn and hand-worked ASR.
+"""
+
+import math
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from torch import nn
 
 from robust_deepfake.config import AttackConfig, EvalConfig
-from robust_deepfake.data.dataset import load_split
-from robust_deepfake.evaluation import eps_label, run_sweep, stratified_subset, summarize
-from robust_deepfake.models import load_trained
+from robust_deepfake.data.dataset import ImageSet, Sample, load_split
+from robust_deepfake.model.detector import load_trained
+from robust_deepfake.paths import ModelKey, TrainOutputs
+from robust_deepfake.robustness import eps as eps_units
+from robust_deepfake.robustness.attacks import build_attack, quantize_8bit
+from robust_deepfake.robustness.eps import CLEAN
+from robust_deepfake.robustness.sweep import (
+    CSV_COLUMNS,
+    SweepMetrics,
+    SweepPredictions,
+    adversarial,
+    attack_generator,
+    run_sweep,
+    stratified_subset,
+    summarize,
+)
 
-pytestmark = pytest.mark.slow
+BASELINE = ModelKey("baseline", 0)
+REG = ModelKey("reg", 0)
+CPU = torch.device("cpu")
+
+
+# --- on the trained micro model -------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def sweep(micro_repo):
-    model, _ = load_trained(micro_repo / "models" / "baseline")
+    model, _ = load_trained(TrainOutputs.of(micro_repo, BASELINE).model_dir)
     test = load_split(micro_repo / "data" / "splits", "test", 32, 512, root=micro_repo)
     config = AttackConfig(attacks=["fgsm", "pgd"], eps=["1/255", "2/255", "4/255", "8/255"], steps=5,
                           step_size_relative=0.5, batch_size=64)
     indices = stratified_subset([s.source for s in test.samples], None, 0)
-    predictions = run_sweep({"baseline": model}, test, indices, config, torch.device("cpu"), show_progress=False)
-    compact, rows = summarize(predictions, EvalConfig(n_bootstrap=50), holdout=[])
-    return predictions, compact, rows
+    predictions = run_sweep({BASELINE: model}, test, indices, config, CPU, show_progress=False)
+    metrics, rows = summarize(predictions, EvalConfig(n_bootstrap=50), holdout=[])
+    return predictions, metrics, rows
 
 
+@pytest.mark.slow
 def test_pgd_accuracy_is_non_increasing_in_eps(sweep):
-    _, compact, _ = sweep
-    accuracy = [entry["accuracy"] for entry in compact["baseline"]["pgd"].values()]
+    predictions, metrics, _ = sweep
+    assert predictions.eps[0] == 0  # the clean row first
+    accuracy = [metrics.get(BASELINE, "pgd", eps).accuracy for eps in predictions.eps]
     assert all(later <= earlier + 0.02 for earlier, later in zip(accuracy, accuracy[1:])), accuracy
 
 
+@pytest.mark.slow
 def test_pgd_is_no_weaker_than_fgsm_at_the_largest_eps(sweep):
-    _, compact, _ = sweep
-    largest = eps_label(8 / 255)
-    assert compact["baseline"]["pgd"][largest]["accuracy"] <= compact["baseline"]["fgsm"][largest]["accuracy"] + 0.02
+    _, metrics, _ = sweep
+    largest = eps_units.from_label("8/255")
+    assert metrics.get(BASELINE, "pgd", largest).accuracy <= metrics.get(BASELINE, "fgsm", largest).accuracy + 0.02
 
 
+@pytest.mark.slow
 def test_clean_row_is_shared_and_asr_is_zero_there(sweep):
-    predictions, compact, _ = sweep
+    predictions, metrics, _ = sweep
     assert np.array_equal(predictions.p_fake[0, 0, 0], predictions.p_fake[0, 1, 0])
-    assert compact["baseline"]["fgsm"]["0"]["asr"] == 0.0
+    clean = metrics.get(BASELINE, CLEAN, 0.0)
+    assert clean.attack == CLEAN and clean.eps == 0
+    assert metrics.get(BASELINE, "fgsm", 0.0) == clean  # eps 0 of any attack is the clean row
+    assert clean.asr == 0.0
 
 
+@pytest.mark.slow
 def test_rows_have_cis_and_per_source_entries(sweep):
     _, _, rows = sweep
     overall = [r for r in rows if r["source"] == "all" and r["metric"] == "accuracy"]
@@ -56,3 +93,248 @@ def test_stratified_subset_is_seeded_and_proportional():
     assert np.array_equal(first, stratified_subset(sources, 20, seed=3))
     picked = [sources[i] for i in first]
     assert (picked.count("a"), picked.count("b"), picked.count("c")) == (12, 6, 2)
+
+
+def test_stratified_subset_takes_everything_without_a_limit():
+    sources = ["a", "b", "a"]
+    assert np.array_equal(stratified_subset(sources, None, 0), [0, 1, 2])
+    assert np.array_equal(stratified_subset(sources, 5, 0), [0, 1, 2])
+
+
+# --- on tiny untrained stand-ins ------------------------------------------------------
+
+SOURCES = ["ffhq_like"] * 4 + ["pggan_like"] * 2 + ["faceswap_like"] * 2
+
+
+class PixelDetector(nn.Module):
+    """A seeded linear detector on the pixels: every pixel counts, so rounding an
+    adversarial image to 8 bits moves p(fake) by ~1e-3 (an untrained EfficientNet at
+    32 px moves by ~1e-7: float noise), and a 2/255 attack flips predictions."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.linear = nn.Linear(3 * 32 * 32, 2)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(2, 3 * 32 * 32, generator=generator) * 0.05)
+            self.linear.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear((x - 0.5).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def images_on_disk(tmp_path_factory) -> ImageSet:
+    """Eight 32 px PNGs (4 real, 4 fake from two methods): decoded, they lie on the 8-bit grid."""
+    folder = tmp_path_factory.mktemp("sweep_images")
+    rng = np.random.default_rng(0)
+    samples = []
+    for i, source in enumerate(SOURCES):
+        path = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+        samples.append(Sample(str(path), int(source != "ffhq_like"), source, f"g{i}", ""))
+    return ImageSet(samples, 32, cache=True)
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[ModelKey, nn.Module]:
+    return {BASELINE: PixelDetector(0).eval(), REG: PixelDetector(1).eval()}
+
+
+def _config(**overrides) -> AttackConfig:
+    settings = dict(attacks=["fgsm", "pgd"], eps=["1/255", "2/255"], steps=2, batch_size=16, seed=5)
+    return AttackConfig(**{**settings, **overrides})
+
+
+def _sweep(models, dataset, config):
+    return run_sweep(models, dataset, np.arange(len(dataset)), config, CPU, show_progress=False)
+
+
+@torch.no_grad()
+def _p_fake(model: nn.Module, images: torch.Tensor) -> np.ndarray:
+    return model(images).softmax(dim=1)[:, 1].numpy().astype(np.float64)
+
+
+def test_sweep_shapes_and_clean_row(models, images_on_disk):
+    config = _config()
+    predictions = _sweep(models, images_on_disk, config)
+    assert predictions.models == [BASELINE, REG]
+    assert predictions.attacks == ["fgsm", "pgd"]
+    assert predictions.eps == [0.0, 1 / 255, 2 / 255]
+    assert predictions.p_fake.shape == (2, 2, 3, 8)
+    assert predictions.quantized is True
+    assert predictions.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert predictions.sources.tolist() == SOURCES
+    images = images_on_disk.images(torch.arange(8))
+    for m, model in enumerate(models.values()):
+        clean = _p_fake(model, images)
+        for a in range(2):  # the clean row is the model on the unattacked images, for every attack
+            np.testing.assert_allclose(predictions.p_fake[m, a, 0], clean, rtol=0, atol=1e-7)
+        assert (np.abs(predictions.p_fake[m, :, 1:] - clean).max()) > 1e-3  # the attacks do something
+
+
+@pytest.mark.parametrize("quantize", [True, False])
+def test_sweep_scores_what_the_attack_engine_gives_rounded_when_quantizing(models, images_on_disk, quantize):
+    config = _config(quantize=quantize)
+    predictions = _sweep(models, images_on_disk, config)
+    assert predictions.quantized is quantize
+    images, labels = images_on_disk.images(torch.arange(8)), images_on_disk.labels
+    assert torch.equal(quantize_8bit(images), images)  # PNG inputs: on the grid
+    for m, model in enumerate(models.values()):
+        for a, name in enumerate(config.attacks):
+            for e, eps in enumerate(predictions.eps[1:], start=1):
+                # independently of run_sweep: a fresh attack with the generator for (seed, attack, eps)
+                attack = build_attack(name, model, eps, config, attack_generator(config.seed, name, eps))
+                adv = attack(images, labels)
+                rounded, raw = _p_fake(model, quantize_8bit(adv)), _p_fake(model, adv)
+                expected, other = (rounded, raw) if quantize else (raw, rounded)
+                np.testing.assert_allclose(predictions.p_fake[m, a, e], expected, rtol=0, atol=1e-7)
+                if name == "pgd":  # the random start leaves PGD off the grid: rounding matters
+                    assert np.abs(predictions.p_fake[m, a, e] - other).max() > 1e-5
+
+
+def test_adversarial_rounds_only_when_asked(models, images_on_disk):
+    model = models[BASELINE]
+    images, labels = images_on_disk.images(torch.arange(8)), images_on_disk.labels
+    eps = 2 / 255
+    attack = build_attack("pgd", model, eps, _config(), attack_generator(0, "pgd", eps))
+    raw = adversarial(attack, images, labels, quantize=False)
+    attack = build_attack("pgd", model, eps, _config(), attack_generator(0, "pgd", eps))
+    rounded = adversarial(attack, images, labels, quantize=True)
+    assert torch.equal(rounded, quantize_8bit(raw))
+    assert not torch.equal(rounded, raw)
+    assert (rounded - images).abs().max() <= eps + 1e-6  # whole grey level on grid inputs: in the ball
+    assert rounded.min() >= 0 and rounded.max() <= 1
+
+
+def _draws(generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(64, generator=generator)
+
+
+def test_attack_generator_is_keyed_by_seed_attack_and_eps_value():
+    reference = _draws(attack_generator(3, "pgd", 2 / 255))
+    assert torch.equal(_draws(attack_generator(3, "pgd", 2 / 255)), reference)
+    assert torch.equal(_draws(attack_generator(3, "pgd", eps_units.from_label("2/255"))), reference)
+    assert torch.equal(_draws(attack_generator(3, "pgd", eps_units.from_step(200))), reference)
+    others = [attack_generator(4, "pgd", 2 / 255), attack_generator(3, "bim", 2 / 255),
+              attack_generator(3, "pgd", 1 / 255), attack_generator(3, "pgd", 4 / 255),
+              attack_generator(3, "pgd", 2.5 / 255)]
+    for other in others:
+        assert not torch.equal(_draws(other), reference)
+
+
+def test_random_starts_do_not_depend_on_the_rest_of_the_grid(models, images_on_disk):
+    shared = 2 / 255
+    small = _sweep(models, images_on_disk, _config(attacks=["pgd"], eps=["1/255", "2/255"]))
+    large = _sweep(models, images_on_disk, _config(attacks=["pgd"], eps=["2/255", "4/255", "8/255"]))
+    first, second = small.eps.index(shared), large.eps.index(shared)
+    assert first != second  # a different place in the grid ...
+    np.testing.assert_array_equal(small.p_fake[:, 0, first], large.p_fake[:, 0, second])  # ... the same scores
+    reseeded = _sweep(models, images_on_disk, _config(attacks=["pgd"], eps=["2/255"], seed=6))
+    assert not np.array_equal(reseeded.p_fake[:, 0, 1], small.p_fake[:, 0, first])
+
+
+# --- summarize: scikit-learn and hand-worked oracles ----------------------------------
+
+
+def _predictions(p_fake: np.ndarray, labels, sources, models=(BASELINE,), attacks=("fgsm", "pgd"),
+                 eps=(0.0, 1 / 255, 2 / 255)) -> SweepPredictions:
+    n = len(labels)
+    return SweepPredictions(list(models), list(attacks), list(eps), np.arange(n), np.asarray(labels),
+                            np.asarray(sources), np.asarray(p_fake, dtype=np.float64))
+
+
+LABELS = [0, 0, 0, 1, 1, 1]
+ROW_SOURCES = ["ffhq_like"] * 3 + ["pggan_like", "pggan_like", "faceswap_like"]
+
+
+@pytest.mark.parametrize("score", [0.8, 0.2, 0.5])
+def test_asr_of_a_constant_classifier_is_zero(score):
+    predictions = _predictions(np.full((1, 2, 3, 6), score), LABELS, ROW_SOURCES)
+    metrics, rows = summarize(predictions, EvalConfig(n_bootstrap=20), holdout=[])
+    assert len(metrics.entries) == 1 + 2 * 2
+    assert all(entry.asr == 0.0 for entry in metrics.entries)
+    assert all(row["value"] == 0.0 for row in rows if row["metric"] == "asr")
+    predicted = np.full(6, int(score >= 0.5))
+    for entry in metrics.entries:
+        assert entry.accuracy == pytest.approx(accuracy_score(LABELS, predicted))
+        assert entry.f1 == pytest.approx(f1_score(LABELS, predicted, average="macro", zero_division=0))
+        assert entry.auc == pytest.approx(0.5)
+
+
+def test_asr_counts_flips_of_correctly_classified_clean_images_only():
+    labels = [0, 0, 1, 1]
+    clean = [0.1, 0.9, 0.8, 0.7]  # correct, wrong, correct, correct
+    attacked = [0.6, 0.2, 0.3, 0.9]  # image 0 and 2 flip; image 1 becomes right (not a success)
+    p_fake = np.array([[[clean, attacked]]])  # [model, attack, eps, image]
+    predictions = _predictions(p_fake, labels, ["ffhq_like"] * 2 + ["pggan_like"] * 2, attacks=["pgd"],
+                               eps=[0.0, 2 / 255])
+    metrics, _ = summarize(predictions, EvalConfig(n_bootstrap=0), holdout=[])
+    assert metrics.get(BASELINE, "pgd", 2 / 255).asr == pytest.approx(2 / 3)
+    assert metrics.get(BASELINE, CLEAN, 0.0).asr == 0.0
+
+
+def test_metrics_match_scikit_learn_overall_and_per_source():
+    rng = np.random.default_rng(4)
+    labels = np.array([0] * 6 + [1] * 6)
+    sources = np.array(["ffhq_like"] * 6 + ["pggan_like"] * 3 + ["faceswap_like"] * 3)
+    p_fake = rng.random((2, 2, 3, 12))
+    p_fake[:, :, 0] = p_fake[:, :1, 0]  # one clean row per model, as run_sweep writes it
+    predictions = _predictions(p_fake, labels, sources, models=(BASELINE, REG))
+    metrics, rows = summarize(predictions, EvalConfig(n_bootstrap=30, seed=1), holdout=["faceswap_like"])
+    assert metrics.models == [BASELINE, REG]
+    assert metrics.attacks == ["fgsm", "pgd"]
+    assert metrics.attacked_eps == [1 / 255, 2 / 255]
+    assert metrics.ci_level == 0.95 and metrics.quantized is True
+    for m, key in enumerate(predictions.models):
+        clean_correct = (p_fake[m, 0, 0] >= 0.5).astype(int) == labels
+        for a, attack in enumerate(predictions.attacks):
+            for e, eps in enumerate(predictions.eps):
+                entry = metrics.get(key, attack, eps)
+                p = p_fake[m, a, e]
+                predicted = (p >= 0.5).astype(int)
+                assert entry.n == 12
+                assert entry.accuracy == pytest.approx(accuracy_score(labels, predicted))
+                assert entry.f1 == pytest.approx(f1_score(labels, predicted, average="macro"))
+                assert entry.auc == pytest.approx(roc_auc_score(labels, p))
+                flips = (clean_correct & (predicted != labels)).sum()
+                assert entry.asr == pytest.approx(flips / clean_correct.sum())
+                assert set(entry.ci) == {"accuracy", "f1", "auc"}
+                assert all(low <= high for low, high in entry.ci.values())
+                mine = [r for r in rows if (r["variant"], r["seed"], r["attack"], r["eps"]) ==
+                        (key.variant, key.seed, CLEAN if eps == 0 else attack, eps)]
+                by_source = {(r["source"], r["metric"]): r for r in mine}
+                for source in ("ffhq_like", "pggan_like", "faceswap_like"):
+                    mask = sources == source
+                    row = by_source[(source, "accuracy")]
+                    assert row["value"] == pytest.approx(accuracy_score(labels[mask], predicted[mask]))
+                    assert row["heldout"] == (source == "faceswap_like") and row["n"] == mask.sum()
+                for source in ("pggan_like", "faceswap_like"):  # a fake method against all reals
+                    both = (sources == source) | (labels == 0)
+                    assert by_source[(source, "auc")]["value"] == pytest.approx(roc_auc_score(labels[both], p[both]))
+                assert ("ffhq_like", "auc") not in by_source
+                assert by_source[("all", "asr")]["value"] == entry.asr
+    assert all(list(row) == CSV_COLUMNS for row in rows)
+    assert {row["eps_label"] for row in rows} == {"0", "1/255", "2/255"}
+    assert {row["attack"] for row in rows if row["eps"] == 0} == {CLEAN}
+
+
+def test_get_of_a_missing_cell_names_the_model():
+    predictions = _predictions(np.full((1, 2, 3, 6), 0.7), LABELS, ROW_SOURCES)
+    metrics, _ = summarize(predictions, EvalConfig(n_bootstrap=0), holdout=[])
+    with pytest.raises(KeyError, match="reg-seed0"):
+        metrics.get(REG, "pgd", 1 / 255)
+    with pytest.raises(KeyError, match="baseline-seed0.*4/255"):
+        metrics.get(BASELINE, "pgd", 4 / 255)
+    with pytest.raises(KeyError, match="baseline-seed0.*bim"):
+        metrics.get(BASELINE, "bim", 1 / 255)
+    assert metrics.get(BASELINE, "pgd", 0.0) is metrics.get(BASELINE, CLEAN, 0.0)
+
+
+def test_summarize_keeps_the_quantized_flag_and_nan_auc_for_one_class():
+    predictions = _predictions(np.full((1, 1, 2, 3), 0.7), [1, 1, 1], ["pggan_like"] * 3, attacks=["fgsm"],
+                               eps=[0.0, 1 / 255])
+    predictions.quantized = False
+    metrics, _ = summarize(predictions, EvalConfig(n_bootstrap=5), holdout=[])
+    assert isinstance(metrics, SweepMetrics) and metrics.quantized is False
+    assert math.isnan(metrics.get(BASELINE, "fgsm", 1 / 255).auc)

@@ -1,21 +1,40 @@
-"""Training: deterministic on CPU, and a run killed mid-training resumes to the same result."""
+"""Training: deterministic on CPU, and a run killed mid-training resumes to the same result.
+
+Runs the train stage's body (`train_model`, MLflow off) on a tiny 32 px split in a
+throw-away root; no dvc. The killed run is a real process killed with SIGKILL."""
+
+from __future__ import annotations
 
 import json
+import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from micro_repo import clean_env, run
-from robust_deepfake.config import TrainConfig
-from robust_deepfake.training import class_weights
+from micro_repo import clean_env
+from robust_deepfake.config import RegConfig, TrainConfig, validate
+from robust_deepfake.data.dataset import load_split
+from robust_deepfake.model.detector import build_detector
+from robust_deepfake.model.device import seed_everything
+from robust_deepfake.model.training import class_weights, fit, train_subset
+from robust_deepfake.paths import CHECKPOINT_DIR, ModelKey, TrainOutputs
+from robust_deepfake.pipeline.split import split
+from robust_deepfake.pipeline.train import fingerprint, train_model
 
-pytestmark = pytest.mark.slow
+
+@pytest.fixture(autouse=True, scope="module")
+def restore_threads():
+    """train_model pins torch's threads (train.num_threads); give the others theirs back."""
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)
 
 
 def test_class_weights_balance_the_classes():
@@ -27,63 +46,202 @@ def test_class_weights_balance_the_classes():
         class_weights(torch.ones(5, dtype=torch.long))
 
 
-def _copy_with_epochs(micro_repo, tmp_path, epochs: int):
-    copy = tmp_path / "repo"
-    shutil.copytree(micro_repo, copy, symlinks=True)
-    params = yaml.safe_load((copy / "params.yaml").read_text())
-    params["train"]["epochs"] = epochs
-    params["train"]["patience"] = epochs
-    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return copy
+def test_train_config_defaults_are_valid():
+    assert TrainConfig().monitor == "val_auc"
 
 
-def _train(copy, variant="baseline"):
-    run([sys.executable, "stages/train.py", "--variant", variant], copy)
-    return json.loads((copy / "metrics" / f"train_{variant}.json").read_text())
+# --- a tiny training setup ------------------------------------------------------------
 
 
-def test_same_params_same_metrics(micro_repo, tmp_path):
-    copy = _copy_with_epochs(micro_repo, tmp_path, 1)
-    first = _train(copy, "reg")
-    second = _train(copy, "reg")
-    for key in ("val_accuracy", "val_f1", "val_auc", "val_loss", "train_loss"):
-        assert first[key] == second[key], key
+def _raw_params(raw: Path, splits: Path, **train) -> dict:
+    return {
+        "data": {"raw_dir": str(raw), "splits_dir": str(splits), "image_size": 32},
+        "model": {"drop_rate": 0.2},
+        "reg": {"epsilon": 0.3},
+        # one thread: the tiny model is fastest that way on a shared CPU, and results are
+        # only reproducible at a pinned thread count anyway
+        "train": {"seeds": [0, 1], "epochs": 1, "batch_size": 12, "patience": 3, "device": "cpu",
+                  "num_threads": 1, **train},
+    }
 
 
-def test_killed_run_resumes_to_the_same_metrics(micro_repo, tmp_path):
-    uninterrupted = _train(_copy_with_epochs(micro_repo, tmp_path / "a", 3))
+@pytest.fixture(scope="module")
+def splits(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train/val/test CSVs of the 96-image tiny sample (absolute paths, usable from any root)."""
+    root = tmp_path_factory.mktemp("splits")
+    params = validate(_raw_params(tiny_raw, root / "data" / "splits"))
+    split(params, root)
+    return root / "data" / "splits"
 
-    copy = _copy_with_epochs(micro_repo, tmp_path / "b", 3)
+
+@pytest.fixture
+def make_params(tiny_raw: Path, splits: Path):
+    def make(**train):
+        return validate(_raw_params(tiny_raw, splits, **train))
+
+    return make
+
+
+def _outputs(root: Path, key: ModelKey) -> dict:
+    outputs = TrainOutputs.of(root, key)
+    meta = json.loads(outputs.meta.read_text())
+    meta.pop("timing")
+    return {
+        "weights": outputs.weights.read_bytes(),
+        "metrics": json.loads(outputs.metrics.read_text()),
+        "plot": outputs.plot.read_text(),
+        "meta": meta,
+    }
+
+
+def test_train_model_writes_its_outs_per_variant_and_seed(make_params, tmp_path):
+    params = make_params()
+    key = ModelKey("baseline", 1)
+    result, meta = train_model(params, key, tmp_path, track=False)
+    assert (tmp_path / "models" / "baseline" / "seed1" / "model.pt").is_file()
+    assert (tmp_path / "models" / "baseline" / "seed1" / "meta.json").is_file()
+    metrics = json.loads((tmp_path / "metrics" / "train_baseline" / "seed1.json").read_text())
+    assert (tmp_path / "plots" / "train_baseline" / "seed1.csv").is_file()
+    assert meta["seed"] == 1 and meta["variant"] == "baseline"
+    assert meta["best_epoch"] == result.best_epoch + 1 == metrics["best_epoch"] == 1, "best_epoch is 1-based"
+    assert "train_loss_gap" not in metrics, "the baseline has no perturbation to report"
+    assert not (tmp_path / CHECKPOINT_DIR / "baseline" / "seed1" / "last.pt").exists()
+
+
+def test_a_seed_outside_train_seeds_is_refused(make_params, tmp_path):
+    with pytest.raises(ValueError, match="train.seeds"):
+        train_model(make_params(), ModelKey("reg", 5), tmp_path, track=False)
+
+
+def test_same_params_same_results(make_params, tmp_path):
+    """Same params and seed: byte-identical weights, metrics and history; another seed
+    gives another model."""
+    params = make_params()
+    key = ModelKey("reg", 0)
+    train_model(params, key, tmp_path / "a", track=False)
+    train_model(params, key, tmp_path / "b", track=False)
+    first, second = _outputs(tmp_path / "a", key), _outputs(tmp_path / "b", key)
+    for name in ("metrics", "plot", "meta", "weights"):
+        assert first[name] == second[name], name
+    for name in ("val_accuracy", "val_f1", "val_auc", "val_loss", "train_loss", "train_loss_gap"):
+        assert name in first["metrics"], name
+
+    train_model(params, ModelKey("reg", 1), tmp_path / "a", track=False)
+    assert _outputs(tmp_path / "a", ModelKey("reg", 1))["weights"] != first["weights"]
+
+
+_TRAIN_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    from robust_deepfake.config import load_params
+    from robust_deepfake.paths import ModelKey
+    from robust_deepfake.pipeline.train import train_model
+
+    root = Path(sys.argv[1])
+    train_model(load_params(root / "params.yaml"), ModelKey("baseline", 0), root, track=False)
+    """
+)
+
+
+def test_killed_run_resumes_to_the_same_metrics(make_params, tiny_raw, splits, tmp_path, capsys):
+    key = ModelKey("baseline", 0)
+    params = make_params(epochs=3)
+    uninterrupted, _ = train_model(params, key, tmp_path / "a", track=False)
+    capsys.readouterr()
+
+    root = tmp_path / "b"
+    root.mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump(_raw_params(tiny_raw, splits, epochs=3)))
     process = subprocess.Popen(
-        [sys.executable, "stages/train.py", "--variant", "baseline"], cwd=copy, env=clean_env(copy),
+        [sys.executable, "-c", _TRAIN_SCRIPT, str(root)], cwd=root, env=clean_env(root),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
+    seen = []
     try:
         for line in process.stdout:
+            seen.append(line)
             if line.startswith("epoch 2/3:"):  # epoch 2 done: its checkpoint is being or has been written
                 break
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
-    checkpoint = copy / ".cache" / "checkpoints" / "baseline" / "last.pt"
-    assert checkpoint.exists(), "the killed run left no checkpoint"
+    checkpoint = root / CHECKPOINT_DIR / "baseline" / "seed0" / "last.pt"
+    assert checkpoint.exists(), "the killed run left no checkpoint:\n" + "".join(seen[-20:])
+    assert not TrainOutputs.of(root, key).metrics.exists(), "the run was killed too late"
 
-    result = run([sys.executable, "stages/train.py", "--variant", "baseline"], copy)
-    assert "resuming from the checkpoint of epoch" in result.stdout
-    resumed = json.loads((copy / "metrics" / "train_baseline.json").read_text())
-    for key in ("val_accuracy", "val_f1", "val_auc", "val_loss", "train_loss", "best_epoch"):
-        assert resumed[key] == uninterrupted[key], key
+    resumed, _ = train_model(params, key, root, track=False)
+    assert "resuming from the checkpoint of epoch" in capsys.readouterr().out
+    assert resumed.resumed_from in (1, 2)
+    first, second = _outputs(tmp_path / "a", key), _outputs(root, key)
+    for name in ("val_accuracy", "val_f1", "val_auc", "val_loss", "train_loss", "best_epoch"):
+        assert second["metrics"][name] == first["metrics"][name], name
+    assert second["weights"] == first["weights"]
+    assert second["plot"] == first["plot"]
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in uninterrupted.history]
     assert not checkpoint.exists(), "a finished run removes its crash checkpoint"
 
 
-def test_checkpoint_of_other_params_is_ignored(micro_repo, tmp_path):
-    copy = _copy_with_epochs(micro_repo, tmp_path, 1)
-    checkpoint = copy / ".cache" / "checkpoints" / "baseline" / "last.pt"
+def test_checkpoint_of_other_params_is_ignored(make_params, tmp_path, capsys):
+    checkpoint = tmp_path / CHECKPOINT_DIR / "baseline" / "seed0" / "last.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"fingerprint": "something else", "epoch": 0}, checkpoint)
-    result = run([sys.executable, "stages/train.py", "--variant", "baseline"], copy)
-    assert "ignoring" in result.stdout
+    result, _ = train_model(make_params(), ModelKey("baseline", 0), tmp_path, track=False)
+    assert "ignoring" in capsys.readouterr().out
+    assert result.resumed_from is None
 
 
-def test_train_config_defaults_are_valid():
-    assert TrainConfig().monitor == "val_auc"
+def test_fingerprint_tells_runs_apart(make_params):
+    params = make_params()
+    keys = [ModelKey("baseline", 0), ModelKey("baseline", 1), ModelKey("reg", 0), ModelKey("reg", 1)]
+    assert len({fingerprint(params, key) for key in keys}) == len(keys)
+    # adding a seed to the list does not invalidate the checkpoints of the others
+    assert fingerprint(make_params(seeds=[0, 1, 2]), keys[0]) == fingerprint(params, keys[0])
+    assert fingerprint(make_params(lr=1e-3), keys[0]) != fingerprint(params, keys[0])
+
+
+# --- what the regularizer records -----------------------------------------------------
+
+
+def _fit(splits: Path, reg: RegConfig | None, seed: int = 0, **train):
+    train_set = load_split(splits, "train", 32, 64)
+    val_set = load_split(splits, "val", 32, 64)
+    config = TrainConfig(**{"seeds": [seed], "epochs": 1, "batch_size": 16, "max_train_samples": 32,
+                            "num_threads": 1, "device": "cpu", **train})
+    torch.set_num_threads(1)
+    seed_everything(seed)
+    model = build_detector(validate({}).model, split_at=2)
+    return fit(model, train_set, val_set, config, reg, torch.device("cpu"), seed=seed, show_progress=False)
+
+
+@pytest.mark.parametrize("mode", ["random", "gradient"])
+def test_regularized_fit_records_the_loss_gap_and_the_perturbation_size(splits, mode):
+    reg = RegConfig(epsilon=0.2, epsilon_scale="relative", mode=mode)
+    record = _fit(splits, reg).history[0]
+    assert math.isfinite(record["train_loss_gap"]) and record["train_loss_gap"] > 0
+    assert record["train_perturbation_relative"] == pytest.approx(0.2, rel=1e-4)
+    assert math.isfinite(record["train_perturbed_loss"])
+    alpha = reg.alpha
+    expected = (1 - alpha) * record["train_clean_loss"] + alpha * record["train_perturbed_loss"]
+    assert record["train_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_baseline_fit_records_nan_for_the_regularizer(splits):
+    record = _fit(splits, None).history[0]
+    for name in ("train_loss_gap", "train_perturbation_relative", "train_perturbed_loss"):
+        assert math.isnan(record[name]), name
+    assert record["train_loss"] == record["train_clean_loss"]
+
+
+def test_train_subset_is_seeded_and_sorted():
+    config = TrainConfig(max_train_samples=5)
+    first, again, other = train_subset(20, config, 0), train_subset(20, config, 0), train_subset(20, config, 1)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert len(first) == 5 and torch.equal(first, first.sort().values) and len(set(first.tolist())) == 5
+    assert torch.equal(train_subset(4, config, 0), torch.arange(4))
+
+
+def test_fit_with_four_optimizer_steps_in_all(splits):
+    """e.g. the demo's 4 epochs on a train split no larger than one batch."""
+    _fit(splits, None, epochs=2, batch_size=16, max_train_samples=32)

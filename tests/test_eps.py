@@ -1,0 +1,91 @@
+"""Attack budgets in their three spellings (value, `k/255` label, MLflow step): round trips."""
+
+import pytest
+
+from robust_deepfake.robustness import eps as eps_units
+from robust_deepfake.robustness.eps import (
+    CLEAN,
+    from_label,
+    from_step,
+    grey_levels,
+    is_whole_grey_level,
+    label,
+    to_step,
+)
+
+WHOLE = [k / 255 for k in range(256)]
+# fractional grey levels whose label is exact: halves, quarters, eighths (limit_denominator(8))
+FRACTIONAL = [0.5 / 255, 1.5 / 255, 2.5 / 255, 0.25 / 255, 0.75 / 255, 0.125 / 255, 3.375 / 255]
+
+
+def test_labels_of_whole_grey_levels():
+    assert label(0.0) == "0"
+    assert label(1 / 255) == "1/255"
+    assert label(4 / 255) == "4/255"
+    assert label(16 / 255) == "16/255"
+    assert label(1.0) == "255/255"
+
+
+def test_labels_of_fractional_grey_levels():
+    assert label(0.5 / 255) == "0.5/255"
+    assert label(1.5 / 255) == "1.5/255"
+    assert label(0.25 / 255) == "0.25/255"
+    assert label(0.125 / 255) == "0.125/255"
+
+
+def test_off_grid_budgets_are_labelled_as_floats():
+    assert label(0.01) == "0.01"
+    assert from_label("0.01") == 0.01
+
+
+@pytest.mark.parametrize("eps", WHOLE + FRACTIONAL)
+def test_label_round_trip_is_exact(eps):
+    assert from_label(label(eps)) == eps
+
+
+def test_from_label_accepts_every_spelling():
+    assert from_label("4/255") == 4 / 255
+    assert from_label(" 4 / 255 ") == 4 / 255
+    assert from_label("0.5/255") == 0.5 / 255
+    assert from_label("0.0156") == 0.0156
+    assert from_label("0") == 0.0
+    with pytest.raises(ValueError):
+        from_label("four/255")
+
+
+@pytest.mark.parametrize("eps", WHOLE)
+def test_step_round_trip_is_exact_on_the_grey_level_grid(eps):
+    step = to_step(eps)
+    assert isinstance(step, int)
+    assert step == round(eps * 255) * eps_units.STEPS_PER_GREY_LEVEL
+    assert from_step(step) == eps  # exactly, so SweepMetrics.get(from_step(step)) finds the cell
+
+
+def test_steps_are_hundredths_of_a_grey_level():
+    assert to_step(0.0) == 0
+    assert to_step(2 / 255) == 200
+    assert to_step(0.5 / 255) == 50
+    assert to_step(0.25 / 255) == 25
+    assert from_step(50) == 0.5 / 255
+    assert from_step(25) == 0.25 / 255
+    assert sorted(to_step(e) for e in (4 / 255, 1 / 255, 2 / 255)) == [100, 200, 400]
+
+
+def test_grey_levels():
+    assert grey_levels(0.0) == 0.0
+    assert grey_levels(2 / 255) == 2.0
+    assert grey_levels(8 / 255) == 8.0
+    assert grey_levels(0.5 / 255) == 0.5
+    assert grey_levels(from_label("1.5/255")) == 1.5
+    assert all(grey_levels(k / 255) == k for k in range(256))
+
+
+def test_whole_grey_levels():
+    assert all(is_whole_grey_level(k / 255) for k in range(256))
+    assert not is_whole_grey_level(0.5 / 255)
+    assert not is_whole_grey_level(1.5 / 255)
+    assert not is_whole_grey_level(0.01)
+
+
+def test_clean_spelling():
+    assert CLEAN == "clean"
