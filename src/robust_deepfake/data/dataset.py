@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from robust_deepfake.data.images import load_mask_array, load_rgb_array
+from robust_deepfake.errors import MissingInputError
 
 SPLIT_COLUMNS = ["path", "label", "source", "group", "mask_path"]
 
@@ -36,7 +37,7 @@ def read_split(csv_path: str | Path, root: str | Path | None = None) -> list[Sam
     runs the stages); pass `root` to read them from elsewhere."""
     csv_path = Path(csv_path)
     if not csv_path.exists():
-        raise FileNotFoundError(f"{csv_path}: split file not found; run `dvc repro split` first")
+        raise MissingInputError(f"{csv_path}: split file not found; run `dvc repro split` first")
     with csv_path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         missing = set(SPLIT_COLUMNS) - set(reader.fieldnames or [])
@@ -83,9 +84,10 @@ class ImageSet(Dataset):
             return self.pixels[indices].float().div_(255)
         return torch.stack([self[int(i)][0] for i in indices]).float().div_(255)
 
-    def masks(self, indices: torch.Tensor, whole_image_sources: set[str]) -> torch.Tensor:
-        """float (N, S, S) ground-truth masks; fakes without a mask file count as whole-image
-        when their source is listed, else as unknown (NaN) so callers can skip them."""
+    def masks(self, indices: torch.Tensor) -> torch.Tensor:
+        """float (N, S, S) ground-truth masks; fakes without a mask file are unknown (NaN)
+        so callers can skip them (the DFFD ingest writes all-ones masks for whole-image
+        synthesis, so those have files)."""
         out = []
         for i in indices.tolist():
             sample = self.samples[i]
@@ -93,8 +95,6 @@ class ImageSet(Dataset):
                 out.append(np.zeros((self.image_size, self.image_size), np.float32))
             elif sample.mask_path:
                 out.append(load_mask_array(sample.mask_path, self.image_size))
-            elif sample.source in whole_image_sources:
-                out.append(np.ones((self.image_size, self.image_size), np.float32))
             else:
                 out.append(np.full((self.image_size, self.image_size), np.nan, np.float32))
         return torch.from_numpy(np.stack(out))

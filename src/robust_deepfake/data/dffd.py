@@ -23,6 +23,7 @@ from PIL import Image
 
 from robust_deepfake.data.images import IMAGE_SUFFIXES, BadImageError, open_rgb
 from robust_deepfake.data.layout import METADATA_FILE, group_of
+from robust_deepfake.errors import StageError
 from robust_deepfake.io import write_csv
 
 SPLIT_FOLDERS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
@@ -30,7 +31,7 @@ REAL_FOLDERS = {"ffhq", "celeba", "celeb_a", "real"}
 WHOLE_IMAGE_HINTS = ("stylegan", "pggan", "progan")
 
 
-class IngestError(ValueError):
+class IngestError(StageError, ValueError):
     """The DFFD tree cannot be ingested; str() names the path."""
 
 

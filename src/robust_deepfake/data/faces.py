@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from robust_deepfake.data.render import (
+from robust_deepfake.data.raster import (
     Array,
     blend,
     box_blur,

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from robust_deepfake.errors import StageError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-class BadImageError(ValueError):
+class BadImageError(StageError, ValueError):
     """A file that cannot be decoded into an RGB image; str() names the file and why."""
 
 

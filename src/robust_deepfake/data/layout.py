@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robust_deepfake.data.images import IMAGE_SUFFIXES
+from robust_deepfake.errors import StageError
 
 LABELS = {"real": 0, "fake": 1}
 SPLITS = ("train", "val", "test")
@@ -29,7 +30,7 @@ _EDIT_SUFFIX = re.compile(r"-\d+$")
 _PREFIX = re.compile(r"^[RF]_")
 
 
-class LayoutError(ValueError):
+class LayoutError(StageError, ValueError):
     """The raw directory does not follow the layout; str() names the path."""
 
 

@@ -23,11 +23,12 @@ from pathlib import Path
 import yaml
 
 from robust_deepfake.data.sample import spec_from_meta, write_sample
+from robust_deepfake.errors import StageError
 
 DVC_FILE = "data.dvc"
 
 
-class DataStateError(RuntimeError):
+class DataStateError(StageError, RuntimeError):
     """data/raw cannot be brought into the recorded state; str() says what to do."""
 
 

@@ -35,11 +35,11 @@ import numpy as np
 from PIL import Image
 
 from robust_deepfake.data.faces import Face, random_face, render, soften, with_changes
-from robust_deepfake.data.render import (
+from robust_deepfake.data.raster import (
     Array,
-    grid,
     feather,
     gaussianish,
+    grid,
     ordered_mean,
     resize_bilinear,
     to_uint8,

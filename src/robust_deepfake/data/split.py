@@ -20,9 +20,10 @@ import numpy as np
 
 from robust_deepfake.config import SplitConfig
 from robust_deepfake.data.layout import SPLITS, Record
+from robust_deepfake.errors import StageError
 
 
-class SplitError(ValueError):
+class SplitError(StageError, ValueError):
     """The data cannot be split as configured; str() says which key or source."""
 
 
@@ -152,9 +153,9 @@ def build_splits(raw_dir: str, config: SplitConfig, on_bad_file: str, progress: 
     Bad files raise BadDataError listing all of them when on_bad_file == 'error'; with
     'skip' they are left out and counted.
     """
-    from robust_deepfake.progress import progress as bar
     from robust_deepfake.data.images import BadImageError, open_rgb
     from robust_deepfake.data.layout import scan
+    from robust_deepfake.progress import progress as bar
 
     records, hidden = scan(raw_dir)
     good: list[Record] = []
@@ -177,5 +178,5 @@ def build_splits(raw_dir: str, config: SplitConfig, on_bad_file: str, progress: 
     return SplitOutcome(split_records(good, config), bad, hidden)
 
 
-class BadDataError(ValueError):
+class BadDataError(StageError, ValueError):
     """Some raw files cannot be decoded; str() lists them."""
