@@ -14,8 +14,9 @@ from robust_deepfake.robustness.eps import (
 )
 
 WHOLE = [k / 255 for k in range(256)]
-# fractional grey levels whose label is exact: halves, quarters, eighths (limit_denominator(8))
-FRACTIONAL = [0.5 / 255, 1.5 / 255, 2.5 / 255, 0.25 / 255, 0.75 / 255, 0.125 / 255, 3.375 / 255]
+# fractional grey levels whose label is exact: halves and quarters (limit_denominator(4):
+# what the MLflow step, in hundredths of a grey level, represents exactly)
+FRACTIONAL = [0.5 / 255, 1.5 / 255, 2.5 / 255, 0.25 / 255, 0.75 / 255, 3.25 / 255]
 
 
 def test_labels_of_whole_grey_levels():
@@ -30,7 +31,8 @@ def test_labels_of_fractional_grey_levels():
     assert label(0.5 / 255) == "0.5/255"
     assert label(1.5 / 255) == "1.5/255"
     assert label(0.25 / 255) == "0.25/255"
-    assert label(0.125 / 255) == "0.125/255"
+    assert label(0.125 / 255) == f"{0.125 / 255:.6g}"  # an eighth has no exact step: a float label
+    assert to_step(from_label(label(0.25 / 255))) == 25
 
 
 def test_off_grid_budgets_are_labelled_as_floats():

@@ -81,8 +81,9 @@ def _check_seed_interval(row: dict) -> None:
                                          scale=stats.sem(per_seed))
         assert high - low >= (t_high - t_low) * (1 - 1e-9), row
         assert low <= t_low + 1e-12 and high >= t_high - 1e-12, row
-    else:  # equal differences at every seed: scipy has no interval (zero spread)
-        assert low == pytest.approx(high) == pytest.approx(per_seed[0])
+    else:  # equal differences at every seed: the t-interval has zero width; the two-level
+        # bootstrap (seeds, then images) keeps the test-sampling width around the value
+        assert low <= per_seed[0] <= high
     excludes_zero = low > 0 or high < 0
     assert row["excludes_zero"] is excludes_zero
     assert (row["favours"] == "neither") is not excludes_zero
