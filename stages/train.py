@@ -19,7 +19,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def _summary(result) -> str:
     _, meta = result
     return (f"train {meta['variant']}-seed{meta['seed']}: best epoch {meta['best_epoch']}, registered "
-            f"{meta.get('registered_model')} version {meta.get('registered_version')}")
+            f"{meta['run'].get('registered_model')} version {meta['run'].get('registered_version')}")
 
 
 def main() -> None:

@@ -338,13 +338,14 @@ def _registry(root: Path):
 
     from robust_deepfake.config import load_params
     from robust_deepfake.ops.tracking import configure
-    from robust_deepfake.paths import ModelKey, read_meta
+    from robust_deepfake.paths import ModelKey, read_run_record
 
     params = load_params(root / "params.yaml")
     configure(params.tracking, root)
     client = MlflowClient()
     name = params.tracking.registered_model
-    versions = {v: read_meta(root, ModelKey(v, params.train.seeds[0]))["registered_version"] for v in ("baseline", "reg")}
+    versions = {v: read_run_record(root, ModelKey(v, params.train.seeds[0]))["registered_version"]
+                for v in ("baseline", "reg")}
     client.set_registered_model_alias(name, "champion", versions["reg"])
     client.set_registered_model_alias(name, "challenger", versions["baseline"])
     return mlflow, client, name, versions

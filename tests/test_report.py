@@ -22,6 +22,7 @@ from robust_deepfake.paths import (
     SweepOutputs,
     TrainOutputs,
     model_keys,
+    run_record_path,
 )
 from robust_deepfake.pipeline.report import build_report
 from robust_deepfake.robustness import eps as eps_units
@@ -65,8 +66,8 @@ def _synthetic_outputs(root, params) -> SweepMetrics:
         history = [{"epoch": e, "train_loss": 0.6 - 0.2 * e, "val_loss": 0.7 - 0.2 * e, "val_auc": 0.7 + 0.1 * e,
                     "val_accuracy": 0.6 + 0.1 * e} for e in range(2)]
         write_csv(outputs.plot, list(history[0]), history)
-        write_json(outputs.meta, {"variant": key.variant, "seed": key.seed,
-                                  "timing": {"seconds": 10.0, "images_per_s": 120.0}})
+        write_json(outputs.meta, {"variant": key.variant, "seed": key.seed})
+        write_json(run_record_path(root, key), {"timing": {"seconds": 10.0, "images_per_s": 120.0}})
 
     cam = CamOutputs.at(root)
     attacked = EPS[1:]

@@ -67,6 +67,7 @@ def test_one_training_run_per_variant_and_seed_with_params_tags_and_epoch_metric
 
 
 def test_registered_versions_and_aliases(client, micro_repo):
+    import hashlib
     import json
 
     model = client.get_registered_model(MODEL)
@@ -76,8 +77,10 @@ def test_registered_versions_and_aliases(client, micro_repo):
     for alias, version in versions.items():
         variant, seed = alias.split("-seed")
         assert (version.tags["variant"], version.tags["seed"]) == (variant, seed)
-        meta = json.loads((micro_repo / "models" / variant / f"seed{seed}" / "meta.json").read_text())
-        assert meta["registered_version"] == str(version.version)
+        record = json.loads((micro_repo / ".cache" / "runs" / variant / f"seed{seed}.json").read_text())
+        assert record["registered_version"] == str(version.version)
+        weights = micro_repo / "models" / variant / f"seed{seed}" / "model.pt"
+        assert version.tags["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
 
     decision = json.loads((micro_repo / "eval" / "verdict.json").read_text())["decision"]
     for variant in ("baseline", "reg"):  # @<variant>: the variant's representative seed

@@ -19,6 +19,9 @@ from robust_deepfake.errors import MissingInputError, StageError
 # statistics regularizer. Each is trained once per seed in train.seeds.
 VARIANTS = ("baseline", "reg")
 CHECKPOINT_DIR = Path(".cache") / "checkpoints"  # resume state: outside every DVC out
+# What one training run did on this machine (timing, MLflow run and version, resume):
+# kept out of the DVC outs so that identical weights give identical outs (dvc.lock).
+RUNS_DIR = Path(".cache") / "runs"
 # The measured dose-response behind the demo's reg.epsilon (benchmarks/dose_response.py);
 # the report shows it when present.
 DOSE_RESPONSE = Path("benchmarks") / "results" / "dose_response.json"
@@ -140,6 +143,20 @@ def read_json_file(path: Path, what: str = "run `dvc repro` first") -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise StageError(f"{path}: not valid JSON ({error})") from None
+
+
+def run_record_path(root: Path, key: ModelKey) -> Path:
+    return root / RUNS_DIR / key.variant / f"seed{key.seed}.json"
+
+
+def read_run_record(root: Path, key: ModelKey) -> dict:
+    """This machine's record of the run that trained `key` ({} when it was not trained
+    here, e.g. restored from the DVC cache)."""
+    path = run_record_path(root, key)
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
 
 
 def read_meta(root: Path, key: ModelKey) -> dict:

@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from robust_deepfake.config import Params, TrackingConfig, flatten
-from robust_deepfake.paths import ModelKey, find_repo_root, read_meta
+from robust_deepfake.paths import ModelKey, find_repo_root
 
 DEFAULT_DB = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 MLFLOW_BATCH_LIMIT = 900  # log_batch takes at most 1,000 metrics per call
+# Every registered version carries the sha256 of its model.pt: the DVC out is found in the
+# registry by its content, so no run id needs to live inside the (byte-stable) outs.
+WEIGHTS_TAG = "weights_sha256"
 PYFUNC_REQUIREMENTS = [
     "torch==2.14.1", "timm==1.0.31", "numpy==2.4.6", "pillow==13.0.0", "pandas==3.1.1", "mlflow==3.17.2",
 ]
@@ -169,17 +172,37 @@ def log_and_register_detector(
         )
     version = str(info.registered_model_version)
     client = MlflowClient()
-    tags = {"variant": key.variant, "seed": str(key.seed), **(version_tags or {})}
+    tags = {"variant": key.variant, "seed": str(key.seed), WEIGHTS_TAG: weights_sha256(weights_path),
+            **(version_tags or {})}
     for name, value in tags.items():
         client.set_model_version_tag(registered_model, version, name, value)
     client.set_registered_model_alias(registered_model, key.name, version)
     return version
 
 
-def log_eps_curves(params: Params, root: Path, metas: dict, rows: list[dict], prefix: str) -> None:
+def weights_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def version_of_weights(client, name: str, weights_path: Path):
+    """The newest registered version of `name` whose weights are `weights_path`'s bytes,
+    or None (trained elsewhere, or with tracking off)."""
+    import mlflow
+
+    try:
+        found = client.search_model_versions(f"name='{name}' and tags.{WEIGHTS_TAG}='{weights_sha256(weights_path)}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    return max(found, key=lambda v: int(v.version), default=None)
+
+
+def log_eps_curves(params: Params, root: Path, keys: list[ModelKey], rows: list[dict], prefix: str) -> None:
     """Log overall metrics per eps to each model's training run, so MLflow's charts show
-    metric-vs-eps curves next to the training curves. `metas` maps a ModelKey to its
-    meta.json; `rows` carry `model` (a ModelKey), `attack`, `metric`, `value`, `eps`.
+    metric-vs-eps curves next to the training curves. The run is the one that registered
+    the version holding the model's weights; `rows` carry `model` (a ModelKey), `attack`,
+    `metric`, `value`, `eps`.
     The step is eps in hundredths of a grey level (robustness.eps.to_step: 2/255 -> 200).
     A model whose run is not in this store (e.g. restored from the DVC cache elsewhere)
     gets a new run tagged with its variant and seed."""
@@ -194,8 +217,11 @@ def log_eps_curves(params: Params, root: Path, metas: dict, rows: list[dict], pr
     configure(params.tracking, root)
     client = MlflowClient()
     now = int(time.time() * 1000)
-    for key, meta in metas.items():
-        run_id = meta.get("mlflow_run_id")
+    from robust_deepfake.paths import TrainOutputs
+
+    for key in keys:
+        version = version_of_weights(client, params.tracking.registered_model, TrainOutputs.of(root, key).weights)
+        run_id = version.run_id if version is not None else None
         try:
             if run_id is None:
                 raise LookupError
@@ -231,18 +257,17 @@ def current_alias_variant(params: Params, root: Path, alias: str) -> str | None:
 def _registered_version(client, name: str, root: Path, key: ModelKey) -> str:
     import mlflow
 
-    meta = read_meta(root, key)
-    version = meta.get("registered_version")
+    from robust_deepfake.errors import StageError
+    from robust_deepfake.paths import TrainOutputs
+
+    version = version_of_weights(client, name, TrainOutputs.of(root, key).weights)
     if version is None:
-        raise RuntimeError(f"{key.name}'s meta.json has no registered_version: was it trained with tracking on?")
-    try:
-        client.get_model_version(name, version)
-    except mlflow.exceptions.MlflowException:
-        raise RuntimeError(
-            f"version {version} of {name} ({key.name}) is not in {mlflow.get_tracking_uri()}; re-run the train "
-            "stages with this tracking store (`dvc repro -f -s train_baseline train_reg`)"
-        ) from None
-    return version
+        raise StageError(
+            f"no version of {name} in {mlflow.get_tracking_uri()} holds {key.name}'s weights "
+            f"({TrainOutputs.of(root, key).weights}): they were trained with another tracking store or restored from "
+            f"the DVC cache; re-run `dvc repro -f -s train_{key.variant}@{key.seed}` with this store"
+        )
+    return str(version.version)
 
 
 def publish_report(params: Params, root: Path, decision, outputs) -> dict[str, str]:

@@ -40,7 +40,7 @@ def attack_sweep(params: Params, root: Path, track: bool = True) -> SweepMetrics
 
         curves = [{"model": e.model, "attack": e.attack, "metric": metric, "value": getattr(e, metric), "eps": e.eps}
                   for e in metrics.entries for metric in ("accuracy", "f1", "auc", "asr")]  # clean: step 0
-        log_eps_curves(params, root, {key: meta for key, (_, meta) in loaded.items()}, curves, prefix="attack")
+        log_eps_curves(params, root, keys, curves, prefix="attack")
     return metrics
 
 

@@ -94,12 +94,11 @@ def _row(entry: CamEntry) -> dict:
 
 def _log(params: Params, root: Path, entries: list[CamEntry]) -> None:
     from robust_deepfake.ops.tracking import log_eps_curves
-    from robust_deepfake.paths import read_meta
 
     keys = list(dict.fromkeys(e.model for e in entries))
     rows = [{"model": e.model, "attack": e.attack, "metric": f"iinc_{e.measure}", "value": e.mean, "eps": e.eps}
             for e in entries if e.attack != CLEAN]
-    log_eps_curves(params, root, {key: read_meta(root, key) for key in keys}, rows, prefix="cam")
+    log_eps_curves(params, root, keys, rows, prefix="cam")
 
 
 def format_table(metrics: CamMetrics) -> str:

@@ -25,7 +25,7 @@ from robust_deepfake.paths import (
     TrainOutputs,
     model_keys,
     read_json_file,
-    read_meta,
+    read_run_record,
 )
 from robust_deepfake.report import document as report_doc
 from robust_deepfake.report import figures as report_figures
@@ -47,7 +47,7 @@ class ReportInputs:
     iinc_rows: pd.DataFrame
     iinc_values: IincValues
     cam_figures: list[str]
-    timing: dict[ModelKey, dict]  # images/s etc. from meta.json
+    timing: dict[ModelKey, dict]  # images/s etc. from this machine's run records (absent: n/a)
     dose_response: dict | None
 
     @classmethod
@@ -72,7 +72,7 @@ class ReportInputs:
             iinc_rows=_read_csv(cam.plot),
             iinc_values=IincValues.load(cam.values),
             cam_figures=sorted(p.name for p in cam.figures.glob("cam_*.png")),
-            timing={key: read_meta(root, key).get("timing", {}) for key in keys},
+            timing={key: read_run_record(root, key).get("timing", {}) for key in keys},
             dose_response=json.loads(dose.read_text()) if dose.exists() else None,
         )
 

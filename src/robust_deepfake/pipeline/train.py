@@ -13,9 +13,9 @@ from robust_deepfake.io import write_csv, write_json
 from robust_deepfake.model.detector import build_detector, save_weights
 from robust_deepfake.model.device import resolve_device, seed_everything, set_threads
 from robust_deepfake.model.training import FitResult, fit
-from robust_deepfake.paths import CHECKPOINT_DIR, ModelKey, TrainOutputs
+from robust_deepfake.paths import CHECKPOINT_DIR, ModelKey, TrainOutputs, run_record_path
 
-TIMING = ("seconds", "images_per_s")  # machine-dependent: MLflow and meta.json, not DVC metrics
+TIMING = ("seconds", "images_per_s")  # machine-dependent: MLflow and the run record, not DVC outs
 
 
 def detector_config(params: Params) -> dict:
@@ -50,7 +50,8 @@ def fingerprint(params: Params, key: ModelKey) -> str:
 
 def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -> tuple[FitResult, dict]:
     """Train one variant at one seed, write its outs, log and register it in MLflow.
-    Returns the fit result and the meta.json content."""
+    Returns the fit result and the meta.json content (plus this machine's run record:
+    timing, MLflow run and version, under `run`)."""
     if key.seed not in params.train.seeds:
         raise ValueError(f"seed {key.seed} is not in train.seeds {params.train.seeds}")
     set_threads(params.train.num_threads)
@@ -80,6 +81,7 @@ def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -
         )
         save_weights(model, outputs.weights)
         summary = _summary(result)
+        # meta.json is a DVC out: only what the params and data determine (same bytes on a rerun)
         meta = {
             "variant": key.variant,
             "seed": key.seed,
@@ -87,16 +89,16 @@ def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -
             "best_epoch": result.best_epoch + 1,  # 1-based, as in the logs and the report
             "epochs_run": len(result.history),
             "stopped_early": result.stopped_early,
-            "resumed_from_epoch": result.resumed_from,
             "class_weights": result.class_weights,
             "num_threads": params.train.num_threads,
-            "timing": _timing(result),
             "detector": config,
             "reg": params.reg.model_dump(mode="json") if reg else None,
         }
+        record = {"timing": _timing(result), "resumed_from_epoch": result.resumed_from}
         if track:
-            meta.update(_register(params, key, root, run, outputs, config, summary, reg is not None))
+            record.update(_register(params, key, root, run, outputs, config, summary, reg is not None))
     write_json(outputs.meta, meta)
+    write_json(run_record_path(root, key), record)
     write_json(outputs.metrics, summary)
     columns = [c for c in result.history[0] if c not in TIMING]
     # epochs are 1-based for people (logs, CSV, meta.json, MLflow steps); 0-based in FitResult
@@ -104,7 +106,7 @@ def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -
                                       for r in result.history))
     if checkpoint.exists():
         checkpoint.unlink()  # only needed to survive a crash; the outs now hold the result
-    return result, meta
+    return result, {**meta, "run": record}
 
 
 def _tracking_run(params: Params, key: ModelKey, root: Path):
