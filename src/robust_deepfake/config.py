@@ -172,7 +172,7 @@ AttackName = Literal["fgsm", "bim", "pgd", "mifgsm"]
 class AttackConfig(Strict):
     attacks: list[AttackName] = Field(default_factory=lambda: ["fgsm", "bim", "pgd"])
     # Pixel-space L-inf budgets for images in [0, 1]; 0 (the clean row) is always added.
-    eps: list[PixelValue] = Field(default_factory=lambda: [1 / 255, 2 / 255, 4 / 255])
+    eps: list[PixelValue] = Field(default_factory=lambda: [1 / 255, 2 / 255])
     steps: int = Field(3, ge=1)
     # Step size of the iterative attacks: absolute when set, else step_size_relative * eps.
     step_size: PixelValue | None = None

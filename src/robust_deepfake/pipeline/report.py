@@ -110,7 +110,7 @@ def build_report(params: Params, root: Path, track: bool = True) -> dict:
     differences = sweep_differences(inputs.predictions, params.eval)
     differences += iinc_differences(inputs.iinc_values, params.eval)
     current = _current_champion(params, root) if track else None
-    decision = choose_champion(inputs.sweep, params.report.select_by, params.eval, current)
+    decision = choose_champion(inputs.sweep, params.report.select_by, params.eval, current, differences)
     provenance = _provenance(params, root)
 
     document = "\n\n".join(part for part in [

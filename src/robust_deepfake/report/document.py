@@ -75,8 +75,9 @@ def verdict_section(differences: list[SeedDifference], decision: ChampionDecisio
         "## Verdict",
         f"Per training seed s, d_s = metric(regularized_s) − metric(baseline_s) on the same test images (both "
         f"variants of a seed share initial weights and data order); per attack it is averaged over the attacked "
-        f"eps. The table gives the mean of d_s and a {_pct(level)} Student-t interval **over seeds**, so it "
-        "includes training variance. *ASR (both correct)* compares attack success on the images both models of a "
+        f"eps. The table gives the mean of d_s and a {_pct(level)} interval **over seeds** that includes both "
+        "training variance and test sampling: the wider of a Student-t interval over the seeds and a two-level "
+        "bootstrap (seeds, then test images). *ASR (both correct)* compares attack success on the images both models of a "
         "seed classify correctly when clean (lower is better); for IINC lower is better too. A side is favoured "
         "only when the interval excludes 0; otherwise the row says what effect these seeds could have detected "
         "(80% power at the observed seed spread).",

@@ -294,11 +294,18 @@ class ChampionDecision:
                 "move_champion": self.move_champion, "reason": self.reason}
 
 
+CRITERION_ROWS = {"pgd_accuracy": ("pgd", "accuracy"), "pgd_auc": ("pgd", "auc"),
+                  "clean_accuracy": (CLEAN, "accuracy"), "clean_auc": (CLEAN, "auc")}
+
+
 def choose_champion(metrics: SweepMetrics, criterion: str, config: EvalConfig,
-                    current_champion: str | None = None) -> ChampionDecision:
+                    current_champion: str | None = None,
+                    differences: list[SeedDifference] | None = None) -> ChampionDecision:
     """Champion by the seed-mean score: the alias follows only a difference whose
     seed-level interval excludes 0; otherwise the current champion's variant stays (the
-    baseline, the simpler model, when there is none)."""
+    baseline, the simpler model, when there is none). When `differences` holds the
+    verdict's row for the criterion (e.g. PGD accuracy), that row is the evidence, so the
+    report shows one interval for one question."""
     keys = metrics.models
     seeds = sorted({k.seed for k in keys if ModelKey("baseline", k.seed) in keys and ModelKey("reg", k.seed) in keys})
     scores = {key: robustness_score(metrics, key, criterion) for key in keys}
@@ -310,6 +317,11 @@ def choose_champion(metrics: SweepMetrics, criterion: str, config: EvalConfig,
         representatives[variant] = min(members, key=lambda k: (abs(scores[k] - mean), k.seed))
     per_seed = [scores[ModelKey("reg", s)] - scores[ModelKey("baseline", s)] for s in seeds]
     evidence = _paired(seeds, per_seed, [], "select_by", "score", config)
+    row = CRITERION_ROWS.get(criterion)
+    matching = [d for d in differences or [] if (d.attack, d.metric) == row and d.seeds == seeds
+                and np.allclose(d.per_seed, per_seed)]
+    if matching:
+        evidence = matching[0]
     if evidence.excludes_zero:
         winner = evidence.favours
         reason = (f"{winner} is better by {criterion} over {len(seeds)} seeds "
