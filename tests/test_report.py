@@ -247,3 +247,15 @@ def test_champion_follows_the_criterion():
                                          e.f1, e.auc, e.asr, e.n) for e in sweep.entries], 0.95, True)
     with pytest.raises(ValueError, match="report.select_by"):
         choose_champion(fgsm_only, "pgd_accuracy", config)
+
+
+def test_the_report_holds_no_machine_facts(tmp_path):
+    """Speeds and the `-dirty` flag vary between reruns of the same commit; the report is a
+    DVC out and must be the same bytes on a rerun (dvc.lock unchanged)."""
+    import inspect
+
+    from robust_deepfake.pipeline import report
+
+    source = inspect.getsource(report)
+    assert "read_run_record" not in source  # run facts (timing) stay out of the document
+    assert 'removesuffix("-dirty")' in source

@@ -25,7 +25,6 @@ from robust_deepfake.paths import (
     TrainOutputs,
     model_keys,
     read_json_file,
-    read_run_record,
 )
 from robust_deepfake.report import document as report_doc
 from robust_deepfake.report import figures as report_figures
@@ -47,7 +46,6 @@ class ReportInputs:
     iinc_rows: pd.DataFrame
     iinc_values: IincValues
     cam_figures: list[str]
-    timing: dict[ModelKey, dict]  # images/s etc. from this machine's run records (absent: n/a)
     dose_response: dict | None
 
     @classmethod
@@ -72,7 +70,6 @@ class ReportInputs:
             iinc_rows=_read_csv(cam.plot),
             iinc_values=IincValues.load(cam.values),
             cam_figures=sorted(p.name for p in cam.figures.glob("cam_*.png")),
-            timing={key: read_run_record(root, key).get("timing", {}) for key in keys},
             dose_response=json.loads(dose.read_text()) if dose.exists() else None,
         )
 
@@ -122,7 +119,7 @@ def build_report(params: Params, root: Path, track: bool = True) -> dict:
         report_doc.per_seed_section(differences, level),
         report_doc.dose_response_section(inputs.dose_response),
         report_doc.data_section(inputs.split),
-        report_doc.training_section(inputs.train, inputs.timing, inputs.sweep),
+        report_doc.training_section(inputs.train, inputs.sweep),
         report_doc.robustness_section(inputs.sweep, robustness_figures),
         report_doc.iinc_section(inputs.cam, inputs.cam_figures),
         report_doc.per_source_section(inputs.sweep_rows, attack, ref_eps),
@@ -190,7 +187,10 @@ def _provenance(params: Params, root: Path) -> dict[str, str]:
     from robust_deepfake.config import params_hash
     from robust_deepfake.ops.tracking import data_md5, git_commit
 
-    return {"git commit": git_commit(root), "data.dvc md5": data_md5(root), "params hash": params_hash(params)}
+    # the commit without `-dirty`: a run dirties its own outs (dvc.lock), and the report
+    # must be the same bytes on a rerun; MLflow tags keep the full form
+    return {"git commit": git_commit(root).removesuffix("-dirty"), "data.dvc md5": data_md5(root),
+            "params hash": params_hash(params)}
 
 
 def _write_training_plots(directory: Path, history: pd.DataFrame) -> None:
