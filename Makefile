@@ -8,6 +8,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
+# The offline page template `dvc plots show` uses (.dvc/config's plots.html_template).
+PLOTS_TEMPLATE := build/plots_template.html
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -16,7 +18,7 @@ PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
 
 .PHONY: install demo test lint clean-outputs
 
-install: $(STAMP)
+install: $(STAMP) $(PLOTS_TEMPLATE)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,11 +28,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1 $(PIP_QUIET)
 	@touch $(STAMP)
 
-demo: $(STAMP)
+# vega, vega-lite and vega-embed, pinned in package-lock.json, inlined into one page
+# template so `dvc plots show` renders with no network (README, "Reading the results").
+# Rebuilt when the pins or the build module change; the file itself is the stamp.
+$(PLOTS_TEMPLATE): package.json package-lock.json src/robust_deepfake/ops/plots_template.py $(STAMP)
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js with npm (Debian: apt-get install npm)" >&2; exit 1; }
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	$(BIN)/python -m robust_deepfake.ops.plots_template
+
+demo: $(STAMP) $(PLOTS_TEMPLATE)
 	robust-deepfake data ensure
 	dvc repro
 
-test: $(STAMP)
+test: $(STAMP) $(PLOTS_TEMPLATE)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
