@@ -102,3 +102,86 @@ def test_cli_prints_the_next_steps(dffd_tree, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "robust-deepfake data track" in result.stdout
     assert "configs/dffd_gpu.yaml" in result.stdout
+
+
+def test_ingest_outputs_follow_the_umask(dffd_tree, tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        ingest_dffd(dffd_tree, tmp_path / "raw", mode="copy")
+    finally:
+        os.umask(previous)
+    out = tmp_path / "raw"
+    assert stat.S_IMODE((out / "metadata.csv").stat().st_mode) == 0o644
+    assert stat.S_IMODE((out / "masks" / "stylegan_ffhq" / "F_SyFQ_tr000.png").stat().st_mode) == 0o644
+
+
+def _dvc(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def _bytes_on_disk(*roots: Path) -> int:
+    """Bytes of the distinct files (inodes) under `roots`: a hard link counts once, a
+    symlink not at all (its target is counted where it lives)."""
+    import os
+
+    sizes: dict[tuple[int, int], int] = {}
+    for root in roots:
+        for path in root.rglob("*"):
+            info = os.lstat(path)
+            if path.is_file() and not path.is_symlink():
+                sizes[(info.st_dev, info.st_ino)] = info.st_size
+    return sum(sizes.values())
+
+
+@pytest.fixture
+def dffd_repo(tmp_path, dffd_tree) -> Path:
+    """A git+dvc repo with a DFFD download beside it, as a user would set it up."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    assert _dvc("init", "-q", cwd=repo).returncode == 0
+    return repo
+
+
+def test_ingest_and_track_keep_one_copy_on_disk(dffd_tree, dffd_repo):
+    from robust_deepfake.data.materialize import LINK_CACHE_TYPES, dvc_tree_md5, read_dvc_file, track_raw_dir
+
+    dataset = _bytes_on_disk(dffd_tree)
+    raw, cache = dffd_repo / "data" / "raw", dffd_repo / ".dvc" / "cache"
+    ingest_dffd(dffd_tree, raw)  # symlinks
+    message = track_raw_dir(raw, dffd_repo / "data.dvc", note="DFFD")
+    assert LINK_CACHE_TYPES in message
+    assert _dvc("config", "--local", "cache.type", cwd=dffd_repo).stdout.strip() == LINK_CACHE_TYPES
+
+    # The download, data/raw and the cache share one copy (+ masks, metadata.csv and the
+    # cache's directory listing, a few % here); DVC's default would be 2x in the repo.
+    assert _bytes_on_disk(raw, cache) <= 1.1 * dataset
+    assert _bytes_on_disk(dffd_tree, raw, cache) <= 1.1 * dataset
+    image = raw / "real" / "ffhq" / "R_FFHQ_tr000.png"
+    assert image.stat().st_nlink >= 2 and not (image.stat().st_mode & 0o222), "a read-only link into the cache"
+    assert read_dvc_file(dffd_repo / "data.dvc").md5 == dvc_tree_md5(raw)
+    assert "up to date" in _dvc("status", "data.dvc", cwd=dffd_repo).stdout
+
+    # the data survives without the download: `dvc checkout` restores it from the cache
+    import shutil
+
+    shutil.rmtree(dffd_tree)
+    shutil.rmtree(raw)
+    assert _dvc("checkout", "-q", "data.dvc", cwd=dffd_repo).returncode == 0
+    assert read_dvc_file(dffd_repo / "data.dvc").md5 == dvc_tree_md5(raw)
+    assert _bytes_on_disk(raw, cache) <= 1.1 * dataset
+
+
+def test_track_leaves_a_configured_cache_type_alone(dffd_tree, dffd_repo):
+    from robust_deepfake.data.materialize import track_raw_dir
+
+    assert _dvc("config", "cache.type", "copy", cwd=dffd_repo).returncode == 0
+    dataset = _bytes_on_disk(dffd_tree)
+    raw, cache = dffd_repo / "data" / "raw", dffd_repo / ".dvc" / "cache"
+    ingest_dffd(dffd_tree, raw)
+    assert "configured; left as it is" in track_raw_dir(raw, dffd_repo / "data.dvc")
+    assert _dvc("config", "--local", "cache.type", cwd=dffd_repo).stdout.strip() == ""
+    assert _bytes_on_disk(raw, cache) >= 1.9 * dataset, "with copies, data/raw and the cache each hold the data"

@@ -245,3 +245,54 @@ def test_train_subset_is_seeded_and_sorted():
 def test_fit_with_four_optimizer_steps_in_all(splits):
     """e.g. the demo's 4 epochs on a train split no larger than one batch."""
     _fit(splits, None, epochs=2, batch_size=16, max_train_samples=32)
+
+
+def test_train_images_phrase_names_the_cap():
+    from robust_deepfake.pipeline.train import train_images_phrase
+
+    assert train_images_phrase(1367, 256) == "256 of 1367 train images (train.max_train_samples)"
+    assert train_images_phrase(1367, None) == "1367 train images"
+    assert train_images_phrase(100, 256) == "100 train images", "a cap above the split size changes nothing"
+
+
+def test_best_epoch_is_one_based_in_every_output(make_params, tmp_path, monkeypatch, capsys):
+    """fit() counts epochs from 0; everything a person reads counts from 1: meta.json,
+    metrics/train_*/seed*.json and the history CSV agree on which epoch was best."""
+    from robust_deepfake.model.training import FitResult
+    from robust_deepfake.pipeline import train as train_module
+
+    def record(epoch: int, auc: float) -> dict:
+        return {"epoch": epoch, "train_loss": 0.5, "train_clean_loss": 0.5, "train_perturbed_loss": math.nan,
+                "train_loss_gap": math.nan, "train_perturbation_relative": math.nan, "train_accuracy": 0.7,
+                "val_loss": 0.4, "val_accuracy": 0.8, "val_f1": 0.8, "val_auc": auc, "lr": 1e-3,
+                "seconds": 1.0, "images_per_s": 10.0}
+
+    history = [record(0, 0.7), record(1, 0.9), record(2, 0.8)]  # the best is the 2nd epoch: index 1
+
+    def fake_fit(model, train_set, val_set, config, reg, device, **kwargs):
+        return FitResult(history, 1, dict(history[1]), model.state_dict(), False, None, [1.0, 1.0])
+
+    monkeypatch.setattr(train_module, "fit", fake_fit)
+    params = make_params(epochs=3, max_train_samples=8)
+    key = ModelKey("baseline", 0)
+    _, meta = train_model(params, key, tmp_path, track=False)
+    outputs = TrainOutputs.of(tmp_path, key)
+    metrics = json.loads(outputs.metrics.read_text())
+    assert meta["best_epoch"] == metrics["best_epoch"] == 2
+    rows = outputs.plot.read_text().splitlines()
+    epochs = [int(line.split(",")[0]) for line in rows[1:]]
+    assert epochs == [1, 2, 3]
+    best_row = rows[1:][epochs.index(metrics["best_epoch"])]
+    assert float(best_row.split(",")[rows[0].split(",").index("val_auc")]) == metrics["val_auc"] == 0.9
+
+    n_train = len(load_split(params.data.splits_dir, "train", params.data.image_size, 64))
+    assert f"8 of {n_train} train images (train.max_train_samples)" in capsys.readouterr().out
+
+
+def test_split_says_when_training_uses_fewer_images(tiny_raw, tmp_path, capsys):
+    params = validate(_raw_params(tiny_raw, tmp_path / "splits", max_train_samples=10))
+    metrics = split(params, tmp_path)
+    assert (f"each training run uses 10 of these {metrics['train']['total']} train images "
+            "(train.max_train_samples)") in capsys.readouterr().out
+    split(validate(_raw_params(tiny_raw, tmp_path / "splits")), tmp_path)
+    assert "train.max_train_samples" not in capsys.readouterr().out

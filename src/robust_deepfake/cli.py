@@ -66,7 +66,7 @@ def _data_ingest(args: argparse.Namespace) -> None:
     print(report.summary())
     print(
         "\nNext: record the new data with DVC and git (data.dvc tracks data/raw):\n"
-        f"  robust-deepfake data track {args.out}\n"
+        f"  robust-deepfake data track {args.out}   # links it into .dvc/cache: one copy on disk\n"
         "  git add data.dvc && git commit -m 'Use DFFD'\n"
         "then apply the DFFD settings and run the pipeline:\n"
         "  robust-deepfake params merge configs/dffd_gpu.yaml\n"
@@ -79,16 +79,23 @@ def _data_track(args: argparse.Namespace) -> None:
     from robust_deepfake.data.materialize import DataStateError, track_raw_dir
 
     try:
-        print(track_raw_dir(args.raw_dir, args.dvc_file, note=args.note))
+        print(track_raw_dir(args.raw_dir, args.dvc_file, note=args.note, link_cache=not args.no_link_cache))
     except DataStateError as error:
         fail(str(error))
 
 
 def _params_check(args: argparse.Namespace) -> None:
-    from robust_deepfake.config import load_params_or_exit
+    from pathlib import Path
 
-    load_params_or_exit(args.file)
-    print(f"{args.file}: ok")
+    from robust_deepfake.config import load_params_or_exit
+    from robust_deepfake.params_files import path_problems
+
+    params = load_params_or_exit(args.file)
+    if not args.schema_only:
+        problems = path_problems(params, Path(args.file).parent)
+        if problems:
+            fail("\n".join(f"{args.file}: {problem}" for problem in problems).replace("\n", "\nerror: "), code=2)
+    print(f"{args.file}: ok" + (" (schema only; paths not checked)" if args.schema_only else ""))
 
 
 def _params_merge(args: argparse.Namespace) -> None:
@@ -121,57 +128,93 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends `(default: X)` to every help text, except where there is nothing to show
+    (no default, a plain flag) or the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _parser(commands, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand parser with the defaults shown in its --help."""
+    kwargs.setdefault("description", kwargs.get("help"))
+    return commands.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="robust-deepfake", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="robust-deepfake", description=__doc__, formatter_class=_HelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
 
-    data = commands.add_parser("data", help="bring data/raw into place, generate the sample, ingest DFFD")
-    data_commands = data.add_subparsers(dest="data_command", required=True)
+    data = _parser(commands, "data", help="bring data/raw into place, generate the sample, ingest DFFD")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="STEP", help="the data step")
 
-    ensure = data_commands.add_parser("ensure", help="make data/raw match data.dvc (offline)")
-    ensure.add_argument("--dvc-file", default="data.dvc")
-    ensure.add_argument("--force", action="store_true", help="move a modified data/raw aside")
+    dvc_file_help = "the DVC file that tracks the raw data directory"
+    ensure = _parser(data_commands, "ensure", help="make data/raw match data.dvc (offline)")
+    ensure.add_argument("--dvc-file", default="data.dvc", help=dvc_file_help)
+    ensure.add_argument("--force", action="store_true", help="move a modified data/raw aside (deletes nothing)")
     ensure.set_defaults(func=_data_ensure)
 
-    generate = data_commands.add_parser("generate", help="(re)generate the bundled sample and record it in data.dvc")
-    generate.add_argument("--dvc-file", default="data.dvc")
-    generate.add_argument("--seed", type=int)
-    generate.add_argument("--image-size", type=int)
-    generate.add_argument("--real-per-source", type=int)
-    generate.add_argument("--fakes-per-method", type=int)
-    generate.add_argument("--force", action="store_true", help="move an existing data/raw aside")
+    generate = _parser(data_commands, "generate", help="(re)generate the bundled sample and record it in data.dvc")
+    generate.add_argument("--dvc-file", default="data.dvc", help=dvc_file_help)
+    recorded = "(default: the value data.dvc records)"
+    generate.add_argument("--seed", type=int, help=f"generator seed {recorded}")
+    generate.add_argument("--image-size", type=int, help=f"image side in pixels {recorded}")
+    generate.add_argument("--real-per-source", type=int, help=f"real images per real source {recorded}")
+    generate.add_argument("--fakes-per-method", type=int, help=f"fake images per fake method {recorded}")
+    generate.add_argument("--force", action="store_true", help="move an existing data/raw aside (deletes nothing)")
     generate.set_defaults(func=_data_generate)
 
-    ingest = data_commands.add_parser("ingest-dffd", help="turn a DFFD download into data/raw")
-    ingest.add_argument("dffd_root")
-    ingest.add_argument("--out", default="data/raw")
-    ingest.add_argument("--mode", choices=["symlink", "copy"], default="symlink")
-    ingest.add_argument("--resize", type=int, help="re-encode every image as an N x N PNG (copies)")
+    ingest = _parser(data_commands, "ingest-dffd", help="turn a DFFD download into data/raw")
+    ingest.add_argument("dffd_root", metavar="DFFD_ROOT",
+                        help="the unpacked DFFD download (folders ffhq/, CelebA/, faceapp/, stylegan_*/ ...)")
+    ingest.add_argument("--out", default="data/raw", help="the raw data directory to create")
+    ingest.add_argument("--mode", choices=["symlink", "copy"], default="symlink",
+                        help="symlink: link each image (no copy; `data track` then keeps one copy on disk); "
+                        "copy: copy each image")
+    ingest.add_argument("--resize", type=int, metavar="N",
+                        help="re-encode every image as an N x N PNG (copies; default: keep the originals)")
     ingest.add_argument(
-        "--whole-image-methods",
+        "--whole-image-methods", metavar="NAMES",
         help="comma-separated fake folders that get all-ones masks (default: names containing stylegan/pggan)",
     )
-    ingest.add_argument("--force", action="store_true", help="move an existing --out aside")
+    ingest.add_argument("--force", action="store_true", help="move an existing --out aside (deletes nothing)")
     ingest.set_defaults(func=_data_ingest)
 
-    track = data_commands.add_parser("track", help="record the current data/raw in data.dvc (dvc commit)")
-    track.add_argument("raw_dir", nargs="?", default="data/raw")
-    track.add_argument("--dvc-file", default="data.dvc")
-    track.add_argument("--note", default="", help="free text stored in data.dvc meta")
+    track = _parser(
+        data_commands, "track", help="record the current data/raw in data.dvc (the `dvc add` step)",
+        description="Record the current raw data directory in data.dvc and move it into the DVC cache. Unless "
+        "a DVC cache.type is configured, first sets `dvc config --local cache.type hardlink,symlink`, so the "
+        "files are linked into .dvc/cache instead of copied: one copy on disk (see README \"Using DFFD instead\").",
+    )
+    track.add_argument("raw_dir", nargs="?", default="data/raw", help="the directory to record")
+    track.add_argument("--dvc-file", default="data.dvc", help=dvc_file_help)
+    track.add_argument("--note", default="", help="free text stored in data.dvc meta (default: 'user data')")
+    track.add_argument("--no-link-cache", action="store_true",
+                       help="leave DVC's cache.type alone (DVC's default, reflink,copy, keeps a second full copy "
+                       "in .dvc/cache where the filesystem cannot reflink)")
     track.set_defaults(func=_data_track)
 
-    params = commands.add_parser("params", help="validate or merge params files")
-    params_commands = params.add_subparsers(dest="params_command", required=True)
-    check = params_commands.add_parser("check", help="validate a params file")
-    check.add_argument("file", nargs="?", default="params.yaml")
+    params = _parser(commands, "params", help="validate or merge params files")
+    params_commands = params.add_subparsers(dest="params_command", required=True, metavar="ACTION",
+                                            help="what to do with the params file")
+    check = _parser(params_commands, "check",
+                    help="validate a params file and check that the files and directories it names exist")
+    check.add_argument("file", nargs="?", default="params.yaml", help="the params file")
+    check.add_argument("--schema-only", action="store_true",
+                       help="validate keys and values only, not the paths (e.g. before data/raw is in place)")
     check.set_defaults(func=_params_check)
-    merge = params_commands.add_parser("merge", help="apply an overrides file (e.g. configs/dffd_gpu.yaml)")
-    merge.add_argument("overrides")
-    merge.add_argument("--into", default="params.yaml")
+    merge = _parser(params_commands, "merge",
+                    help="apply an overrides file (e.g. configs/dffd_gpu.yaml), keeping the comments")
+    merge.add_argument("overrides", help="a partial params file whose values replace those in --into")
+    merge.add_argument("--into", default="params.yaml", help="the params file to update")
     merge.set_defaults(func=_params_merge)
 
-    predict = commands.add_parser(
-        "predict", help="p(fake) for image files or folders, optionally with Grad-CAM overlays",
+    predict = _parser(
+        commands, "predict", help="p(fake) for image files or folders, optionally with Grad-CAM overlays",
         description="Score images with a trained detector. Prints `path<TAB>p(fake)<TAB>label` per image "
         "(label at --threshold); unreadable files are reported as `error: <path>: <reason>` on stderr and "
         "the exit code is then 1 (the readable ones are still scored); 2 when the model cannot be loaded.",
@@ -181,12 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", "-m",
                          help="models:/<name>@<alias> (default: models:/<tracking.registered_model>@champion), "
                          "models:/<name>/<version>, or a local models/<variant>/seed<k>/model.pt or its folder")
-    predict.add_argument("--threshold", type=float, default=0.5, help="label 'fake' when p(fake) >= this (0.5)")
+    predict.add_argument("--threshold", type=float, default=0.5, help="label 'fake' when p(fake) >= this")
     predict.add_argument("--json", action="store_true", help="print one JSON array of {path, p_fake, label[, cam]}")
     predict.add_argument("--cam", metavar="DIR", help="write a Grad-CAM overlay per image: DIR/<stem>_cam.png")
     predict.add_argument("--cam-layer", help="CAM target layer (default: params.yaml cam.target_layer)")
     predict.add_argument("--params", help="params file for tracking/cam settings (default: <repo>/params.yaml)")
-    predict.add_argument("--batch-size", type=_positive_int, default=64)
+    predict.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar for folders")
     predict.set_defaults(func=_predict)

@@ -1,4 +1,9 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written output behind."""
+"""Atomic file writes: a crash or Ctrl-C never leaves a half-written output behind.
+
+Every output of the project is written through `atomic_path` and so gets the mode a
+plain `open()` would give it: 0o666 minus the process umask (0644 under umask 022),
+not the 0600 of the `tempfile.mkstemp` file it starts as.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,44 @@ import csv
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, IO
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux >= 4.7
+    lists it in /proc/self/status). Elsewhere it is swapped out and back under a lock,
+    for a moment, to the restrictive 0o077: a file another thread creates in that
+    moment gets fewer permissions, never more."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file: 0o666 minus the umask."""
+    return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; it replaces `path` only if the block succeeds."""
+    """Yield a temp path beside `path`; it replaces `path` only if the block succeeds.
+
+    The temp file gets the umask's mode (mkstemp makes it 0600), so the output ends
+    up with the same permissions as any file the process creates."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -22,6 +57,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, default_file_mode())  # after the block: a writer may recreate the file
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

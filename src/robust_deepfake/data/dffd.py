@@ -87,7 +87,8 @@ def ingest_dffd(
 ) -> IngestReport:
     """Build the raw layout from a DFFD tree.
 
-    mode: `symlink` (no copy; DVC hashes the targets on commit) or `copy`; `resize`
+    mode: `symlink` (no copy; `data track` then moves the targets into the DVC cache by
+    hard link where it can, so the data stays on disk once) or `copy`; `resize`
     re-encodes every image as a size x size PNG (implies copy). Existing out_dir is
     refused unless `force`, in which case it is moved aside, not deleted.
     """

@@ -181,13 +181,59 @@ def _record(dvc_file: Path, directory: Path, meta: dict) -> None:
         raise DataStateError(f"dvc commit {dvc_file} failed: {(result.stderr or result.stdout).strip()}")
 
 
-def track_raw_dir(raw_dir: str | Path = "data/raw", dvc_file: str | Path = DVC_FILE, note: str = "") -> str:
+# How DVC links data/raw to .dvc/cache when `data track` records it (unless a cache.type
+# is configured already): a hard link where the cache and the data share a filesystem,
+# else a symlink into the cache, never a second copy. See README "Using DFFD instead".
+LINK_CACHE_TYPES = "hardlink,symlink"
+
+
+def configured_cache_type(root: str | Path) -> str | None:
+    """The `cache.type` DVC uses in the repo at `root` (any config level), None when unset
+    (DVC's default: reflink,copy)."""
+    result = _dvc("config", "cache.type", cwd=Path(root))
+    value = result.stdout.strip() if result.returncode == 0 else ""
+    return value or None
+
+
+def use_link_cache(root: str | Path) -> str | None:
+    """Unless some cache.type is configured, set cache.type to LINK_CACHE_TYPES in the
+    repo's .dvc/config.local (links depend on this machine's filesystems, so the choice
+    is per clone). Returns the cache.type in force, None for DVC's default."""
+    root = Path(root)
+    current = configured_cache_type(root)
+    if current is not None:
+        return current
+    result = _dvc("config", "--local", "cache.type", LINK_CACHE_TYPES, cwd=root)
+    if result.returncode != 0:
+        raise DataStateError(f"dvc config cache.type failed: {(result.stderr or result.stdout).strip()}")
+    return LINK_CACHE_TYPES
+
+
+def track_raw_dir(
+    raw_dir: str | Path = "data/raw", dvc_file: str | Path = DVC_FILE, note: str = "", link_cache: bool = True
+) -> str:
     """Record the current contents of raw_dir in data.dvc (what `dvc add` does for a
     stand-alone .dvc file), dropping the sample generator's settings: the data is no
-    longer reproducible from them."""
+    longer reproducible from them.
+
+    With `link_cache` (and no cache.type configured) DVC is first told to link the
+    workspace to its cache (LINK_CACHE_TYPES), so that committing moves the data into
+    .dvc/cache instead of copying it: data/raw then holds read-only hard links (or
+    symlinks) into the cache, and the data is on disk once. The ingest's symlinks are
+    resolved by that commit: their targets, the DFFD download, are hard-linked into the
+    cache when on the same filesystem (then even the download shares the one copy and
+    becomes read-only too), else copied once, after which the download may be deleted.
+    """
     dvc_file = Path(dvc_file)
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise DataStateError(f"{raw_dir}: no such directory")
+    cache_type = use_link_cache(dvc_file.parent.resolve()) if link_cache else None
     _record(dvc_file, raw_dir, {"source": note or "user data"})
-    return f"{dvc_file} now tracks {raw_dir} ({read_dvc_file(dvc_file).md5})"
+    done = f"{dvc_file} now tracks {raw_dir} ({read_dvc_file(dvc_file).md5})"
+    if cache_type is None:
+        return done
+    if cache_type == LINK_CACHE_TYPES:
+        return (f"{done}; DVC cache.type is {cache_type}: {raw_dir} holds read-only links into .dvc/cache, "
+                "one copy on disk (`dvc unprotect <path>` before editing a file in place)")
+    return f"{done}; DVC cache.type is {cache_type} (configured; left as it is)"

@@ -59,6 +59,7 @@ class CamWriter:
     ) -> list[str]:
         from robust_deepfake.explain.figures import overlay
         from robust_deepfake.explain.gradcam import compute_cams
+        from robust_deepfake.io import atomic_path
 
         self.directory.mkdir(parents=True, exist_ok=True)
         maps = compute_cams(model, batch, self.layer, targets, method=self.method, batch_size=len(batch))
@@ -69,7 +70,8 @@ class CamWriter:
                 (width, height), Image.Resampling.BILINEAR), dtype=np.float32)
             picture = overlay(np.asarray(original, dtype=np.float32) / 255.0, np.clip(cam_full, 0.0, 1.0))
             target = self.name_for(path)
-            Image.fromarray(picture).save(target, format="PNG")
+            with atomic_path(target) as tmp:  # umask permissions, never a half-written PNG
+                Image.fromarray(picture).save(tmp, format="PNG")
             written.append(str(target))
         return written
 

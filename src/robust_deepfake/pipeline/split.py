@@ -26,6 +26,10 @@ def split(params: Params, root: Path) -> dict:
         write_csv(outputs.splits_dir / f"{name}.csv", SPLIT_COLUMNS, rows)
     metrics = outcome.metrics(params.split.holdout_methods)
     write_json(outputs.metrics, metrics)
+    n_train, cap = metrics["train"]["total"], params.train.max_train_samples
+    if cap is not None and cap < n_train:
+        # the summary line counts the split; training itself sees fewer
+        print(f"note: each training run uses {cap} of these {n_train} train images (train.max_train_samples)")
     return metrics
 
 

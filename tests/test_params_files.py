@@ -1,0 +1,213 @@
+"""`robust-deepfake params merge` (comments, nulls), `params check` (the paths params
+name) and the CLI's --help texts."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from robust_deepfake.cli import build_parser, main
+from robust_deepfake.config import load_params, validate
+from robust_deepfake.params_files import merge_params_file, path_problems
+
+BASE = """\
+data:
+  raw_dir: data/raw             # the layout data.dvc tracks
+  image_size: 64                # the sample is 64 px; DFFD runs use 224
+  num_workers: 0                # DataLoader workers when streaming
+
+reg:
+  epsilon: 0.5                  # size of the perturbation;
+                                # chosen from the measured dose-response
+  mode: random                  # random | gradient
+
+cam:
+  method: gradcam               # gradcam | gradcam++
+  # At 64 px the last conv layer sees a 2x2 map.
+  target_layer: blocks.4
+  attacks: null                 # null: all of attack.attacks
+
+model:
+  weights_path: null
+  pretrained: false             # true needs weights_path offline
+
+attack:
+  max_samples: 128              # seeded, stratified subset of the test split
+"""
+
+OVERRIDES = """\
+data:
+  image_size: 224               # DFFD images are 299x299
+  num_workers: 8
+reg:
+  epsilon: 0.3
+cam:
+  method: gradcam++
+  target_layer: conv_head
+attack:
+  max_samples: null             # the full test split
+"""
+
+
+@pytest.fixture
+def merged(tmp_path) -> str:
+    (tmp_path / "params.yaml").write_text(BASE)
+    (tmp_path / "dffd.yaml").write_text(OVERRIDES)
+    changed = merge_params_file(tmp_path / "dffd.yaml", tmp_path / "params.yaml")
+    assert changed["data.image_size"] == (64, 224) and changed["attack.max_samples"] == (128, None)
+    assert "data.raw_dir" not in changed
+    return (tmp_path / "params.yaml").read_text()
+
+
+def _line(text: str, start: str) -> str:
+    return next(line.strip() for line in text.splitlines() if line.strip().startswith(start))
+
+
+def test_merge_replaces_the_comments_of_changed_values(merged):
+    assert _line(merged, "image_size:") == "image_size: 224               # merged from dffd.yaml: DFFD images are 299x299"
+    assert _line(merged, "num_workers:") == "num_workers: 8                # merged from dffd.yaml"
+    assert "DataLoader workers" not in merged and "the sample is 64 px" not in merged
+    # a stale comment's continuation lines go with it
+    assert _line(merged, "epsilon:").endswith("# merged from dffd.yaml") and "dose-response" not in merged
+    assert _line(merged, "method:").endswith("# merged from dffd.yaml") and "gradcam | gradcam++" not in merged
+
+
+def test_merge_keeps_what_still_applies(merged):
+    assert _line(merged, "raw_dir:").endswith("# the layout data.dvc tracks")
+    assert _line(merged, "mode:").endswith("# random | gradient")
+    assert "  # At 64 px the last conv layer sees a 2x2 map.\n  target_layer: conv_head" in merged, \
+        "a comment line about the next key stays with it"
+    assert "num_workers: 8                # merged from dffd.yaml\n\nreg:" in merged, "blank lines between sections stay"
+
+
+def test_merge_writes_null_explicitly(merged):
+    assert _line(merged, "weights_path:") == "weights_path: null"
+    assert _line(merged, "attacks:") == "attacks: null                 # null: all of attack.attacks"
+    assert _line(merged, "max_samples:") == "max_samples: null             # merged from dffd.yaml: the full test split"
+    assert not [line for line in merged.splitlines() if line.startswith("  ") and line.rstrip().endswith(":")]
+
+
+def test_merging_the_shipped_dffd_overrides(repo_root, tmp_path):
+    target = tmp_path / "params.yaml"
+    original = (repo_root / "params.yaml").read_text()
+    target.write_text(original)
+    merge_params_file(repo_root / "configs" / "dffd_gpu.yaml", target)
+    text = target.read_text()
+    assert load_params(target).model.weights_path == "weights/efficientnet_b0_ra-3dd342df.pth"
+    assert "also available: mifgsm" not in text, "attack.attacks now lists mifgsm: the old comment is stale"
+    assert _line(text, "tracking_uri:").startswith("tracking_uri: null"), "unchanged nulls stay `null`"
+    assert text.count("null") >= original.count("null") - 1  # max_samples becomes null, weights_path stops being
+    merge_params_file(repo_root / "configs" / "dffd_gpu.yaml", target)
+    assert target.read_text() == text, "merging twice changes nothing"
+
+
+# --- params check: the paths ------------------------------------------------------
+
+
+def _params(**sections) -> object:
+    return validate(sections)
+
+
+def test_check_passes_when_every_named_path_is_there(tmp_path):
+    (tmp_path / "data" / "raw" / "masks").mkdir(parents=True)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "b0.pth").write_bytes(b"x")
+    params = _params(model={"pretrained": True, "weights_path": "weights/b0.pth"},
+                     tracking={"tracking_uri": "sqlite:///mlflow.db"})
+    assert path_problems(params, tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("sections", "key", "says"),
+    [
+        ({"model": {"pretrained": True, "weights_path": "weights/missing.pth"}}, "model.weights_path",
+         "weights/missing.pth (relative to {root}) does not exist"),
+        ({"model": {"weights_path": "weights/missing.pth"}}, "model.weights_path", "unused while model.pretrained"),
+        ({"model": {"weights_path": "weights"}}, "model.weights_path", "is not a file"),
+        ({"data": {"raw_dir": "elsewhere/raw"}}, "data.raw_dir", "elsewhere/raw (relative to {root}) does not exist"),
+        ({"data": {"raw_dir": "weights"}}, "data.raw_dir", "masks dir"),
+        ({"data": {"splits_dir": "data/raw/metadata.csv"}}, "data.splits_dir", "is not a directory"),
+        ({"tracking": {"tracking_uri": "sqlite:///no/such/dir/mlflow.db"}}, "tracking.tracking_uri",
+         "the folder of no/such/dir/mlflow.db"),
+    ],
+)
+def test_check_names_the_key_and_the_path(tmp_path, sections, key, says):
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "metadata.csv").write_text("path\n")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "masks").write_text("not a folder")
+    problems = path_problems(_params(**sections), tmp_path)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{key}: ") and says.format(root=tmp_path.resolve()) in problems[0]
+
+
+def test_check_cli_fails_on_a_missing_weights_file(tmp_path, capsys):
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    params = tmp_path / "params.yaml"
+    params.write_text("model:\n  pretrained: true\n  weights_path: /nonexistent/b0.pth\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["params", "check", str(params)])
+    assert exit_info.value.code == 2
+    assert f"error: {params}: model.weights_path: /nonexistent/b0.pth does not exist" in capsys.readouterr().err
+    main(["params", "check", "--schema-only", str(params)])
+    assert "ok (schema only" in capsys.readouterr().out
+
+
+def test_check_cli_passes_on_the_shipped_params(repo_root):
+    result = subprocess.run([sys.executable, "-m", "robust_deepfake.cli", "params", "check", "--schema-only"],
+                            cwd=repo_root, capture_output=True, text=True)
+    assert result.returncode == 0 and "params.yaml: ok" in result.stdout, result.stderr
+
+
+# --- --help ----------------------------------------------------------------------------
+
+
+def _parsers(parser: argparse.ArgumentParser, name: str = "robust-deepfake"):
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+def test_every_argument_has_help_text():
+    missing = []
+    parsers = list(_parsers(build_parser()))
+    assert len(parsers) >= 10
+    for name, parser in parsers:
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{name}: {action.option_strings or action.dest}")
+    assert not missing, missing
+
+
+def test_help_shows_the_defaults():
+    parsers = dict(_parsers(build_parser()))
+    for name, parser in parsers.items():
+        text = parser.format_help()
+        for action in parser._actions:
+            if action.default not in (None, False, argparse.SUPPRESS) and action.default != "":
+                assert f"default: {action.default}" in " ".join(text.split()), f"{name}: {action.dest}"
+    assert "(default: data/raw)" in parsers["robust-deepfake data ingest-dffd"].format_help()
+    assert "(default: 0.5)" in parsers["robust-deepfake predict"].format_help()
+
+
+def test_help_runs_for_every_command(capsys):
+    for name in ("data ensure", "data generate", "data ingest-dffd", "data track", "params check", "params merge",
+                 "predict"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*name.split(), "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: robust-deepfake " + name in " ".join(capsys.readouterr().out.split())
+
+
+def test_shown_paths_are_relative_to_the_params_file(tmp_path):
+    assert Path(tmp_path).is_dir()
+    problems = path_problems(_params(data={"raw_dir": "raw"}), tmp_path)
+    assert str(tmp_path.resolve()) in problems[0]
