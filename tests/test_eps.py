@@ -32,7 +32,7 @@ def test_labels_of_fractional_grey_levels():
     assert label(1.5 / 255) == "1.5/255"
     assert label(0.25 / 255) == "0.25/255"
     assert label(0.125 / 255) == f"{0.125 / 255:.6g}"  # an eighth has no exact step: a float label
-    assert to_step(from_label(label(0.25 / 255))) == 25
+    assert eps_units.rng_offset(from_label(label(0.25 / 255))) == 25
 
 
 def test_off_grid_budgets_are_labelled_as_floats():
@@ -59,18 +59,23 @@ def test_from_label_accepts_every_spelling():
 def test_step_round_trip_is_exact_on_the_grey_level_grid(eps):
     step = to_step(eps)
     assert isinstance(step, int)
-    assert step == round(eps * 255) * eps_units.STEPS_PER_GREY_LEVEL
+    assert step == round(eps * 255)
     assert from_step(step) == eps  # exactly, so SweepMetrics.get(from_step(step)) finds the cell
 
 
-def test_steps_are_hundredths_of_a_grey_level():
+def test_steps_are_grey_levels_and_refuse_fractions():
     assert to_step(0.0) == 0
-    assert to_step(2 / 255) == 200
-    assert to_step(0.5 / 255) == 50
-    assert to_step(0.25 / 255) == 25
-    assert from_step(50) == 0.5 / 255
-    assert from_step(25) == 0.25 / 255
-    assert sorted(to_step(e) for e in (4 / 255, 1 / 255, 2 / 255)) == [100, 200, 400]
+    assert to_step(2 / 255) == 2
+    assert sorted(to_step(e) for e in (4 / 255, 1 / 255, 2 / 255)) == [1, 2, 4]
+    with pytest.raises(ValueError, match="not a whole grey level"):
+        to_step(0.5 / 255)
+
+
+def test_attack_random_starts_keep_their_seed_offsets():
+    """rng_offset seeds the attacks' random starts (robustness.sweep.attack_generator): it is
+    the old hundredths-of-a-grey-level step, so changing the MLflow unit changed no result."""
+    assert eps_units.rng_offset(2 / 255) == 200
+    assert eps_units.rng_offset(0.5 / 255) == 50
 
 
 def test_grey_levels():

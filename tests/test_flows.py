@@ -160,7 +160,7 @@ def test_champion_and_reevaluation_share_one_robustness_definition():
         metric = "auc" if criterion == "pgd_auc" else "accuracy"
         for key in metrics.models:
             curves = sweep_curves(metrics, key, metrics.attacks, metric)
-            assert set(curves["pgd"]) == {100, 200}  # MLflow steps: hundredths of a grey level
+            assert set(curves["pgd"]) == {1, 2}  # MLflow steps: grey levels (k of k/255)
             assert robustness(curves, criterion)[0] == pytest.approx(robustness_score(metrics, key, criterion))
             assert compare(curves, curves, criterion).drop == 0
     without_pgd = SweepMetrics([e for e in metrics.entries if e.attack != "pgd"], 0.95, True)
@@ -188,26 +188,29 @@ def test_key_metrics_reads_the_report_else_the_stage_outputs(tmp_path):
     found = key_metrics(root)
     assert found["baseline/val_auc"] == pytest.approx(0.85 + 0.005)
     assert found["reg/val_auc"] == pytest.approx(0.85 + 0.025)
-    assert found["robustness_by"] == "pgd accuracy"
-    assert found["baseline/robustness"] == pytest.approx(0.65 + 0.01)  # pgd at 1/255 and 2/255, seed mean
+    assert found["robustness_by"] == "pgd auc"  # report.select_by
+    assert found["baseline/robustness"] == pytest.approx(0.75 + 0.01)  # pgd AUC at 1/255 and 2/255, seed mean
     assert found["reg/clean_accuracy"] == pytest.approx(0.875)
-    assert "champion" not in found and "reg/pgd_accuracy" not in found
+    assert "champion" not in found and "reg/acc_pgd" not in found
 
     report = ReportOutputs.at(root)
-    by_variant = {v: {"val_auc": 0.5, "clean_accuracy": 0.6, "clean_auc": 0.7, "pgd_accuracy": 0.4, "pgd_auc": 0.3,
-                      "iinc_stability": float("nan")} for v in ("baseline", "reg")}
-    write_json(report.metrics, {"seeds": 2, "reference_eps_255": 1.0, "by_variant": by_variant, "verdict": {}})
+    headline = {"seeds": 2, "ref_eps_255": 1.0, "acc_clean": {"base": 0.6, "reg": 0.6},
+                "auc_clean": {"base": 0.7, "reg": 0.7}, "acc_pgd": {"base": 0.4, "reg": 0.4},
+                "auc_pgd": {"base": 0.3, "reg": 0.3}, "iinc_stab": {"base": float("nan"), "reg": float("nan")},
+                "pgd_acc_diff": {"mean": 0.0, "lo": -0.1, "hi": 0.1}}
+    write_json(report.metrics, headline)
     write_json(report.verdict, {"differences": [], "decision": {"champion": "reg-seed1", "challenger": "baseline-seed0"}})
     found = key_metrics(root)
-    assert (found["reg/val_auc"], found["reg/pgd_accuracy"], found["champion"]) == (0.5, 0.4, "reg-seed1")
-    assert "reg/iinc_stability" not in found  # NaN, and no eval/cam_iinc.json to fall back on
+    assert (found["reg/acc_pgd"], found["baseline/auc_clean"], found["champion"]) == (0.4, 0.7, "reg-seed1")
+    assert found["reg/val_auc"] == pytest.approx(0.875)  # not in the headline: from the train metrics
+    assert "reg/iinc_stab" not in found and "reg/iinc_stability" not in found  # NaN, and no cam_iinc.json
 
     # a run up to attack_sweep: the report's files are from an earlier run
     covered = {f"train_{k.variant}@{k.seed}": frozenset({TrainOutputs.of(root, k).metrics.relative_to(root).as_posix()})
                for k in model_keys([0, 1])}
     covered["attack_sweep"] = frozenset({"eval/attack_sweep.json"})
     partial = key_metrics(root, StageGraph(tuple(covered), {s: frozenset() for s in covered}, covered))
-    assert "champion" not in partial and "reg/pgd_accuracy" not in partial
+    assert "champion" not in partial and "reg/acc_pgd" not in partial
     assert partial["reg/val_auc"] == pytest.approx(0.875)
 
 
@@ -380,10 +383,10 @@ def test_reevaluation_logs_runs_picks_up_new_eps_and_never_retrains(prefect_harn
         assert run_.data.tags["model_version"] == versions[variant]
         assert run_.data.tags["alias"] == alias
         assert outcome["model"] == f"{variant}-seed{keys[0].seed}"
-        steps = {m.step for m in client.get_metric_history(outcome["run_id"], "reeval/pgd/accuracy")}
-        assert steps == {100, 200, 400}  # eps in hundredths of a grey level, as on the training run
-        assert {m.step for m in client.get_metric_history(outcome["run_id"], "reeval/clean/accuracy")} == {0}
-        assert "reeval_cam/pgd/iinc_stability" in run_.data.metrics
+        steps = {m.step for m in client.get_metric_history(outcome["run_id"], "reeval_vs_eps255/pgd/accuracy")}
+        assert steps == {1, 2, 4}  # eps in grey levels, as on the training run
+        assert {m.step for m in client.get_metric_history(outcome["run_id"], "reeval_vs_eps255/clean/accuracy")} == {0}
+        assert "reeval_cam_vs_eps255/pgd/iinc_stability" in run_.data.metrics
         version = client.get_model_version(name, versions[variant])
         assert version.tags["last_reevaluation_run_id"] == outcome["run_id"]
         # first re-evaluation: compared with the sweep logged on the training run, on 1/255 and 2/255
@@ -407,14 +410,14 @@ def test_a_robustness_drop_fails_the_flow_with_a_readable_message(prefect_harnes
     experiment_id = client.get_experiment_by_name("robust-deepfake").experiment_id
     previous = client.create_run(experiment_id, run_name="earlier", tags={"reevaluation": "true"}).info.run_id
     now = int(time.time() * 1000)
-    client.log_batch(previous, metrics=[Metric("reeval/pgd/accuracy", 1.0, now, 100)])
+    client.log_batch(previous, metrics=[Metric("reeval_vs_eps255/pgd/auc", 1.0, now, 1)])  # report.select_by: pgd_auc
     client.set_model_version_tag(name, versions["reg"], "last_reevaluation_run_id", previous)
 
     state = reevaluate(repo=str(root), aliases=["champion"], return_state=True)
 
     assert state.is_failed()
     message = state.message
-    assert message.startswith(f"robustness drop: @champion ({name} v{versions['reg']}): mean pgd accuracy over eps [1/255]")
+    assert message.startswith(f"robustness drop: @champion ({name} v{versions['reg']}): mean pgd auc over eps [1/255]")
     assert f"previous evaluation 1.000 (run {previous})" in message
     assert "> reevaluate.max_drop 0.05" in message
     run_id = client.get_model_version(name, versions["reg"]).tags["last_reevaluation_run_id"]

@@ -139,3 +139,15 @@ def test_find_repo_root_in_a_fresh_tree(tmp_path):
     nested = tmp_path / "a" / "b"
     nested.mkdir(parents=True)
     assert find_repo_root(nested) == tmp_path.resolve()
+
+
+def test_every_out_lives_under_the_out_roots():
+    """ops/provenance.py ignores changes under OUT_ROOTS when it asks whether a run's
+    inputs are committed: an out elsewhere would make every `dvc repro` look dirty."""
+    from robust_deepfake.paths import OUT_ROOTS
+
+    stages = _dvc()["stages"]
+    outs = {out for name in stages for out in stage_outs(name, 0)}
+    assert outs
+    stray = sorted(str(o) for o in outs if not any(str(o) == r or str(o).startswith(r + "/") for r in OUT_ROOTS))
+    assert not stray, f"outs outside paths.OUT_ROOTS: {stray}"

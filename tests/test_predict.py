@@ -292,3 +292,28 @@ def test_default_champion_alias_missing_then_set(micro_repo, tmp_path, isolated_
     assert f"models:/{MODEL}@champion (version {aliases['baseline']})" in err
     np.testing.assert_allclose(json.loads(out)[0]["p_fake"], reference_p_fake(micro_repo, "baseline", [image])[0],
                                atol=1e-6)
+
+
+@pytest.mark.slow
+def test_predict_refuses_a_version_under_the_quality_floor(micro_repo, tmp_path, isolated_mlflow, capsys):
+    """The report tags each version `quality_floor: passed|failed: …`; a failed one (by alias
+    or by number) is refused with the reason, a passed one is used."""
+    from mlflow import MlflowClient
+
+    database = tmp_path / "mlflow.db"
+    shutil.copy2(micro_repo / "mlflow.db", database)
+    uri = f"sqlite:///{database}"
+    isolated_mlflow.chdir(micro_repo)
+    isolated_mlflow.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.get_registered_model(MODEL).aliases["baseline"]
+    image = first_png(micro_repo, "data/raw/fake/pggan_like")
+    failed = "failed: clean AUC 0.500 < report.min_clean_auc 0.75"
+    client.set_model_version_tag(MODEL, version, "quality_floor", failed)
+    for reference in (f"models:/{MODEL}@baseline", f"models:/{MODEL}/{version}"):
+        code, out, err = predict([image, "-m", reference], capsys)
+        assert code == 2 and out == ""
+        assert f"(version {version}) is under the quality floor ({failed}" in err
+    client.set_model_version_tag(MODEL, version, "quality_floor", "passed: clean AUC 0.900 >= report.min_clean_auc 0.75")
+    code, _, err = predict([image, "-m", f"models:/{MODEL}/{version}"], capsys)
+    assert code == 0, err

@@ -1,5 +1,7 @@
 """MLflow after the micro `dvc repro`: runs, registered versions, aliases, pyfunc by alias."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -56,14 +58,57 @@ def test_one_training_run_per_variant_and_seed_with_params_tags_and_epoch_metric
         assert run.data.params["train.seeds"] == "[0, 1]"
         assert tags["git_commit"] != "unknown"
         assert tags["data_md5"].endswith(".dir")
-        assert "val_auc" in run.data.metrics and "best_val_auc" in run.data.metrics
+        assert "val_auc" in run.data.metrics and "best/val_auc" in run.data.metrics
         assert tags["reg_mode"] == ("random" if tags["variant"] == "reg" else "none")
-        # eps in hundredths of a grey level; the clean row (eps 0) is not part of an attack's curve
-        history = client.get_metric_history(run.info.run_id, "attack/pgd/accuracy")
-        assert sorted(m.step for m in history) == [100, 200]
+        assert run.data.params["attack.eps"] == '["1/255", "2/255"]'  # budgets as people write them
+        # step = eps in grey levels (the prefix says so); the clean row is step 0 of the sweep's curves
+        history = client.get_metric_history(run.info.run_id, "attack_vs_eps255/pgd/accuracy")
+        assert sorted(m.step for m in history) == [1, 2]
         assert all(0 <= m.value <= 1 for m in history)
-        cam = client.get_metric_history(run.info.run_id, "cam/pgd/iinc_stability")
-        assert sorted(m.step for m in cam) == [100, 200]
+        cam = client.get_metric_history(run.info.run_id, "cam_vs_eps255/pgd/iinc_stability")
+        assert sorted(m.step for m in cam) == [1, 2]
+        assert not any(name.startswith("cam_vs_eps255/clean") or "best_best" in name for name in run.data.metrics)
+
+
+def test_training_runs_hold_their_artifacts_and_data_input(client, micro_repo):
+    """What a reviewer opens in `mlflow ui`: resolved params, per-epoch CSV and curves, the
+    validation confusion matrix, the data it read (digest = data.dvc md5)."""
+    import json
+
+    import yaml
+
+    experiment = client.get_experiment_by_name("robust-deepfake")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on runs, not GenAI
+    md5 = yaml.safe_load((micro_repo / "data.dvc").read_text())["outs"][0]["md5"]
+    for run in client.search_runs([experiment.experiment_id], "tags.stage LIKE 'train_%'"):
+        names = {a.path for folder in ("", "training", "config") for a in client.list_artifacts(run.info.run_id, folder)}
+        assert {"training/curves.png", "training/val_confusion.png", "training/val_confusion.json",
+                "config/params.json", "model"} <= names | {"model"}, names
+        local = client.download_artifacts(run.info.run_id, "training/val_confusion.json")
+        matrix = json.loads(Path(local).read_text())["matrix"]
+        assert sum(map(sum, matrix)) == json.loads((micro_repo / "metrics/split.json").read_text())["val"]["total"]
+        (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
+        assert dataset.digest == md5[:36] and dataset.name == "data/raw"
+
+
+def test_registered_versions_carry_signature_example_and_model_card(client):
+    import mlflow
+    import pandas as pd
+
+    model = client.get_registered_model(MODEL)
+    assert "dvc_experiment" in model.description and "@champion" in model.description
+    for alias in ("baseline-seed0", "reg-seed1"):
+        version = client.get_model_version_by_alias(MODEL, alias)
+        info = mlflow.models.get_model_info(f"models:/{MODEL}/{version.version}")
+        assert [c.name for c in info.signature.inputs.inputs] == ["image"]
+        assert info.saved_input_example_info is not None
+        example = mlflow.models.Model.load(info.model_uri).load_input_example(
+            mlflow.artifacts.download_artifacts(info.model_uri))
+        assert isinstance(example, pd.DataFrame) and list(example.columns) == ["image"]
+        card = version.description
+        assert card.startswith(f"# {MODEL}: {alias}") and "## Validation (best epoch)" in card
+        assert "## Test set, clean and under attack (report stage)" in card and "## Quality floor" in card
+        assert version.tags["quality_floor"].startswith(("passed", "failed"))
 
 
 def test_registered_versions_and_aliases(client, micro_repo):
@@ -87,7 +132,7 @@ def test_registered_versions_and_aliases(client, micro_repo):
         by_variant = client.get_model_version_by_alias(MODEL, variant)
         assert by_variant.version == versions[decision["representatives"][variant]].version
         assert by_variant.tags["variant"] == variant
-        assert "robustness_pgd_accuracy_seed_mean" in by_variant.tags
+        assert "robustness_pgd_auc_seed_mean" in by_variant.tags
     assert decision["move_champion"] is True  # the first report: there was no champion yet
     champion = client.get_model_version_by_alias(MODEL, "champion")
     challenger = client.get_model_version_by_alias(MODEL, "challenger")
@@ -101,6 +146,13 @@ def test_registered_versions_and_aliases(client, micro_repo):
     assert report.data.tags["champion"] == decision["champion"]
     assert report.data.params["seeds"] == "[0, 1]"
     assert set(report.data.metrics) == {"score_baseline", "score_reg"}
+    assert report.data.tags["git_commit"] == version_commit(micro_repo)  # a committed run: no "-dirty"
+
+
+def version_commit(root):
+    import subprocess
+
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.mark.parametrize("alias", ["baseline", "champion", "reg-seed1"])
@@ -109,15 +161,23 @@ def test_pyfunc_by_alias_scores_any_batch_size(client, micro_repo, alias):
 
     from robust_deepfake.data.images import load_rgb_array
 
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@{alias}")
+    import base64
+
+    import pandas as pd
+
+    loaded = mlflow.pyfunc.load_model(f"models:/{MODEL}@{alias}")
+    model = loaded.unwrap_python_model()  # numpy arrays in-process; the signature describes the REST form
     files = sorted((micro_repo / "data" / "raw" / "fake").rglob("*.png"))[:5]
     batch = np.stack([load_rgb_array(f, 32) for f in files]).astype(np.float32) / 255
     for n in (3, 1, 5):
-        scores = model.predict(batch[:n].transpose(0, 3, 1, 2))
+        scores = model.predict(None, batch[:n].transpose(0, 3, 1, 2))
         assert scores.shape == (n,)
         assert np.all((scores >= 0) & (scores <= 1))
-    nhwc = model.predict(batch[:3])  # channel-last input is accepted too
-    np.testing.assert_allclose(nhwc, model.predict(batch[:3].transpose(0, 3, 1, 2)), rtol=1e-6)
+    nhwc = model.predict(None, batch[:3])  # channel-last input is accepted too
+    np.testing.assert_allclose(nhwc, model.predict(None, batch[:3].transpose(0, 3, 1, 2)), rtol=1e-6)
+    # the signature's form, through MLflow's schema enforcement: base64 image files
+    frame = pd.DataFrame({"image": [base64.b64encode(f.read_bytes()).decode() for f in files[:3]]})
+    np.testing.assert_allclose(loaded.predict(frame), nhwc, rtol=1e-5, atol=1e-6)
 
 
 def test_configure_follows_each_repository_and_respects_the_user(tmp_path, mlflow_state):

@@ -210,25 +210,44 @@ def test_champion_rejects_a_criterion_the_sweep_cannot_score():
         choose_champion(fgsm_only, "pgd_accuracy", CONFIG)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue #13: choose_champion does not rule out a degenerate (constant) "
-                                       "classifier; under attack its AUC of 0.5 beats a real model's")
-def test_a_constant_classifier_never_becomes_champion_by_pgd_auc():
-    """reg_s answers p(fake) = 0.6 for every image: AUC 0.5 whatever the attack. The real
-    baseline models rank images well when clean and are pushed below chance by PGD."""
+def _with_constant_reg(constant_baseline: bool = False) -> SweepMetrics:
+    """reg answers p(fake) = 0.6 for every image: AUC 0.5 and the class share as accuracy,
+    whatever the attack. The real baseline models rank images well when clean and are
+    pushed below chance by PGD (a constant baseline too when `constant_baseline`)."""
     rng = np.random.default_rng(0)
     models = [ModelKey(v, s) for v in ("baseline", "reg") for s in SEEDS]
     p = np.full((len(models), len(ATTACKS), len(EPS), N), 0.6)
     for m, key in enumerate(models):
-        if key.variant == "baseline":
+        if key.variant == "baseline" and not constant_baseline:
             clean = np.clip(np.where(LABELS == 1, 0.8, 0.2) + rng.normal(0, 0.1, N), 0, 1)
             p[m, :, 0] = clean
             for e in (1, 2):
                 p[m, :, e] = np.clip(1 - clean + rng.normal(0, 0.15 / e, N), 0, 1)  # mostly flipped
     predictions = SweepPredictions(models, ATTACKS, EPS, np.arange(N), LABELS,
                                    np.where(LABELS == 1, "fake_x", "real_a"), p)
-    metrics, _ = summarize(predictions, CONFIG, holdout=[])
-    decision = choose_champion(metrics, "pgd_auc", CONFIG, current_champion=None)
-    assert decision.champion.variant != "reg", decision.reason
+    return summarize(predictions, CONFIG, holdout=[])[0]
+
+
+@pytest.mark.parametrize("criterion", ["pgd_auc", "pgd_accuracy", "mean_attack_accuracy"])
+@pytest.mark.parametrize("current", [None, "reg", "baseline"])
+def test_a_constant_classifier_never_becomes_champion(criterion, current):
+    metrics = _with_constant_reg()
+    # the robustness scores alone prefer the constant model: that is what the floor is for
+    assert robustness_score(metrics, ModelKey("reg", 0), criterion) > robustness_score(
+        metrics, ModelKey("baseline", 0), criterion)
+    decision = choose_champion(metrics, criterion, CONFIG, current_champion=current, min_clean_auc=0.75)
+    assert decision.champion.variant == "baseline", decision.reason
+    assert decision.move_champion and not decision.move_challenger  # @challenger never lands on it
+    assert not decision.floor.variant_passes("reg") and decision.floor.variant_passes("baseline")
+    assert decision.floor.describe(ModelKey("reg", 0)) == "failed: clean AUC 0.500 < report.min_clean_auc 0.75"
+    assert "quality floor" in decision.reason or "better" in decision.reason
+
+
+def test_no_alias_moves_when_every_variant_is_under_the_floor():
+    decision = choose_champion(_with_constant_reg(constant_baseline=True), "pgd_auc", CONFIG, min_clean_auc=0.75)
+    assert not decision.move_champion and not decision.move_challenger
+    assert "no variant passes the quality floor" in decision.reason
+    assert decision.as_dict()["floor"]["models"]["baseline-seed0"] == {"clean_auc": 0.5, "passes": False}
 
 
 def test_identical_seeds_keep_the_test_sampling_width():

@@ -64,13 +64,14 @@ PixelValue = Annotated[float, BeforeValidator(parse_pixel_value)]
 
 
 def require_whole_grey_levels(values: list[float], key: str) -> None:
-    """With 8-bit rounding a budget must be k/255: 0.5/255 would round to 1/255 (twice the
-    budget) and anything below half a grey level would vanish, silently."""
+    """Attack budgets are whole grey levels k/255: the data are 8-bit images (with 8-bit
+    rounding 0.5/255 would become 1/255, twice the budget, and anything below half a grey
+    level would vanish), and MLflow logs k as the step of every metric-vs-eps curve."""
     for eps in values:
         if abs(eps * 255 - round(eps * 255)) > 1e-6:
             raise ValueError(
-                f"{key}: {eps * 255:g}/255 is not a whole grey level; with attack.quantize: true every budget "
-                "must be k/255 (or set attack.quantize: false to score float adversarial images)"
+                f"{key}: {eps * 255:g}/255 is not a whole grey level; every attack budget must be k/255 "
+                "(k = 1, 2, ...: the images are 8-bit and MLflow plots curves against k)"
             )
 
 
@@ -206,8 +207,7 @@ class AttackConfig(Strict):
 
     @model_validator(mode="after")
     def _whole_grey_levels(self) -> AttackConfig:
-        if self.quantize:
-            require_whole_grey_levels(self.eps, "eps")
+        require_whole_grey_levels(self.eps, "eps")
         return self
 
     @field_validator("step_size")
@@ -250,8 +250,12 @@ class CamConfig(Strict):
 class ReportConfig(Strict):
     select_by: Literal[
         "pgd_accuracy", "pgd_auc", "mean_attack_accuracy", "clean_accuracy", "clean_auc"
-    ] = "pgd_accuracy"
+    ] = "pgd_auc"
     reference_eps: PixelValue = 1 / 255
+    # The quality floor: a model whose clean test ROC-AUC is below it can never become
+    # @champion/@challenger, and `predict` refuses it (a constant classifier scores 0.5).
+    # 0 switches it off (the micro test profile, whose 1-epoch models sit near chance).
+    min_clean_auc: float = Field(0.75, ge=0, le=1)
 
 
 class TrackingConfig(Strict):
@@ -289,7 +293,7 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _cam_eps(self) -> Params:
-        if self.attack.quantize and self.cam.eps:
+        if self.cam.eps:
             require_whole_grey_levels(self.cam.eps, "cam.eps")
         return self
 

@@ -25,6 +25,9 @@ RUNS_DIR = Path(".cache") / "runs"
 # The measured dose-response behind the demo's reg.epsilon (benchmarks/dose_response.py);
 # the report shows it when present.
 DOSE_RESPONSE = Path("benchmarks") / "results" / "dose_response.json"
+# The folders every DVC out lives under (tests/test_paths.py checks dvc.yaml against it):
+# files a run rewrites there do not make the git tree "dirty" (ops/provenance.py).
+OUT_ROOTS = ("data/splits", "models", "metrics", "plots", "eval", "reports")
 
 
 def find_repo_root(start: Path | None = None) -> Path:

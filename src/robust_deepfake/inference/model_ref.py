@@ -25,6 +25,7 @@ REPORT_ALIASES = ("champion", "challenger")
 LOCAL_HINT = "models/<variant>/seed<k>/model.pt"
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 _ALIAS_URI = re.compile(r"^models:/([^/@]+)@([^/@]+)$")
+_VERSION_URI = re.compile(r"^models:/([^/@]+)/(\d+)$")
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
 
@@ -137,6 +138,9 @@ def _load_from_mlflow(uri: str, params: Params, root: Path) -> LoadedModel:
         if alias not in aliases:
             raise ModelRefError(_missing_alias_message(name, alias, aliases))
         description = f"{uri} (version {aliases[alias]})"
+        _refuse_below_floor(MlflowClient(), name, aliases[alias], uri)
+    elif match := _VERSION_URI.match(uri):
+        _refuse_below_floor(MlflowClient(), *match.groups(), uri)
     try:
         pyfunc = mlflow.pyfunc.load_model(uri)
     except MlflowException as error:
@@ -149,6 +153,26 @@ def _load_from_mlflow(uri: str, params: Params, root: Path) -> LoadedModel:
     except (AttributeError, MlflowException):
         raise ModelRefError(f"{uri}: not a robust-deepfake detector (no DetectorPyfunc inside)") from None
     return LoadedModel(model, image_size, description)
+
+
+def _refuse_below_floor(client, name: str, version: str, uri: str) -> None:
+    """A version the report found under the quality floor (its `quality_floor` tag says
+    `failed: …`, e.g. a constant classifier from a 1-epoch experiment) is not used to
+    label images."""
+    from mlflow.exceptions import MlflowException
+
+    from robust_deepfake.ops.tracking import FLOOR_TAG
+
+    try:
+        floor = client.get_model_version(name, version).tags.get(FLOOR_TAG, "")
+    except MlflowException:
+        return  # a missing version: mlflow.pyfunc.load_model says so
+    if floor.startswith("failed"):
+        raise ModelRefError(
+            f"{uri} (version {version}) is under the quality floor ({floor}; see its model card in `mlflow ui`): "
+            "it does not separate real from fake on the test set. Use a version that passed, e.g. "
+            f"models:/{name}@champion"
+        )
 
 
 def _missing_alias_message(name: str, alias: str, aliases: dict[str, str]) -> str:

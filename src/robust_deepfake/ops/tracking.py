@@ -12,15 +12,21 @@ import contextlib
 import json
 import math
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from robust_deepfake.config import Params, TrackingConfig, flatten
-from robust_deepfake.paths import ModelKey, find_repo_root
+from robust_deepfake.paths import ModelKey, TrainOutputs, find_repo_root
 
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+FLOOR_TAG = "quality_floor"  # `passed: …` / `failed: …`, written by the report (verdict.QualityFloor)
+# Metric-vs-eps curves on training runs: <prefix>/<attack>/<metric>, step = eps x 255. The
+# unit is in the name because MLflow's x-axis can only say "Step".
+SWEEP_PREFIX = "attack_vs_eps255"
+CAM_PREFIX = "cam_vs_eps255"
+EPS_STEP_NOTE = "metrics named */<attack>/<metric> under the *_vs_eps255 prefixes: step = eps x 255 (grey levels)"
 DEFAULT_DB = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 MLFLOW_BATCH_LIMIT = 900  # log_batch takes at most 1,000 metrics per call
@@ -44,7 +50,18 @@ def tracking_uri(config: TrackingConfig, root: Path) -> str:
     from_env = os.environ.get("MLFLOW_TRACKING_URI")
     if from_env is not None and from_env == _exported:
         from_env = None
-    return from_env or config.tracking_uri or f"sqlite:///{root / DEFAULT_DB}"
+    return from_env or config.tracking_uri or f"sqlite:///{store_root(root) / DEFAULT_DB}"
+
+
+def store_root(root: Path) -> Path:
+    """The repository whose sqlite store a run uses: `dvc exp run --temp` and queued
+    experiments run in a copy under <repo>/.dvc/tmp/exps/, which DVC deletes afterwards,
+    so their runs and versions go to <repo>'s store, where `mlflow ui` shows them."""
+    parts = Path(root).resolve().parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return Path(root)
 
 
 def configure(config: TrackingConfig, root: Path | None = None) -> str:
@@ -68,28 +85,29 @@ def configure(config: TrackingConfig, root: Path | None = None) -> str:
 
 
 def ensure_experiment(name: str, root: Path) -> str:
+    """The experiment's id, created on first use, marked as classical model development so
+    `mlflow ui` opens it on its runs (not on the GenAI traces view)."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    if mlflow.get_tracking_uri().startswith("sqlite:"):
-        location = (root / ARTIFACT_DIR).as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    if experiment is None:
+        location = None
+        if mlflow.get_tracking_uri().startswith("sqlite:"):
+            location = (store_root(root) / ARTIFACT_DIR).as_uri()
+        experiment_id = mlflow.create_experiment(name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    else:
+        experiment_id = experiment.experiment_id
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment_id
 
 
 def git_commit(root: Path) -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{commit}-dirty" if dirty else commit
+    """HEAD, with `-dirty` when the run's inputs have uncommitted changes (ops/provenance.py)."""
+    from robust_deepfake.ops.provenance import run_origin
+
+    return run_origin(root).git_commit
 
 
 def data_md5(root: Path) -> str:
@@ -112,10 +130,29 @@ def finite_metrics(values: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+EPS_PARAMS = {"attack.eps", "attack.step_size", "cam.eps", "report.reference_eps"}  # logged as k/255 labels
+
+
+def loggable_params(params: Params) -> dict[str, Any]:
+    """Flattened params as MLflow shows them: lists as JSON, attack budgets as `k/255`."""
+    from robust_deepfake.robustness.eps import label
+
+    out: dict[str, Any] = {}
+    for name, value in flatten(params).items():
+        if name in EPS_PARAMS and value is not None:
+            value = [label(v) for v in value] if isinstance(value, list) else label(value)
+        out[name] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
 @contextlib.contextmanager
 def training_run(params: Params, key: ModelKey, root: Path) -> Iterator[Any]:
-    """An MLflow run for one training, with the resolved config and provenance tags."""
+    """An MLflow run for one training: the resolved config (as params and as
+    `config/params.json`), the data it read (`log_input`, digest = data.dvc's md5) and
+    provenance tags (commit, DVC experiment)."""
     import mlflow
+
+    from robust_deepfake.ops.provenance import run_origin
 
     configure(params.tracking, root)
     experiment_id = ensure_experiment(params.tracking.experiment, root)
@@ -123,25 +160,91 @@ def training_run(params: Params, key: ModelKey, root: Path) -> Iterator[Any]:
         "variant": key.variant,
         "seed": str(key.seed),
         "reg_mode": params.reg.mode if key.variant == "reg" else "none",
-        "git_commit": git_commit(root),
+        **run_origin(root).tags(),
         "data_md5": data_md5(root),
         "stage": f"train_{key.variant}@{key.seed}",
+        "eps_step": EPS_STEP_NOTE,
     }
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train_{key.name}", tags=tags) as run:
-        mlflow.log_params({name: json.dumps(value) if isinstance(value, list) else value
-                           for name, value in flatten(params).items()})
+        mlflow.log_params(loggable_params(params))
+        mlflow.log_dict(params.model_dump(mode="json"), "config/params.json")
+        mlflow.log_input(raw_data_dataset(params, root), context="training")
         yield run
 
 
-def _output_only_signature():
-    """Declare the output (p(fake) per image) but no input schema: inputs are either
-    arrays of any image size or DataFrames of base64 files (serving.py), which an input
-    schema would reject, and without any signature MLflow warns on every log."""
+def raw_data_dataset(params: Params, root: Path):
+    """The tracked raw data as an MLflow dataset: its digest is data.dvc's md5, so the run
+    names exactly the bytes `dvc checkout` restores."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    raw = root / params.data.raw_dir
+    return MetaDataset(resolve_dataset_source(str(raw)), name=params.data.raw_dir, digest=data_md5(root)[:36])
+
+
+def log_training_artifacts(history_csv: Path, history: list[dict], confusion: dict[str, Any]) -> None:
+    """Per-epoch CSV, its curves and the validation confusion matrix on the active run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    mlflow.log_artifact(str(history_csv), artifact_path="training")
+    columns = [c for c in ("train_loss", "val_loss", "val_auc", "val_accuracy") if c in history[0]]
+    figure, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 2.8))
+    for axis, column in zip(list(axes) if len(columns) > 1 else [axes], columns, strict=True):
+        axis.plot([r["epoch"] + 1 for r in history], [r[column] for r in history], marker="o")
+        axis.set_xlabel("epoch")
+        axis.set_title(column)
+    figure.tight_layout()
+    mlflow.log_figure(figure, "training/curves.png")
+    plt.close(figure)
+    mlflow.log_dict(confusion, "training/val_confusion.json")
+    figure, axis = plt.subplots(figsize=(3.4, 3.0))
+    matrix = confusion["matrix"]
+    axis.imshow(matrix, cmap="Blues")
+    for i in range(2):
+        for j in range(2):
+            axis.text(j, i, str(matrix[i][j]), ha="center", va="center")
+    axis.set_xticks([0, 1], ["real", "fake"])
+    axis.set_yticks([0, 1], ["real", "fake"])
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(f"validation, threshold {confusion['threshold']:g}")
+    figure.tight_layout()
+    mlflow.log_figure(figure, "training/val_confusion.png")
+    plt.close(figure)
+
+
+def serving_signature():
+    """The REST contract of `mlflow models serve`: a column `image` of base64-encoded image
+    files (any format PIL reads, any size) in, p(fake) per row out. In-process numpy
+    arrays go through `unwrap_python_model().predict(None, array)` (serving.py), which
+    an input schema cannot describe alongside the DataFrame form."""
     import numpy as np
     from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
-    return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype("float64"), (-1,), "p_fake")]))
+    return ModelSignature(inputs=Schema([ColSpec("string", "image")]),
+                          outputs=Schema([TensorSpec(np.dtype("float64"), (-1,), "p_fake")]))
+
+
+def input_example(image_path: Path, image_size: int):
+    """One real image of the data, re-encoded as a PNG at the training size, as the REST
+    payload's DataFrame (what `mlflow models serve` accepts)."""
+    import base64
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    from robust_deepfake.data.images import open_rgb
+
+    image = open_rgb(image_path).resize((image_size, image_size), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode("ascii")]})
 
 
 def log_and_register_detector(
@@ -150,15 +253,23 @@ def log_and_register_detector(
     registered_model: str,
     key: ModelKey,
     version_tags: dict[str, str] | None = None,
+    example_image: Path | None = None,
+    card: str = "",
+    root: Path | None = None,
 ) -> str:
-    """Log the pyfunc model to the active run, register a new version, tag it (variant,
-    seed) and point the alias `<variant>-seed<k>` at it. Returns the version number.
-    The report moves `@<variant>`, `@champion` and `@challenger`."""
+    """Log the pyfunc model (signature and input example) to the active run, register a
+    new version with its model card as description, tag it (variant, seed, weights sha256,
+    origin) and, for a run of committed inputs outside `dvc exp`, point the alias
+    `<variant>-seed<k>` at it. Returns the version number. The report moves `@<variant>`,
+    `@champion` and `@challenger`."""
     import mlflow
     from mlflow import MlflowClient
 
     from robust_deepfake import pyfunc_model
+    from robust_deepfake.ops.provenance import run_origin
 
+    origin = run_origin(root or find_repo_root())
+    example = input_example(example_image, int(detector_config["image_size"])) if example_image else None
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "detector_config.json"
         config_path.write_text(json.dumps(detector_config, indent=2))
@@ -168,15 +279,26 @@ def log_and_register_detector(
             artifacts={"state_dict": str(weights_path), "detector_config": str(config_path)},
             pip_requirements=PYFUNC_REQUIREMENTS,
             registered_model_name=registered_model,
-            signature=_output_only_signature(),
+            signature=serving_signature(),
+            input_example=example,
         )
     version = str(info.registered_model_version)
     client = MlflowClient()
+    if not client.get_registered_model(registered_model).description:
+        from robust_deepfake.ops.model_card import REGISTERED_MODEL_DESCRIPTION
+
+        client.update_registered_model(registered_model, description=REGISTERED_MODEL_DESCRIPTION)
+    if card:
+        client.update_model_version(registered_model, version, description=card)
     tags = {"variant": key.variant, "seed": str(key.seed), WEIGHTS_TAG: weights_sha256(weights_path),
-            **(version_tags or {})}
+            **origin.tags(), **(version_tags or {})}
     for name, value in tags.items():
         client.set_model_version_tag(registered_model, version, name, value)
-    client.set_registered_model_alias(registered_model, key.name, version)
+    if origin.may_move_aliases:
+        client.set_registered_model_alias(registered_model, key.name, version)
+    else:
+        print(f"note: version {version} of {registered_model} registered without alias @{key.name}: "
+              f"{origin.why_aliases_stay()}")
     return version
 
 
@@ -203,7 +325,8 @@ def log_eps_curves(params: Params, root: Path, keys: list[ModelKey], rows: list[
     metric-vs-eps curves next to the training curves. The run is the one that registered
     the version holding the model's weights; `rows` carry `model` (a ModelKey), `attack`,
     `metric`, `value`, `eps`.
-    The step is eps in hundredths of a grey level (robustness.eps.to_step: 2/255 -> 200).
+    The step is eps in grey levels (robustness.eps.to_step: 2/255 -> 2), which the prefix
+    says (`attack_vs_eps255/pgd/accuracy`: x = eps x 255).
     A model whose run is not in this store (e.g. restored from the DVC cache elsewhere)
     gets a new run tagged with its variant and seed."""
     import time
@@ -217,8 +340,6 @@ def log_eps_curves(params: Params, root: Path, keys: list[ModelKey], rows: list[
     configure(params.tracking, root)
     client = MlflowClient()
     now = int(time.time() * 1000)
-    from robust_deepfake.paths import TrainOutputs
-
     for key in keys:
         version = version_of_weights(client, params.tracking.registered_model, TrainOutputs.of(root, key).weights)
         run_id = version.run_id if version is not None else None
@@ -258,7 +379,6 @@ def _registered_version(client, name: str, root: Path, key: ModelKey) -> str:
     import mlflow
 
     from robust_deepfake.errors import StageError
-    from robust_deepfake.paths import TrainOutputs
 
     version = version_of_weights(client, name, TrainOutputs.of(root, key).weights)
     if version is None:
@@ -270,33 +390,59 @@ def _registered_version(client, name: str, root: Path, key: ModelKey) -> str:
     return str(version.version)
 
 
-def publish_report(params: Params, root: Path, decision, outputs) -> dict[str, str]:
-    """Log the report to a `report` run, then move the aliases: `@<variant>` to each
-    variant's representative seed and, when the decision allows it, `@champion` /
-    `@challenger`; tag the versions with their variant's seed-mean score."""
+def publish_report(params: Params, root: Path, decision, outputs, cards: dict[ModelKey, str] | None = None) -> dict:
+    """Log the report to a `report` run; tag every model's version with its quality floor
+    and append the report's section to its model card; then, for a run of committed
+    inputs outside `dvc exp` only, move the aliases: `@<variant>` to each variant's
+    representative seed and, when the decision allows it, `@champion` / `@challenger`
+    (never onto a model under the floor). Returns the versions and what moved."""
     import mlflow
     from mlflow import MlflowClient
 
+    from robust_deepfake.ops.provenance import run_origin
+
     configure(params.tracking, root)
     client = MlflowClient()
+    origin = run_origin(root)
     name = params.tracking.registered_model
     versions = {variant: _registered_version(client, name, root, key)
                 for variant, key in decision.representatives.items()}
     experiment_id = ensure_experiment(params.tracking.experiment, root)
     with mlflow.start_run(experiment_id=experiment_id, run_name="report",
-                          tags={"stage": "report", "champion": decision.champion.name, "git_commit": git_commit(root)}):
+                          tags={"stage": "report", "champion": decision.champion.name, **origin.tags()}):
         mlflow.log_params({"select_by": params.report.select_by, "seeds": json.dumps(params.train.seeds),
-                           "champion": decision.champion.name, "move_champion": decision.move_champion})
+                           "min_clean_auc": params.report.min_clean_auc, "champion": decision.champion.name,
+                           "move_champion": decision.move_champion})
         mlflow.log_metrics({f"score_{variant}": value for variant, value in decision.variant_scores.items()})
-        for path in (outputs.html, outputs.markdown, outputs.verdict):
+        for path in (outputs.html, outputs.markdown, outputs.verdict, outputs.metrics):
             mlflow.log_artifact(str(path))
         mlflow.log_artifacts(str(outputs.figures), artifact_path="figures")
+    for key in decision.floor.clean_auc:
+        found = version_of_weights(client, name, TrainOutputs.of(root, key).weights)
+        if found is None:
+            continue
+        client.set_model_version_tag(name, found.version, FLOOR_TAG, decision.floor.describe(key))
+        if cards and key in cards:
+            card = (found.description or "").split(REPORT_CARD_MARK)[0].rstrip()
+            client.update_model_version(name, found.version, description=f"{card}\n\n{REPORT_CARD_MARK}\n{cards[key]}")
     for variant, version in versions.items():
-        client.set_registered_model_alias(name, variant, version)
         client.set_model_version_tag(name, version, f"robustness_{params.report.select_by}_seed_mean",
                                      f"{decision.variant_scores[variant]:.6f}")
-    if decision.move_champion:
-        client.set_registered_model_alias(name, "champion", versions[decision.champion.variant])
-        client.set_registered_model_alias(name, "challenger", versions[decision.challenger.variant])
+    moved: list[str] = []
+    if origin.may_move_aliases:  # last: after every tag, so no alias points at an untagged version
+        for variant, version in versions.items():
+            client.set_registered_model_alias(name, variant, version)
+            moved.append(variant)
+        if decision.move_champion:
+            client.set_registered_model_alias(name, "champion", versions[decision.champion.variant])
+            moved.append("champion")
+        if decision.move_challenger:
+            client.set_registered_model_alias(name, "challenger", versions[decision.challenger.variant])
+            moved.append("challenger")
+    else:
+        print(f"note: no alias moved: {origin.why_aliases_stay()}")
     return {"champion_version": versions[decision.champion.variant],
-            "challenger_version": versions[decision.challenger.variant]}
+            "challenger_version": versions[decision.challenger.variant], "aliases_moved": moved}
+
+
+REPORT_CARD_MARK = "<!-- report -->"

@@ -36,11 +36,11 @@ def attack_sweep(params: Params, root: Path, track: bool = True) -> SweepMetrics
     metrics.save(outputs.metrics)
     write_csv(outputs.plot, CSV_COLUMNS, rows)
     if track:
-        from robust_deepfake.ops.tracking import log_eps_curves
+        from robust_deepfake.ops.tracking import SWEEP_PREFIX, log_eps_curves
 
         curves = [{"model": e.model, "attack": e.attack, "metric": metric, "value": getattr(e, metric), "eps": e.eps}
                   for e in metrics.entries for metric in ("accuracy", "f1", "auc", "asr")]  # clean: step 0
-        log_eps_curves(params, root, keys, curves, prefix="attack")
+        log_eps_curves(params, root, keys, curves, prefix=SWEEP_PREFIX)
     return metrics
 
 

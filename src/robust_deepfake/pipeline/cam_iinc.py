@@ -93,12 +93,12 @@ def _row(entry: CamEntry) -> dict:
 
 
 def _log(params: Params, root: Path, entries: list[CamEntry]) -> None:
-    from robust_deepfake.ops.tracking import log_eps_curves
+    from robust_deepfake.ops.tracking import CAM_PREFIX, log_eps_curves
 
     keys = list(dict.fromkeys(e.model for e in entries))
     rows = [{"model": e.model, "attack": e.attack, "metric": f"iinc_{e.measure}", "value": e.mean, "eps": e.eps}
             for e in entries if e.attack != CLEAN]
-    log_eps_curves(params, root, keys, rows, prefix="cam")
+    log_eps_curves(params, root, keys, rows, prefix=CAM_PREFIX)
 
 
 def format_table(metrics: CamMetrics) -> str:

@@ -22,8 +22,8 @@ def key_metrics(root: Path, graph: StageGraph | None = None) -> dict[str, float 
     """The figures a run is judged by, from the outputs present (a run up to a target
     stage has only some), per variant and averaged over the training seeds:
 
-    * metrics/report.json `by_variant` (the report's headline: val_auc, clean_accuracy,
-      clean_auc, <attack>_accuracy and <attack>_auc at report.reference_eps, iinc_stability);
+    * metrics/report.json's per-variant numbers (the report's headline, e.g. `acc_clean`,
+      `auc_pgd` at report.reference_eps, `iinc_stab`: {"base": …, "reg": …});
     * where the report is missing: val_auc from metrics/train_<variant>/seed<k>.json,
       clean_accuracy / clean_auc from eval/attack_sweep.json, iinc_stability from
       eval/cam_iinc.json;
@@ -48,11 +48,11 @@ def key_metrics(root: Path, graph: StageGraph | None = None) -> dict[str, float 
 
     out: dict[str, float | str] = {}
     report = ReportOutputs.at(root)
-    by_variant = read(report.metrics).get("by_variant")
-    for variant, values in (by_variant.items() if isinstance(by_variant, dict) else ()):
-        for name, value in (values.items() if isinstance(values, dict) else ()):
-            if _is_number(value):
-                out[f"{variant}/{name}"] = float(value)
+    short = {"base": "baseline", "reg": "reg"}  # pipeline.report.headline_metrics' keys
+    for name, values in read(report.metrics).items():
+        for variant, value in (values.items() if isinstance(values, dict) else ()):
+            if variant in short and _is_number(value):
+                out[f"{short[variant]}/{name}"] = float(value)
 
     seeds = params.train.seeds if params is not None else None
     for variant in VARIANTS:

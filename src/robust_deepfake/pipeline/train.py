@@ -48,6 +48,14 @@ def fingerprint(params: Params, key: ModelKey) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def train_images_phrase(n_split: int, max_train_samples: int | None) -> str:
+    """How many training images a run uses, and why when that is not the whole split:
+    `256 of 1367 train images (train.max_train_samples)`."""
+    if max_train_samples is None or max_train_samples >= n_split:
+        return f"{n_split} train images"
+    return f"{max_train_samples} of {n_split} train images (train.max_train_samples)"
+
+
 def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -> tuple[FitResult, dict]:
     """Train one variant at one seed, write its outs, log and register it in MLflow.
     Returns the fit result and the meta.json content (plus this machine's run record:
@@ -66,7 +74,8 @@ def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -
     checkpoint = root / CHECKPOINT_DIR / key.variant / f"seed{key.seed}" / "last.pt"
     n_train = min(len(train_set), params.train.max_train_samples or len(train_set))
     print(
-        f"train {key.name}: {n_train} of {len(train_set)} train / {len(val_set)} val images at {data.image_size} px "
+        f"train {key.name}: {train_images_phrase(len(train_set), params.train.max_train_samples)} / "
+        f"{len(val_set)} val images at {data.image_size} px "
         f"on {device}, {params.train.num_threads} thread(s)"
         + (f", reg mode={reg.mode} alpha={reg.alpha} epsilon={reg.epsilon} ({reg.epsilon_scale})" if reg else ""),
         flush=True,
@@ -95,15 +104,21 @@ def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -
             "reg": params.reg.model_dump(mode="json") if reg else None,
         }
         record = {"timing": _timing(result), "resumed_from_epoch": result.resumed_from}
+        write_json(outputs.metrics, summary)
+        columns = [c for c in result.history[0] if c not in TIMING]
+        # epochs are 1-based for people (logs, CSV, meta.json, MLflow steps); 0-based in FitResult
+        write_csv(outputs.plot, columns, ({c: (r[c] + 1 if c == "epoch" else r[c]) for c in columns}
+                                          for r in result.history))
         if track:
-            record.update(_register(params, key, root, run, outputs, config, summary, reg is not None))
+            from robust_deepfake.ops.tracking import log_training_artifacts
+
+            log_training_artifacts(outputs.plot, result.history,
+                                   _val_confusion(model, val_set, params.train.batch_size, device))
+            data_facts = {"train": n_train, "val": len(val_set)}
+            record.update(_register(params, key, root, run, outputs, config, summary, reg is not None,
+                                    example_image=val_set.samples[0].path, data=data_facts))
     write_json(outputs.meta, meta)
     write_json(run_record_path(root, key), record)
-    write_json(outputs.metrics, summary)
-    columns = [c for c in result.history[0] if c not in TIMING]
-    # epochs are 1-based for people (logs, CSV, meta.json, MLflow steps); 0-based in FitResult
-    write_csv(outputs.plot, columns, ({c: (r[c] + 1 if c == "epoch" else r[c]) for c in columns}
-                                      for r in result.history))
     if checkpoint.exists():
         checkpoint.unlink()  # only needed to survive a crash; the outs now hold the result
     return result, {**meta, "run": record}
@@ -129,24 +144,44 @@ def _epoch_logger(track: bool):
     return log_epoch
 
 
+def _val_confusion(model, val_set, batch_size: int, device) -> dict:
+    """The validation confusion matrix of the saved weights at p(fake) >= 0.5 (rows: true
+    real/fake, columns: predicted), for the training run's artifacts."""
+    import numpy as np
+
+    from robust_deepfake.model.training import predict_logits
+
+    logits, labels = predict_logits(model, val_set, batch_size, device)
+    predicted = (logits[:, 1] >= logits[:, 0]).astype(int)  # p(fake) >= 0.5, as metrics.py
+    matrix = [[int(np.sum((labels == t) & (predicted == q))) for q in (0, 1)] for t in (0, 1)]
+    return {"threshold": 0.5, "labels": ["real", "fake"], "matrix": matrix}
+
+
 def _register(params: Params, key: ModelKey, root: Path, run, outputs: TrainOutputs, config: dict, summary: dict,
-              regularized: bool) -> dict:
+              regularized: bool, example_image: Path, data: dict) -> dict:
     import mlflow
 
     from robust_deepfake.ops import tracking
+    from robust_deepfake.ops.model_card import training_card
+    from robust_deepfake.ops.provenance import run_origin
 
-    mlflow.log_metrics({f"best_{k}" if not k.startswith("best") else k: v
+    # the summary holds the best epoch's values: best/val_auc etc., beside the per-epoch val_auc curve
+    mlflow.log_metrics({(k if k in ("best_epoch", "epochs_run") else f"best/{k}"): v
                         for k, v in tracking.finite_metrics(summary).items()})
+    origin = run_origin(root)
+    card = training_card(params, key, summary, {"md5": tracking.data_md5(root), **data},
+                         {**origin.tags(), "mlflow run": run.info.run_id})
     version = tracking.log_and_register_detector(
         outputs.weights, config, params.tracking.registered_model, key,
         version_tags={"reg_mode": params.reg.mode if regularized else "none", "mlflow_run_id": run.info.run_id},
+        example_image=example_image, card=card, root=root,
     )
     return {
         "mlflow_run_id": run.info.run_id,
         "tracking_uri": mlflow.get_tracking_uri(),
         "registered_model": params.tracking.registered_model,
         "registered_version": version,
-        "git_commit": tracking.git_commit(root),
+        "git_commit": origin.git_commit,
     }
 
 

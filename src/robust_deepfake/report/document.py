@@ -88,7 +88,19 @@ def verdict_section(differences: list[SeedDifference], decision: ChampionDecisio
         f"{decision.reason}. Registered as `@champion`: **{champion.name}**, the {champion.variant} seed whose "
         f"score is closest to its variant's mean; `@challenger`: {decision.challenger.name}."
         + ("" if decision.move_champion else " The aliases were not moved by this run."),
+        floor_paragraph(decision),
     ])
+
+
+def floor_paragraph(decision: ChampionDecision) -> str:
+    """Which models pass the quality floor (clean ROC-AUC >= report.min_clean_auc)."""
+    floor = decision.floor
+    failing = [k for k in sorted(floor.clean_auc) if not floor.passes(k)]
+    text = (f"**Quality floor**: clean test ROC-AUC ≥ {floor.min_clean_auc:g} (`report.min_clean_auc`); a model "
+            "under it is never `@champion`/`@challenger` and `robust-deepfake predict` refuses it. ")
+    if not failing:
+        return text + f"All {len(floor.clean_auc)} models pass."
+    return text + "Under the floor: " + ", ".join(f"{k.name} ({_f(floor.clean_auc[k])})" for k in failing) + "."
 
 
 def per_seed_section(differences: list[SeedDifference], level: float) -> str:
@@ -208,8 +220,19 @@ def robustness_section(sweep: SweepMetrics, figures: list[str]) -> str:
             rows.append(row)
         header = ["eps"] + [f"{v} {name}" for name in ("acc", "AUC", "ASR") for v in VARIANTS]
         parts += [f"### {attack.upper()}", _table(header, rows)]
+    if _same_rows(sweep, "bim", "pgd"):
+        parts.append("**BIM and PGD gave identical numbers** for every model and eps at these settings (PGD's random "
+                     "start did not change any prediction): read them as one attack, or raise `attack.steps` / "
+                     "`attack.step_size_relative` to separate them.")
     parts += [f"![{name}](figures/{name})" for name in figures]
     return "\n\n".join(parts)
+
+
+def _same_rows(sweep: SweepMetrics, a: str, b: str) -> bool:
+    if a not in sweep.attacks or b not in sweep.attacks:
+        return False
+    return all((sweep.get(k, a, e).accuracy, sweep.get(k, a, e).auc) == (sweep.get(k, b, e).accuracy, sweep.get(k, b, e).auc)
+               for k in sweep.models for e in sweep.attacked_eps)
 
 
 def iinc_section(cam: CamMetrics, cam_figures: list[str]) -> str:

@@ -170,7 +170,7 @@ def attack_generator(seed: int, attack: str, eps: float) -> torch.Generator:
     """Random starts depend on (attack.seed, attack, eps) only: every model sees the same
     ones, and adding an eps to the grid does not change the others'."""
     key = sum(ord(c) * 31**i for i, c in enumerate(attack)) % 100_003
-    return torch.Generator().manual_seed(seed * 1_000_003 + key * 101 + eps_units.to_step(eps))
+    return torch.Generator().manual_seed(seed * 1_000_003 + key * 101 + eps_units.rng_offset(eps))
 
 
 @torch.no_grad()

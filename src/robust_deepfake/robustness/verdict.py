@@ -286,12 +286,52 @@ class ChampionDecision:
     evidence: SeedDifference  # reg - baseline of the score, over seeds
     move_champion: bool  # False: the evidence is not enough to change @champion
     reason: str
+    floor: QualityFloor
+
+    @property
+    def move_challenger(self) -> bool:
+        """@challenger follows @champion, but never onto a model under the quality floor."""
+        return self.move_champion and self.floor.variant_passes(self.challenger.variant)
 
     def as_dict(self) -> dict:
         return {"champion": self.champion.name, "challenger": self.challenger.name,
                 "representatives": {v: k.name for v, k in self.representatives.items()},
                 "variant_scores": self.variant_scores, "evidence": self.evidence.as_dict(),
-                "move_champion": self.move_champion, "reason": self.reason}
+                "move_champion": self.move_champion, "move_challenger": self.move_challenger,
+                "reason": self.reason, "floor": self.floor.as_dict()}
+
+
+@dataclass(frozen=True)
+class QualityFloor:
+    """Clean test ROC-AUC >= `min_clean_auc` (report.min_clean_auc) per model.
+
+    Robustness scores alone reward degenerate models: a constant p(fake) keeps the class
+    share as its accuracy and AUC 0.5 under any attack, while a real detector pushed past
+    the decision boundary scores below both. A model under the floor can never be
+    @champion/@challenger; a variant passes when every seed passes (a recipe that
+    sometimes trains a useless model does not ship); `predict` refuses a version the
+    report tagged as failing (ops/tracking.py)."""
+
+    min_clean_auc: float
+    clean_auc: dict[ModelKey, float]
+
+    def passes(self, key: ModelKey) -> bool:
+        value = self.clean_auc.get(key, math.nan)
+        return math.isfinite(value) and value >= self.min_clean_auc
+
+    def variant_passes(self, variant: str) -> bool:
+        keys = [k for k in self.clean_auc if k.variant == variant]
+        return bool(keys) and all(self.passes(k) for k in keys)
+
+    def describe(self, key: ModelKey) -> str:
+        """`passed` or `failed: clean AUC 0.500 < 0.75` (the version tag's value)."""
+        verdict = "passed" if self.passes(key) else "failed"
+        sign = ">=" if self.passes(key) else "<"
+        return f"{verdict}: clean AUC {self.clean_auc.get(key, math.nan):.3f} {sign} report.min_clean_auc {self.min_clean_auc:g}"
+
+    def as_dict(self) -> dict:
+        return {"min_clean_auc": self.min_clean_auc,
+                "models": {k.name: {"clean_auc": v, "passes": self.passes(k)} for k, v in sorted(self.clean_auc.items())}}
 
 
 CRITERION_ROWS = {"pgd_accuracy": ("pgd", "accuracy"), "pgd_auc": ("pgd", "auc"),
@@ -300,15 +340,19 @@ CRITERION_ROWS = {"pgd_accuracy": ("pgd", "accuracy"), "pgd_auc": ("pgd", "auc")
 
 def choose_champion(metrics: SweepMetrics, criterion: str, config: EvalConfig,
                     current_champion: str | None = None,
-                    differences: list[SeedDifference] | None = None) -> ChampionDecision:
+                    differences: list[SeedDifference] | None = None,
+                    min_clean_auc: float = 0.75) -> ChampionDecision:
     """Champion by the seed-mean score: the alias follows only a difference whose
     seed-level interval excludes 0; otherwise the current champion's variant stays (the
     baseline, the simpler model, when there is none). When `differences` holds the
     verdict's row for the criterion (e.g. PGD accuracy), that row is the evidence, so the
-    report shows one interval for one question."""
+    report shows one interval for one question. Over all of it stands the QualityFloor: a
+    variant under it never wins, and when both are under it no alias moves."""
     keys = metrics.models
     seeds = sorted({k.seed for k in keys if ModelKey("baseline", k.seed) in keys and ModelKey("reg", k.seed) in keys})
     scores = {key: robustness_score(metrics, key, criterion) for key in keys}
+    floor = QualityFloor(min_clean_auc, {key: float(metrics.get(key, CLEAN, 0.0).auc)
+                                         for key in keys if key.seed in seeds})
     variant_scores, representatives = {}, {}
     for variant in ("baseline", "reg"):
         members = [ModelKey(variant, s) for s in seeds]
@@ -333,6 +377,18 @@ def choose_champion(metrics: SweepMetrics, criterion: str, config: EvalConfig,
                   f"(reg - baseline {evidence.mean:+.3f}, {config.ci:.0%} CI [{evidence.ci_low:+.3f}, {evidence.ci_high:+.3f}]): "
                   + ("@champion stays where it is" if current_champion else "the baseline becomes the first champion"))
         move = current_champion is None
+    if not floor.variant_passes(winner):
+        other = "reg" if winner == "baseline" else "baseline"
+        failing = ", ".join(f"{k.name} {floor.clean_auc[k]:.3f}" for k in sorted(floor.clean_auc)
+                            if k.variant == winner and not floor.passes(k))
+        if floor.variant_passes(other):
+            reason += (f"; but {winner} is under the quality floor (clean AUC {failing} < report.min_clean_auc "
+                       f"{min_clean_auc:g}), so {other} becomes champion")
+            winner, move = other, True
+        else:
+            reason += (f"; but no variant passes the quality floor (clean AUC >= report.min_clean_auc {min_clean_auc:g}): "
+                       "@champion and @challenger stay where they are")
+            move = False
     loser = "reg" if winner == "baseline" else "baseline"
     return ChampionDecision(representatives[winner], representatives[loser], representatives, variant_scores,
-                            evidence, move, reason)
+                            evidence, move, reason, floor)
