@@ -4,7 +4,9 @@ Nothing is retrained: each alias's model version is attacked again on the curren
 split with the current attack params (robust_deepfake.ops.reevaluation), a run tagged
 `reevaluation` is logged, and the flow fails when robustness (the `report.select_by`
 score that chose @champion, robustness.verdict) dropped by more than
-`reevaluate.max_drop` since that version's previous evaluation.
+`reevaluate.max_drop` since that version's previous evaluation. On a drop it also sends
+the failure message through the Prefect notification block `notify_block` names
+(`<block-type-slug>/<block-name>`, e.g. `slack-webhook/robustness-alerts`), when set.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.blocks.core import Block
+from prefect.blocks.abstract import NotificationBlock
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
@@ -30,14 +34,68 @@ def reevaluate_alias(alias: str, repo: str, device: str = "auto") -> reevaluatio
     return reevaluation.reevaluate(load_params(root / "params.yaml"), root, alias, device, log=logger.info)
 
 
+class NotifyBlockError(StageError):
+    """The notification block `notify_block` names cannot be loaded; str() says what to do."""
+
+
+def load_notifier(ref: str) -> NotificationBlock:
+    """The saved notification block `<block-type-slug>/<block-name>` (`prefect block ls`)."""
+    hint = ("create it (README, Orchestration with Prefect: Alerts) or pick one from `prefect block ls`; "
+            "notify_block takes '<block-type-slug>/<block-name>', e.g. 'slack-webhook/robustness-alerts'")
+    if ref.count("/") != 1 or not all(ref.split("/")):
+        raise NotifyBlockError(f"notify_block {ref!r}: expected '<block-type-slug>/<block-name>'; {hint}")
+    try:
+        block = Block.load(ref)
+    except Exception as error:  # noqa: BLE001 - unknown type or name, no server: say which block and why
+        raise NotifyBlockError(f"notify_block {ref!r} cannot be loaded ({type(error).__name__}: {error}); {hint}") from None
+    if not isinstance(block, NotificationBlock):
+        raise NotifyBlockError(f"notify_block {ref!r} is a {type(block).__name__}, not a notification block; {hint}")
+    return block
+
+
+def send_alert(block: NotificationBlock, ref: str, alert: reevaluation.Alert, logger) -> str | None:
+    """Send `alert` through `block`; None when sent, else why not (also logged as a warning).
+    Apprise blocks (Slack, email, ...) report failures only inside raise_on_failure()."""
+    body = alert.body
+    url = flow_run_ui_url()
+    if url:
+        body += f"\nPrefect flow run: {url}"
+    try:
+        with block.raise_on_failure():
+            block.notify(body, subject=alert.subject)
+    except Exception as error:  # noqa: BLE001 - any failure to alert must reach the run's state, never crash it
+        problem = f"alert not sent through notify_block {ref!r}: {type(error).__name__}: {error}"
+        logger.warning(problem)
+        return problem
+    logger.info(f"alert sent through notify_block {ref!r}: {alert.subject}")
+    return None
+
+
+def flow_run_ui_url() -> str | None:
+    try:
+        from prefect.runtime import flow_run
+
+        return flow_run.ui_url
+    except Exception:  # noqa: BLE001 - a link is a nicety
+        return None
+
+
 @flow(name="reevaluate")
-def reevaluate(aliases: list[str] | None = None, device: str = "auto", repo: str | None = None) -> dict[str, dict]:
+def reevaluate(
+    aliases: list[str] | None = None, device: str = "auto", repo: str | None = None, notify_block: str | None = None,
+) -> dict[str, dict]:
     """Re-evaluate `aliases` (default: reevaluate.aliases in params.yaml); returns each
-    alias's figures and MLflow run id, or ends Failed naming the aliases that dropped."""
+    alias's figures and MLflow run id, or ends Failed naming the aliases that dropped (one
+    line each, `robustness drop: @alias (model vN): ...`). On a drop the same lines go out
+    through the notification block `notify_block` (`<block-type-slug>/<block-name>`),
+    when set; a block that cannot be loaded fails the run before any evaluation, and a
+    notification that cannot be sent is logged and added to the failure message."""
+    logger = get_run_logger()
     root = Path(repo).resolve() if repo else REPO
     try:
         params = load_params(root / "params.yaml")
-    except ConfigError as error:
+        notifier = load_notifier(notify_block) if notify_block else None
+    except (ConfigError, NotifyBlockError) as error:
         return Failed(message=str(error))
     max_drop = params.reevaluate.max_drop
     outcomes, problems = [], []
@@ -52,7 +110,17 @@ def reevaluate(aliases: list[str] | None = None, device: str = "auto", repo: str
             table=[outcome.as_dict() for outcome in outcomes],
             description=f"Re-evaluation of {params.tracking.registered_model}; fails above a drop of {max_drop}",
         )
-    problems += [f"robustness drop: {outcome.describe(max_drop)}" for outcome in outcomes if outcome.dropped(max_drop)]
+    alert = reevaluation.drop_alert(outcomes, max_drop)
+    if alert:
+        problems = alert.lines + problems
+        for line in alert.lines:
+            logger.error(line)  # what `prefect deployment run ... --watch` shows
+        if notifier is None:
+            logger.warning("no notification sent: notify_block is not set (README, Orchestration with Prefect: Alerts)")
+        else:
+            problem = send_alert(notifier, notify_block, alert, logger)
+            if problem:
+                problems.append(problem)
     if problems:
         return Failed(message=" | ".join(problems))
     return {outcome.alias: outcome.as_dict() for outcome in outcomes}

@@ -9,7 +9,9 @@ With `--work-pool NAME` it only registers them in that process work pool and exi
 worker on each GPU host (`prefect worker start --pool NAME --limit 1`) then runs them in
 the clone at `--checkout` (default: this clone's path, so clone the repository at the
 same path on every host). Both need a Prefect server (PREFECT_API_URL): served
-schedules do not run against a temporary one.
+schedules do not run against a temporary one. `--notify-block TYPE/NAME` makes that
+saved notification block the re-evaluation's default `notify_block` (alerts on a drop);
+it is checked to load before anything is registered.
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.settings import get_current_settings
 
 from flows.pipeline import pipeline
-from flows.reevaluate import reevaluate
+from flows.reevaluate import NotifyBlockError, load_notifier, reevaluate
 from robust_deepfake.config import load_params_or_exit
 
 REPO = Path(__file__).resolve().parents[1]
 TAGS = ["robust-deepfake"]
 
 
-def build_deployments(root: Path = REPO, checkout: Path | None = None) -> list[RunnerDeployment]:
-    """Both deployments, the schedule read from root/params.yaml (validated strictly).
+def build_deployments(
+    root: Path = REPO, checkout: Path | None = None, notify_block: str | None = None,
+) -> list[RunnerDeployment]:
+    """Both deployments, the schedule read from root/params.yaml (validated strictly);
+    `notify_block` becomes the re-evaluation's default parameter (its alerts).
 
     With `checkout` (for a work pool) the entrypoints are module paths
     (`flows.pipeline.pipeline`) run with that directory as working directory: each worker
@@ -47,8 +52,10 @@ def build_deployments(root: Path = REPO, checkout: Path | None = None) -> list[R
         ),
         reevaluate.to_deployment(
             name="scheduled", tags=TAGS, cron=params.reevaluate.cron, **entrypoint,
+            parameters={"notify_block": notify_block} if notify_block else {},
             description=f"Re-evaluate @{', @'.join(params.reevaluate.aliases)} (reevaluate.cron "
-                        f"{params.reevaluate.cron!r} UTC); fails on a drop > {params.reevaluate.max_drop}",
+                        f"{params.reevaluate.cron!r} UTC); fails on a drop > {params.reevaluate.max_drop}"
+                        + (f", alerting through {notify_block}" if notify_block else ""),
         ),
     ]
 
@@ -58,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-pool", help="register the deployments in this process work pool instead of serving")
     parser.add_argument("--checkout", type=Path, default=REPO,
                         help="with --work-pool: where the workers' clones are (default: this one's path)")
+    parser.add_argument("--notify-block", metavar="TYPE/NAME",
+                        help="a saved Prefect notification block (e.g. slack-webhook/robustness-alerts): the "
+                             "re-evaluation sends its drop alerts through it")
     args = parser.parse_args(argv)
     if not get_current_settings().api.url:
         print(
@@ -66,7 +76,14 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    deployments = build_deployments(REPO, checkout=args.checkout if args.work_pool else None)
+    if args.notify_block:
+        try:
+            load_notifier(args.notify_block)
+        except NotifyBlockError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+    deployments = build_deployments(REPO, checkout=args.checkout if args.work_pool else None,
+                                    notify_block=args.notify_block)
     if args.work_pool:
         deploy(*deployments, work_pool_name=args.work_pool, build=False, push=False, ignore_warnings=True)
     else:

@@ -14,11 +14,13 @@ robustness.verdict (criterion_plan, curve_score), e.g. the mean PGD accuracy ove
 A criterion the re-evaluation cannot score (clean_*, or pgd_* without PGD in
 attack.attacks) falls back to PGD accuracy, else the mean accuracy over every attack
 (score_plan). The previous evaluation of a version is the run its tag
-`last_reevaluation_run_id` names (metrics `reeval/<attack>/<metric>`), or, before the
+`last_reevaluation_run_id` names (metrics `reeval_vs_eps255/<attack>/<metric>`), or, before the
 first re-evaluation, the attack sweep the pipeline logged on its training run
-(`attack/<attack>/<metric>`). Both are compared on the attacks and eps they share (steps =
-eps in hundredths of a grey level, robustness.eps.to_step), so a new eps is never read as
-a drop; drop = previous - current.
+(`<tracking.SWEEP_PREFIX>/<attack>/<metric>`). Both are compared on the attacks and eps
+they share (step = eps in grey levels, robustness.eps.to_step), so a new eps is never read
+as a drop; drop = previous - current. drop_alert words a drop for people (the flow's failure
+message and notification); `python -m robust_deepfake.ops.reevaluation simulate-drop`
+(simulate_drop) makes the next re-evaluation of an alias see one, to check alerts.
 
 Heavy imports (torch, mlflow) are inside the functions, so the module imports fast.
 """
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from robust_deepfake.config import Params
 from robust_deepfake.errors import StageError
+from robust_deepfake.ops.tracking import SWEEP_PREFIX
 from robust_deepfake.paths import VARIANTS, ModelKey
 from robust_deepfake.robustness import eps as eps_units
 from robust_deepfake.robustness.eps import CLEAN
@@ -45,9 +48,11 @@ if TYPE_CHECKING:
     from robust_deepfake.model.detector import Detector
     from robust_deepfake.robustness.sweep import SweepMetrics
 
-REEVAL_PREFIX = "reeval"  # reeval/<attack>/<metric>, step = eps.to_step(eps); reeval/clean/<metric> at step 0
-REEVAL_CAM_PREFIX = "reeval_cam"  # reeval_cam/<attack>/iinc_<measure>, as cam/<attack>/... on training runs
-TRAINING_PREFIX = "attack"  # what the attack_sweep stage logs on each training run
+# <prefix>/<attack>/<metric>, step = eps in grey levels (eps.to_step), <prefix>/clean/<metric> at step 0; the
+# unit is in the name, so runs logged before it changed (hundredths of a grey level) are never misread
+REEVAL_PREFIX = "reeval_vs_eps255"
+REEVAL_CAM_PREFIX = "reeval_cam_vs_eps255"  # <prefix>/<attack>/iinc_<measure>, as tracking.CAM_PREFIX on training runs
+TRAINING_PREFIX = SWEEP_PREFIX  # what the attack_sweep stage logs on each training run
 LAST_RUN_TAG = "last_reevaluation_run_id"
 
 Curves = Mapping[str, Mapping[Any, float]]  # attack -> eps (or eps step) -> metric value
@@ -162,7 +167,7 @@ class Outcome:
         verdict = f"dropped by {c.drop:.3f} > reevaluate.max_drop {max_drop}" if self.dropped(max_drop) \
             else f"change {c.current - c.previous:+.3f} (max_drop {max_drop})"
         grid = ", ".join(eps_units.label(eps_units.from_step(step)) for step in c.eps_steps)
-        return (f"{who}: mean {c.attacks} {c.metric} over eps [{grid}] {c.current:.3f}, previous evaluation "
+        return (f"{who}: mean {c.attacks} {c.metric} over eps [{grid}] now {c.current:.3f}, previous evaluation "
                 f"{c.previous:.3f} (run {self.previous_run_id}): {verdict}{run}")
 
     def as_dict(self) -> dict[str, Any]:
@@ -173,6 +178,30 @@ class Outcome:
             "previous_run_id": self.previous_run_id, "clean_accuracy": self.clean_accuracy,
             "iinc_stability": self.iinc_stability,
         }
+
+
+@dataclass
+class Alert:
+    """What a robustness drop tells people: one line per alias that dropped (Outcome.describe,
+    which names the registered model, version, alias, attacks, eps as k/255, both figures,
+    the drop and reevaluate.max_drop) and a subject naming the model and versions."""
+
+    subject: str
+    lines: list[str]
+
+    @property
+    def body(self) -> str:
+        return "\n".join(self.lines)
+
+
+def drop_alert(outcomes: Iterable[Outcome], max_drop: float) -> Alert | None:
+    """The alert for the outcomes that dropped by more than `max_drop`; None when none did."""
+    dropped = [outcome for outcome in outcomes if outcome.dropped(max_drop)]
+    if not dropped:
+        return None
+    versions = ", ".join(f"@{outcome.alias} v{outcome.version}" for outcome in dropped)
+    return Alert(f"Robustness drop: {dropped[0].registered_model} {versions}",
+                 [f"robustness drop: {outcome.describe(max_drop)}" for outcome in dropped])
 
 
 def resolve_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion:
@@ -409,3 +438,69 @@ def log_reevaluation(
     for key, value in version_tags.items():
         client.set_model_version_tag(name, number, key, value)
     return run_id
+
+
+def simulate_drop(params: Params, root: Path, alias: str, previous: float = 1.0) -> str:
+    """Make the next re-evaluation of `alias` see a drop, to check alerts end to end.
+
+    Logs a run (tags `reevaluation=simulated`, `simulated_drop=true`) that claims the score
+    `previous` for each attack scored (score_plan) at each eps of `attack.eps`, and points
+    the version's `last_reevaluation_run_id` at it: the next re-evaluation compares with it
+    (drop = previous - its real score) and then points the tag at its own run, so the one
+    after compares with real figures again. Nothing else changes. Returns the run's id."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from robust_deepfake.ops.tracking import configure, ensure_experiment
+
+    attacks, metric = score_plan(params.report.select_by, params.attack.attacks)
+    configure(params.tracking, root)
+    client = MlflowClient()
+    name = params.tracking.registered_model
+    version = resolve_alias(client, name, alias)
+    note = (f"Simulated previous evaluation of @{alias} ({name} v{version.version}): {metric} {previous} on "
+            f"{'+'.join(attacks)}, so the next re-evaluation reports a drop (README, Alerts)")
+    tags = {"reevaluation": "simulated", "simulated_drop": "true", "alias": alias, "registered_model": name,
+            "model_version": str(version.version), "model_run_id": version.run_id or "",
+            "mlflow.note.content": note}
+    experiment_id = ensure_experiment(params.tracking.experiment, root)
+    run_id = client.create_run(experiment_id, run_name=f"simulated_previous_{alias}_v{version.version}",
+                               tags=tags).info.run_id
+    steps = sorted({eps_units.to_step(eps) for eps in params.attack.eps if eps > 0})
+    if not steps:
+        raise ReevaluationError("attack.eps has no eps > 0 in params.yaml: a drop cannot be simulated")
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"{REEVAL_PREFIX}/{attack}/{metric}", previous, now, step)
+                                      for attack in attacks for step in steps])
+    client.set_terminated(run_id, "FINISHED")
+    client.set_model_version_tag(name, version.version, LAST_RUN_TAG, run_id)
+    return run_id
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m robust_deepfake.ops.reevaluation simulate-drop --alias champion` (see simulate_drop)."""
+    import argparse
+
+    from robust_deepfake.config import load_params_or_exit
+    from robust_deepfake.paths import find_repo_root
+
+    parser = argparse.ArgumentParser(prog="python -m robust_deepfake.ops.reevaluation")
+    commands = parser.add_subparsers(dest="command", required=True)
+    simulate = commands.add_parser("simulate-drop", help="make the next re-evaluation of an alias report a drop")
+    simulate.add_argument("--alias", default="champion", help="registered model alias (default: champion)")
+    simulate.add_argument("--previous", type=float, default=1.0,
+                          help="the score the simulated previous evaluation claims (default: 1.0)")
+    args = parser.parse_args(argv)
+    root = find_repo_root()
+    params = load_params_or_exit(root / "params.yaml")
+    try:
+        run_id = simulate_drop(params, root, args.alias, args.previous)
+    except ReevaluationError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"@{args.alias}: its next re-evaluation compares with run {run_id} ({args.previous}) and reports a drop")
+
+
+if __name__ == "__main__":
+    main()
