@@ -108,6 +108,22 @@ def test_schema_defaults_equal_params_yaml(repo_root):
     assert defaults.model_dump() == shipped.model_dump()
 
 
+def test_params_yaml_spells_out_every_key(repo_root):
+    """Every key of the schema is written in params.yaml: none falls back to a default
+    unseen, and DVC tracks each one as a param (it only sees the keys in the file)."""
+
+    def keys(mapping: dict, prefix: str = "") -> set[str]:
+        found = set()
+        for key, value in mapping.items():
+            found |= keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+        return found
+
+    written = keys(yaml.safe_load((repo_root / "params.yaml").read_text()))
+    assert written == set(flatten(Params())), (
+        f"missing from params.yaml: {sorted(set(flatten(Params())) - written)}; "
+        f"not in the schema: {sorted(written - set(flatten(Params())))}")
+
+
 @pytest.mark.parametrize(
     ("seeds", "problem"),
     [

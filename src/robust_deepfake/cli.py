@@ -105,10 +105,13 @@ def _params_merge(args: argparse.Namespace) -> None:
     try:
         changed = merge_params_file(args.overrides, args.into)
     except ConfigError as error:
-        fail(str(error), code=2)
+        fail(str(error).replace("\n", "\nerror: "), code=2)
     for key, (old, new) in changed.items():
         print(f"{key}: {old!r} -> {new!r}")
-    print(f"{args.into}: {len(changed)} value(s) changed")
+    if changed:
+        print(f"{args.into}: {len(changed)} value(s) changed")
+    else:
+        print(f"{args.into}: unchanged, not rewritten (every value in {args.overrides} already applies)")
 
 
 def _predict(args: argparse.Namespace) -> None:

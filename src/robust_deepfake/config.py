@@ -5,20 +5,31 @@ another stage owns still fails fast and names the key. Unknown keys are errors, 
 silently ignored: `dvc exp run -S reg.alpah=0.3` must not run an experiment that
 quietly uses the default. The defaults equal params.yaml's demo values (a test compares).
 
+Validated to the end: every value a later stage would crash on, or quietly read another
+way, is refused here, when params.yaml is loaded (by every stage and `robust-deepfake
+params check`), not hours later. Floats are finite, ints and booleans are strict (`true`
+is not 1 epoch), seeds fit numpy and torch, `report.reference_eps` is one of the swept
+budgets, the cron expression is parsed by Prefect's own parser, `cam.target_layer` is
+resolved against the detector's architecture, and the YAML itself is plain data with no
+duplicate keys (DVC refuses those; PyYAML would silently keep the last).
+
 One file on purpose (over 300 lines): the whole schema reads top to bottom in the
 order of params.yaml, and splitting it would scatter one contract over several files.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -37,6 +48,21 @@ class ConfigError(StageError, ValueError):
     """params.yaml is unreadable or invalid; str() is one line per problem, each naming the key."""
 
 
+class Problems(ValueError):
+    """Raised by a validator that checks several keys at once: one (key, message, got) per
+    problem, the key relative to the validator's model (`eps`, `report.reference_eps`);
+    _format_errors turns each into its own line naming the full dotted key."""
+
+    def __init__(self, problems: list[tuple[str, str, str | None]]) -> None:
+        super().__init__("; ".join(f"{key}: {message}" for key, message, _ in problems))
+        self.problems = problems
+
+
+def _raise_problems(problems: list[tuple[str, str, str | None]]) -> None:
+    if problems:
+        raise Problems(problems)
+
+
 _RATIO = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
 
 
@@ -45,8 +71,8 @@ def parse_pixel_value(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a number or 'k/255', got a boolean")
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+        number = float(value)
+    elif isinstance(value, str):
         match = _RATIO.match(value)
         if match:
             denominator = float(match.group(2))
@@ -54,34 +80,79 @@ def parse_pixel_value(value: Any) -> float:
                 raise ValueError(f"division by zero in {value!r}")
             return float(Fraction(match.group(1)) / Fraction(match.group(2)))
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
-            pass
-    raise ValueError(f"expected a number or 'k/255', got {value!r}")
+            raise ValueError(f"expected a number or 'k/255', got {value!r}") from None
+    else:
+        raise ValueError(f"expected a number or 'k/255', got {value!r}")
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number or 'k/255', got {value!r}")
+    return number
 
 
 PixelValue = Annotated[float, BeforeValidator(parse_pixel_value)]
 
 
-def require_whole_grey_levels(values: list[float], key: str) -> None:
+def eps_text(eps: float) -> str:
+    """`2/255` for a whole grey level, else the float: how budgets are shown in errors."""
+    k = eps * 255
+    return f"{round(k)}/255" if 0 <= eps <= 1 and abs(k - round(k)) <= 1e-6 else f"{eps:g}"
+
+
+def require_whole_grey_levels(values: list[float]) -> None:
     """Attack budgets are whole grey levels k/255: the data are 8-bit images (with 8-bit
     rounding 0.5/255 would become 1/255, twice the budget, and anything below half a grey
     level would vanish), and MLflow logs k as the step of every metric-vs-eps curve."""
     for eps in values:
-        if abs(eps * 255 - round(eps * 255)) > 1e-6:
+        if not math.isfinite(eps) or abs(eps * 255 - round(eps * 255)) > 1e-6:
             raise ValueError(
-                f"{key}: {eps * 255:g}/255 is not a whole grey level; every attack budget must be k/255 "
+                f"{eps * 255:g}/255 is not a whole grey level; every attack budget must be k/255 "
                 "(k = 1, 2, ...: the images are 8-bit and MLflow plots curves against k)"
             )
 
 
+def _budgets(value: list[float]) -> list[float]:
+    """attack.eps and cam.eps: pixel-space budgets in [0, 1], whole grey levels, sorted, unique."""
+    for eps in value:
+        if eps < 0 or eps > 1:
+            raise ValueError(f"each eps must be in [0, 1] (pixel units), got {eps_text(eps)}")
+    require_whole_grey_levels(value)
+    return sorted(set(value))
+
+
+def _unique(value: list[str], what: str) -> list[str]:
+    if len(set(value)) != len(value):
+        raise ValueError(f"{what} must be unique, got {value}")
+    return value
+
+
+# Seeds feed np.random.default_rng, np.random.seed (< 2**32), torch.manual_seed (< 2**64)
+# and derived seeds (train: seed * 10007 + epoch; attacks: seed * 1_000_003 + ...): int32
+# keeps every one of them in range, on every platform.
+MAX_SEED = 2**31 - 1
+
+
+def _seed(value: int) -> int:
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"a seed must be in [0, {MAX_SEED}] (numpy and torch are seeded from it)")
+    return value
+
+
+Seed = Annotated[int, AfterValidator(_seed)]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+    """Every section: unknown keys refused; strict types (`true` is not an int, 1 is not a
+    boolean, "4" is not a number; an int is still a float); every float finite (no .nan
+    or .inf anywhere: they pass range checks and crash a later stage)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, strict=True,
+                              allow_inf_nan=False)
 
 
 class DataConfig(Strict):
-    raw_dir: str = "data/raw"
-    splits_dir: str = "data/splits"
+    raw_dir: str = Field("data/raw", min_length=1)
+    splits_dir: str = Field("data/splits", min_length=1)
     image_size: int = Field(64, ge=16, le=1024)
     on_bad_file: Literal["error", "skip"] = "error"
     # Decoded uint8 images are kept in RAM when they fit this budget (the demo: ~30 MB);
@@ -91,7 +162,7 @@ class DataConfig(Strict):
 
 
 class SplitConfig(Strict):
-    seed: int = 0
+    seed: Seed = 0
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.25, gt=0, lt=1)
     holdout_methods: list[str] = Field(default_factory=list)
@@ -112,7 +183,7 @@ class SplitConfig(Strict):
 class ModelConfig(Strict):
     name: Literal["efficientnet_b0"] = "efficientnet_b0"
     pretrained: bool = False
-    weights_path: str | None = None
+    weights_path: str | None = Field(None, min_length=1)
     drop_rate: float = Field(0.2, ge=0, lt=1)
     channels_last: bool = True
 
@@ -122,18 +193,15 @@ class RegConfig(Strict):
     alpha: float = Field(0.5, ge=0, le=1)
     # Norm of the (d_mu, d_sigma) perturbation per sample: a fraction of that sample's
     # ||(mu, sigma)|| (`relative`) or an absolute L2 norm (`absolute`, the paper's convention).
-    epsilon: float = Field(0.5, ge=0, allow_inf_nan=False)
+    epsilon: float = Field(0.5, ge=0)
     epsilon_scale: Literal["relative", "absolute"] = "relative"
     mode: Literal["random", "gradient"] = "random"
-
-
-MAX_SEED = 2**31 - 1
 
 
 class TrainConfig(Strict):
     # One trained model per seed and variant; both variants of a seed share initial
     # weights and data order, so the verdict compares them in pairs.
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2])
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(32, ge=2)
     lr: float = Field(4e-3, gt=0)
@@ -154,9 +222,6 @@ class TrainConfig(Strict):
             raise ValueError("at least one seed is required")
         if len(set(value)) != len(value):
             raise ValueError(f"seeds must be unique, got {value}")
-        for seed in value:
-            if not 0 <= seed <= MAX_SEED:
-                raise ValueError(f"each seed must be in [0, {MAX_SEED}], got {seed}")
         return value
 
     @field_validator("device")
@@ -165,6 +230,15 @@ class TrainConfig(Strict):
         if value in {"auto", "cpu", "cuda", "mps"} or re.fullmatch(r"cuda:\d+", value):
             return value
         raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+
+    @model_validator(mode="after")
+    def _decay(self) -> TrainConfig:
+        # AdamW multiplies every weight by 1 - lr * weight_decay each step: at >= 1 the
+        # weights flip sign and grow until the loss is NaN (the stage dies epochs later)
+        if self.lr * self.weight_decay >= 1:
+            _raise_problems([("weight_decay", f"lr x weight_decay must be < 1 (AdamW scales every weight by "
+                              f"1 - lr x weight_decay each step; lr is {self.lr:g})", f"{self.weight_decay:g}")])
+        return self
 
 
 AttackName = Literal["fgsm", "bim", "pgd", "mifgsm"]
@@ -184,37 +258,30 @@ class AttackConfig(Strict):
     momentum: float = Field(1.0, ge=0)
     max_samples: int | None = Field(128, ge=2)
     batch_size: int = Field(128, ge=1)
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("eps")
     @classmethod
     def _eps(cls, value: list[float]) -> list[float]:
         if not value:
             raise ValueError("at least one eps is required")
-        for eps in value:
-            if eps < 0 or eps > 1:
-                raise ValueError(f"each eps must be in [0, 1] (pixel units), got {eps}")
-        return sorted(set(value))
+        value = _budgets(value)
+        if not any(eps > 0 for eps in value):
+            raise ValueError("at least one eps > 0 is required (eps = 0, the clean row, is always added)")
+        return value
 
     @field_validator("attacks")
     @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
+    def _attacks(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("at least one attack is required")
-        if len(set(value)) != len(value):
-            raise ValueError(f"attacks must be unique, got {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _whole_grey_levels(self) -> AttackConfig:
-        require_whole_grey_levels(self.eps, "eps")
-        return self
+        return _unique(value, "attacks")
 
     @field_validator("step_size")
     @classmethod
     def _step(cls, value: float | None) -> float | None:
-        if value is not None and value <= 0:
-            raise ValueError(f"must be > 0, got {value}")
+        if value is not None and not 0 < value <= 1:
+            raise ValueError(f"must be in (0, 1] (pixel units), got {eps_text(value)}")
         return value
 
     def step_size_for(self, eps: float) -> float:
@@ -229,7 +296,7 @@ class AttackConfig(Strict):
 class EvalConfig(Strict):
     n_bootstrap: int = Field(1000, ge=0)
     ci: float = Field(0.95, gt=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class CamConfig(Strict):
@@ -237,20 +304,36 @@ class CamConfig(Strict):
     # Layer of the detector's timm body, by module path. At 64 px the last conv block
     # (conv_head) sees a 2x2 map, too coarse to localize anything: blocks.4 (stride 16)
     # gives 4x4. At 224 px use conv_head (7x7).
-    target_layer: str = "blocks.4"
+    # Resolved against the detector at load time (Params._cross_checks).
+    target_layer: str = Field("blocks.4", min_length=1)
     target: Literal["predicted", "true"] = "true"
     num_samples: int = Field(16, ge=2)
     attacks: list[AttackName] | None = None
     eps: list[PixelValue] | None = None
     batch_size: int = Field(32, ge=1)
     figure_rows: int = Field(6, ge=2)
-    seed: int = 0
+    seed: Seed = 0
+
+    @field_validator("attacks")
+    @classmethod
+    def _attacks(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("empty: list at least one attack, or null for all of attack.attacks")
+        return value if value is None else _unique(value, "attacks")
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and not value:
+            raise ValueError("empty: list at least one eps, or null for all of attack.eps")
+        return value if value is None else _budgets(value)
 
 
 class ReportConfig(Strict):
     select_by: Literal[
         "pgd_accuracy", "pgd_auc", "mean_attack_accuracy", "clean_accuracy", "clean_auc"
     ] = "pgd_auc"
+    # One of attack.eps (and of cam.eps where set): checked in Params._cross_checks.
     reference_eps: PixelValue = 1 / 255
     # The quality floor: a model whose clean test ROC-AUC is below it can never become
     # @champion/@challenger, and `predict` refuses it (a constant classifier scores 0.5).
@@ -262,7 +345,58 @@ class TrackingConfig(Strict):
     experiment: str = Field("robust-deepfake", min_length=1)
     registered_model: str = Field("robust-deepfake-detector", min_length=1)
     # None: sqlite:///<repo>/mlflow.db; the MLFLOW_TRACKING_URI environment variable wins.
-    tracking_uri: str | None = None
+    tracking_uri: str | None = Field(None, min_length=1)
+
+    @field_validator("registered_model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        # MLflow refuses these when the train stage registers its model, after training
+        if "/" in value or ":" in value or not value.strip():
+            raise ValueError(f"MLflow model names cannot be blank or contain '/' or ':', got {value!r}")
+        return value
+
+
+@lru_cache(maxsize=1)
+def _croniter() -> Any:
+    """Prefect's own cron parser: the croniter it vendors and checks `serve(cron=...)` with.
+    Loaded from its file: importing it through the prefect package costs ~2 s, and every
+    stage validates params. Falls back to the regular import if Prefect moves it."""
+    import importlib
+    import importlib.util
+
+    spec = importlib.util.find_spec("prefect")
+    path = Path(spec.origin).parent / "_vendor" / "croniter" / "croniter.py" if spec and spec.origin else None
+    if path is not None and path.is_file():
+        module_spec = importlib.util.spec_from_file_location("robust_deepfake._prefect_croniter", path)
+        if module_spec is not None and module_spec.loader is not None:
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+            return module
+    return importlib.import_module("prefect._vendor.croniter.croniter")
+
+
+def cron_problem(value: str) -> str | None:
+    """Why Prefect would refuse the cron expression or never run it, or None. The rules of
+    prefect's validate_cron_string (croniter.is_valid; no R or H fields), a 5-field
+    expression, and at least one date on which it fires (`0 3 30 2 *` never does)."""
+    import datetime
+
+    fields = value.split()
+    if len(fields) != 5:
+        return "expected a 5-field cron expression: minute hour day-of-month month day-of-week"
+    if any(field.casefold() in {"r", "h"} for field in fields):
+        return "random (R) and hashed (H) fields are not supported by Prefect"
+    cron = _croniter()
+    if not cron.croniter.is_valid(value):
+        return "not a valid cron expression: minute hour day-of-month month day-of-week"
+    try:
+        cron.croniter(value, datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)).get_next(datetime.datetime)
+    except cron.CroniterBadDateError:
+        return "never fires: no date matches it"
+    return None
+
+
+_ALIAS = re.compile(r"^[\w\-]+$")
 
 
 class ReevaluateConfig(Strict):
@@ -273,9 +407,76 @@ class ReevaluateConfig(Strict):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str) -> str:
-        if len(value.split()) != 5:
-            raise ValueError(f"expected a 5-field cron expression, got {value!r}")
+        problem = cron_problem(value)
+        if problem:
+            raise ValueError(f"{problem} (got {value!r})")
         return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, value: list[str]) -> list[str]:
+        # MLflow's rules for alias names; an empty list would re-evaluate nothing
+        if not value:
+            raise ValueError("at least one alias is required")
+        for alias in value:
+            if not _ALIAS.match(alias) or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+                raise ValueError(f"{alias!r} is not an MLflow alias: letters, digits, _ and -, "
+                                 "and not 'latest' or v<N> (reserved)")
+        return _unique(value, "aliases")
+
+
+@lru_cache(maxsize=2)
+def _layer_outputs(model_name: str) -> tuple[Any, dict[Any, tuple[int, ...]]]:
+    """The detector for `model_name` and the output shape of every module its forward pass
+    calls: one pass of an untrained model on the meta device (no weights, no download, no
+    arithmetic; ~0.2 s once per process, on top of importing timm)."""
+    import torch
+
+    from robust_deepfake.model.detector import build_detector
+
+    with torch.device("meta"):
+        model = build_detector(ModelConfig(name=model_name, channels_last=False), split_at=1, for_inference=True)
+    shapes: dict[Any, tuple[int, ...]] = {}
+
+    def record(module: Any, _inputs: Any, output: Any) -> None:
+        shapes[module] = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+
+    hooks = [module.register_forward_hook(record) for module in model.modules()]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, 64, 64, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return model, shapes
+
+
+def target_layer_problem(model_name: str, path: str) -> str | None:
+    """Why Grad-CAM could not use `path` as the target layer of the `model_name` detector,
+    or None. Resolved as explain.gradcam.resolve_layer resolves it (a timm body path such
+    as `blocks.4`, or the detector's own path), and the layer must output a feature map
+    (N, C, H, W) during the forward pass: `classifier` or `global_pool` do not, and `blocks`
+    is never called as a whole (the detector runs its stages one by one)."""
+    from robust_deepfake.explain.gradcam import resolve_layer
+
+    model, shapes = _layer_outputs(model_name)
+    # examples: the body's own layers and, for a container never called whole (blocks),
+    # its children (blocks.0 ...)
+    called = {name.removeprefix("body."): len(shapes[m]) == 4 for name, m in model.body.named_modules(prefix="body")
+              if m in shapes}
+    examples = ", ".join(name for name, spatial in called.items() if spatial and (
+        "." not in name or (name.count(".") == 1 and name.split(".")[0] not in called)))
+    try:
+        layer = resolve_layer(model, path)
+    except ValueError:
+        return f"{model_name} has no such layer; Grad-CAM layers include {examples}"
+    if layer not in shapes:
+        return (f"{model_name}'s forward pass never calls this module on its own, so Grad-CAM would see "
+                f"nothing; use one of {examples}")
+    if len(shapes[layer]) != 4:
+        return (f"this layer outputs shape {shapes[layer]}, not a (N, C, H, W) feature map Grad-CAM can "
+                f"use; use one of {examples}")
+    return None
 
 
 class Params(Strict):
@@ -292,24 +493,58 @@ class Params(Strict):
     reevaluate: ReevaluateConfig = Field(default_factory=ReevaluateConfig)
 
     @model_validator(mode="after")
-    def _cam_eps(self) -> Params:
-        if self.cam.eps:
-            require_whole_grey_levels(self.cam.eps, "cam.eps")
+    def _cross_checks(self) -> Params:
+        """Keys that are valid alone and wrong together: each problem names its key."""
+        problems: list[tuple[str, str, str | None]] = []
+        reference = round(self.report.reference_eps * 255, 6)
+        swept = [eps for eps in self.attack.eps if eps > 0]
+        if reference not in {round(eps * 255, 6) for eps in swept}:
+            problems.append((
+                "report.reference_eps",
+                f"must be one of attack.eps ({', '.join(eps_text(e) for e in swept)}): the headline, per-source, "
+                "ROC and CAM figures are drawn at it, and another value would silently become the nearest one",
+                eps_text(self.report.reference_eps),
+            ))
+        elif self.cam.eps is not None and reference not in {round(eps * 255, 6) for eps in self.cam.eps}:
+            problems.append((
+                "report.reference_eps",
+                f"must also be one of cam.eps ({', '.join(eps_text(e) for e in self.cam.eps)}): the CAM figures "
+                "are drawn at it (or set cam.eps to null: all of attack.eps)",
+                eps_text(self.report.reference_eps),
+            ))
+        layer_problem = target_layer_problem(self.model.name, self.cam.target_layer)
+        if layer_problem:
+            problems.append(("cam.target_layer", layer_problem, repr(self.cam.target_layer)))
+        _raise_problems(problems)
         return self
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _format_errors(source: str, error: ValidationError) -> str:
+    """One line per problem: `<source>: <dotted.key>: <what is wrong> (got <value>)`."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        loc = [str(part) for part in item["loc"]]
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, Problems):
+            for key, message, got in cause.problems:
+                suffix = f" (got {got})" if got is not None else ""
+                lines.append(f"{source}: {'.'.join([*loc, key])}: {message}{suffix}")
+            continue
+        key = ".".join(loc) or "<root>"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
         got = item.get("input")
-        suffix = "" if item["type"] in {"extra_forbidden", "missing", "value_error"} else f" (got {got!r})"
-        lines.append(f"{source}: {key}: {message}{suffix}")
+        quiet = item["type"] in {"extra_forbidden", "missing"} or (
+            item["type"] == "value_error" and ("got " in message or isinstance(got, dict)))
+        lines.append(f"{source}: {key}: {message}" + ("" if quiet else f" (got {_shown(got)})"))
     return "\n".join(lines)
 
 
@@ -324,17 +559,93 @@ def validate(raw: Any, source: str = "params.yaml") -> Params:
         raise ConfigError(_format_errors(source, error)) from None
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
-    path = Path(path)
+# --- YAML: plain data only, no duplicate keys ---------------------------------------------
+
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float", "str", "seq", "map",
+                                                          "timestamp")}
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats with an exponent and no dot (`5e-05`, which
+    DVC writes for `dvc exp run -S train.weight_decay=5e-5`, and `1e3`) as YAML 1.2 does:
+    floats, not strings."""
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _structure_problems(node: yaml.Node, source: str, path: tuple[str, ...] = (),
+                        seen: set[int] | None = None) -> list[str]:
+    """Duplicate keys (DVC refuses the file; PyYAML would keep the last silently) and tags
+    other than plain data (`!!python/...`), one line each with the dotted key and line.
+    A node reached again through an alias is checked once (no recursion on `&a [*a]`)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return []
+    seen.add(id(node))
+    key = ".".join(path) or "<root>"
+    if node.tag not in _PLAIN_TAGS:
+        return [f"{source}: {key}: YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')!r} on line "
+                f"{node.start_mark.line + 1} is not allowed: params are plain values"]
+    problems = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else f"<{key_node.tag}>"
+            line = key_node.start_mark.line + 1
+            if name in first_line:
+                problems.append(f"{source}: {'.'.join([*path, str(name)])}: duplicate key on lines "
+                                f"{first_line[name]} and {line} (DVC refuses the file; keep one)")
+            else:
+                first_line[name] = line
+            problems += _structure_problems(value_node, source, (*path, str(name)), seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            problems += _structure_problems(item, source, (*path, str(index)), seen)
+    return problems
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """The plain data of a params file; ConfigError (one line per problem, with the line
+    number) for a syntax error, a duplicate key or a non-plain tag."""
+    loader = _ParamsLoader(text)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        problems = _structure_problems(node, source)
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return loader.construct_document(node)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: invalid YAML: {getattr(error, 'problem', error)}") from None
-    return validate(raw, str(path))
+        raise ConfigError(f"{source}:{where}: invalid YAML: {getattr(error, 'problem', None) or error}") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path) -> Any:
+    """parse_yaml of a file; ConfigError when it cannot be read."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read: {error}") from None
+    return parse_yaml(text, str(path))
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    return validate(read_yaml(path), str(Path(path)))
 
 
 def load_params_or_exit(path: str | Path = DEFAULT_PARAMS) -> Params:

@@ -10,7 +10,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.representer import RoundTripRepresenter
 
-from robust_deepfake.config import ConfigError, Params, validate
+from robust_deepfake.config import ConfigError, Params, parse_yaml, read_yaml, validate
 from robust_deepfake.io import atomic_open
 
 
@@ -91,25 +91,39 @@ def merge_params_file(overrides_path: str | Path, params_path: str | Path = "par
 
     A changed value's end-of-line comment is replaced by `# merged from <file>[: the
     override's own comment]`; unchanged keys keep theirs. Returns {dotted key: (old,
-    new)} for the values that changed.
+    new)} for the values that changed; when none does, params.yaml is not rewritten.
+
+    Both files are read as load_params reads params.yaml first (a YAML syntax error, a
+    duplicate key or a `!!python/...` tag is a ConfigError naming the file and line, not
+    a traceback), and an overrides file without any value is refused: it is almost
+    always the wrong file, and merging it would change nothing.
     """
-    yaml = _yaml()
+    from ruamel.yaml.error import YAMLError
+
     overrides_path, params_path = Path(overrides_path), Path(params_path)
+    plain_overrides = read_yaml(overrides_path)
+    read_yaml(params_path)
+    if plain_overrides is not None and not isinstance(plain_overrides, dict):
+        raise ConfigError(f"{overrides_path}: top level must be a mapping, got {type(plain_overrides).__name__}")
+    if not plain_overrides:
+        raise ConfigError(f"{overrides_path}: no values to merge (empty, or only comments); {params_path} left unchanged")
+    yaml = _yaml()
     try:
-        overrides = yaml.load(overrides_path.read_text()) or {}
+        overrides = yaml.load(overrides_path.read_text())
         document = yaml.load(params_path.read_text()) or {}
-    except FileNotFoundError as error:
-        raise ConfigError(f"{error.filename}: file not found") from None
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"{overrides_path}: top level must be a mapping")
+    except YAMLError as error:  # read_yaml accepted it: a YAML 1.1 / 1.2 difference
+        raise ConfigError(f"{overrides_path} or {params_path}: invalid YAML: {error}".replace("\n", " ")) from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{params_path}: top level must be a mapping, got {type(document).__name__}")
     changed: dict = {}
     _merge(document, overrides, "", changed, overrides_path.name)
-    plain = YAML(typ="safe")
     buffer = io.StringIO()
     yaml.dump(document, buffer)
-    validate(plain.load(buffer.getvalue()), f"{params_path} merged with {overrides_path}")
-    with atomic_open(params_path) as handle:
-        handle.write(buffer.getvalue())
+    source = f"{params_path} merged with {overrides_path}"
+    validate(parse_yaml(buffer.getvalue(), source), source)
+    if changed:
+        with atomic_open(params_path) as handle:
+            handle.write(buffer.getvalue())
     return changed
 
 
