@@ -5,12 +5,23 @@ summary, and turn an expected failure (errors.StageError) into one line and exit
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from robust_deepfake.config import Params, load_params_or_exit
 from robust_deepfake.errors import StageError
+
+
+TRACEBACK_ENV = "ROBUST_DEEPFAKE_TRACEBACK"
+
+
+def _is_tracking_error(error: BaseException) -> bool:
+    """Failures of the MLflow store (server errors, a locked or read-only sqlite file) that
+    tracking.require_store could not foresee: reported in one line, not a traceback."""
+    module = type(error).__module__ or ""
+    return module.startswith(("mlflow", "sqlalchemy", "sqlite3", "requests", "urllib3"))
 
 
 def run_stage(
@@ -31,6 +42,12 @@ def run_stage(
         result = body(params, args) if arguments else body(params)
     except StageError as error:
         print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as error:
+        if not _is_tracking_error(error) or os.environ.get(TRACEBACK_ENV):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"error: MLflow: {first} (set {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
     print(summary(result), flush=True)
     return result

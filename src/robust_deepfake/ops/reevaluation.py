@@ -315,12 +315,12 @@ def reevaluate(
     from mlflow import MlflowClient
 
     from robust_deepfake.model.device import resolve_device
-    from robust_deepfake.ops.tracking import configure
+    from robust_deepfake.ops.tracking import require_store
     from robust_deepfake.robustness.sweep import run_sweep, stratified_subset, summarize
     from robust_deepfake.robustness.verdict import curve_score
 
     attacks, metric = score_plan(params.report.select_by, params.attack.attacks)
-    uri = configure(params.tracking, root)
+    uri = require_store(params.tracking, root)  # unreachable or read-only: one line, in seconds
     client = MlflowClient()
     name = params.tracking.registered_model
     version = resolve_alias(client, name, alias)

@@ -74,6 +74,8 @@ def configure(config: TrackingConfig, root: Path | None = None) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # alembic's migration chatter on first use of a new sqlite store is noise in stage logs
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # it logs a failed SQL statement in full before raising; stage_kit reports the error in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     global _exported
     root = root or find_repo_root()
     uri = tracking_uri(config, root)
@@ -81,6 +83,48 @@ def configure(config: TrackingConfig, root: Path | None = None) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     _exported = None if users else os.environ.get("MLFLOW_TRACKING_URI")
+    return uri
+
+
+# MLflow retries an unreachable server 7 times with exponential backoff and a 120 s
+# timeout (minutes of silence); ours answer within seconds. MLflow's own variables, so a
+# user who sets them wins.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+def require_store(config: TrackingConfig, root: Path, write: bool = True) -> str:
+    """Configure MLflow and prove the store usable before any work: an HTTP tracking server
+    must answer its /health endpoint (bounded by MLFLOW_HTTP_REQUEST_TIMEOUT, default 5 s
+    here), a sqlite store must be writable (with `write`). A one-line StageError otherwise, so a stage
+    fails in seconds instead of after its training."""
+    from robust_deepfake.errors import StageError
+
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
+    uri = configure(config, root)
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        timeout = float(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+        try:
+            response = requests.get(uri.rstrip("/") + "/health", timeout=(min(timeout, 5.0), timeout))
+        except requests.RequestException as error:
+            raise StageError(
+                f"MLflow tracking server at {uri} unreachable ({type(error).__name__}): start it "
+                "(`mlflow server --host 127.0.0.1 ...`), or unset MLFLOW_TRACKING_URI / tracking.tracking_uri "
+                "to use the repository's sqlite store"
+            ) from None
+        if response.status_code >= 500:
+            raise StageError(f"MLflow tracking server at {uri} answers HTTP {response.status_code} on /health")
+    elif write and uri.startswith("sqlite:///") and not uri.startswith("sqlite:///file:"):  # not sqlite's URI form
+        database = Path(uri.removeprefix("sqlite:///"))
+        folder = database.parent
+        if not folder.is_dir():
+            raise StageError(f"{database}: its folder does not exist (tracking URI {uri})")
+        if (database.exists() and not os.access(database, os.W_OK)) or not os.access(folder, os.W_OK):
+            raise StageError(f"{database}: the MLflow store is read-only for this user (tracking URI {uri}); "
+                             "fix its permissions or point MLFLOW_TRACKING_URI at a writable store")
     return uri
 
 
@@ -143,6 +187,25 @@ def loggable_params(params: Params) -> dict[str, Any]:
             value = [label(v) for v in value] if isinstance(value, list) else label(value)
         out[name] = json.dumps(value) if isinstance(value, list) else value
     return out
+
+
+def close_killed_run(marker: Path) -> str | None:
+    """A training killed mid-run leaves its MLflow run RUNNING and its id in `marker`
+    (next to the resume checkpoint): mark it KILLED. Returns its id (or None)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    try:
+        run_id = json.loads(marker.read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        return None
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+    except mlflow.exceptions.MlflowException:
+        return None  # another store, or deleted
+    return run_id
 
 
 @contextlib.contextmanager

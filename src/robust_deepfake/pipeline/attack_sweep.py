@@ -17,6 +17,10 @@ from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepMetrics, run_swee
 
 
 def attack_sweep(params: Params, root: Path, track: bool = True) -> SweepMetrics:
+    if track:  # an unreachable or read-only MLflow store fails now, not after the work
+        from robust_deepfake.ops.tracking import require_store
+
+        require_store(params.tracking, root)
     set_threads(params.train.num_threads)
     device = resolve_device(params.train.device)
     keys = model_keys(params.train.seeds)

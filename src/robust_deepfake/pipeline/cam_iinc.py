@@ -29,6 +29,10 @@ BOOTSTRAP_SALT = {"localization_clean": 0, "stability": 1, "localization": 2}
 
 
 def cam_iinc(params: Params, root: Path, track: bool = True) -> CamMetrics:
+    if track:  # an unreachable or read-only MLflow store fails now, not after the work
+        from robust_deepfake.ops.tracking import require_store
+
+        require_store(params.tracking, root)
     cfg = params.cam
     set_threads(params.train.num_threads)
     device = resolve_device(params.train.device)

@@ -88,6 +88,10 @@ def figure_attack_and_eps(params: Params, predictions: SweepPredictions) -> tupl
 
 
 def build_report(params: Params, root: Path, track: bool = True) -> dict:
+    if track:  # an unreachable or read-only MLflow store fails now, not after the work
+        from robust_deepfake.ops.tracking import require_store
+
+        require_store(params.tracking, root)
     inputs = ReportInputs.read(root, params.train.seeds)
     outputs = ReportOutputs.at(root)
     attack, ref_eps = figure_attack_and_eps(params, inputs.predictions)

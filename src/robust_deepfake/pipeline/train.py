@@ -62,6 +62,10 @@ def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -
     timing, MLflow run and version, under `run`)."""
     if key.seed not in params.train.seeds:
         raise ValueError(f"seed {key.seed} is not in train.seeds {params.train.seeds}")
+    if track:  # an unreachable or read-only store fails now, not after the training
+        from robust_deepfake.ops.tracking import require_store
+
+        require_store(params.tracking, root)
     set_threads(params.train.num_threads)
     device = resolve_device(params.train.device)
     data = params.data
@@ -83,11 +87,21 @@ def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -
     identity = fingerprint(params, key)
     config = detector_config(params)
     run_context = _tracking_run(params, key, root) if track else contextlib.nullcontext()
+    run_marker = checkpoint.parent / "mlflow_run.json"
     with run_context as run:
+        killed = _start_tracked_run(run, run_marker) if track else None
         result = fit(
             model, train_set, val_set, params.train, reg, device, seed=key.seed,
             checkpoint=checkpoint, fingerprint=identity, on_epoch=_epoch_logger(track),
         )
+        if track and result.resumed_from:  # the epochs before the crash, so this run holds every epoch
+            log_epoch = _epoch_logger(True)
+            for record in result.history[: result.resumed_from]:
+                log_epoch(record)
+            if killed:
+                import mlflow
+
+                mlflow.set_tag("resumed_from_run", killed)
         save_weights(model, outputs.weights)
         summary = _summary(result)
         # meta.json is a DVC out: only what the params and data determine (same bytes on a rerun)
@@ -119,8 +133,9 @@ def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -
                                     example_image=val_set.samples[0].path, data=data_facts))
     write_json(outputs.meta, meta)
     write_json(run_record_path(root, key), record)
-    if checkpoint.exists():
-        checkpoint.unlink()  # only needed to survive a crash; the outs now hold the result
+    for leftover in (checkpoint, run_marker):
+        if leftover.exists():
+            leftover.unlink()  # only needed to survive a crash; the outs now hold the result
     return result, {**meta, "run": record}
 
 
@@ -128,6 +143,22 @@ def _tracking_run(params: Params, key: ModelKey, root: Path):
     from robust_deepfake.ops import tracking
 
     return tracking.training_run(params, key, root)
+
+
+def _start_tracked_run(run, marker: Path) -> str | None:
+    """Close the run a killed training left RUNNING (status KILLED, tagged with the run
+    that resumes it) and record this run's id beside the resume checkpoint."""
+    from mlflow import MlflowClient
+
+    from robust_deepfake.ops.tracking import close_killed_run
+
+    killed = close_killed_run(marker) if marker.exists() else None
+    if killed:
+        MlflowClient().set_tag(killed, "resumed_in_run", run.info.run_id)
+        print(f"note: MLflow run {killed} of the killed training marked KILLED; continuing in {run.info.run_id}")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"run_id": run.info.run_id}))
+    return killed
 
 
 def _epoch_logger(track: bool):
