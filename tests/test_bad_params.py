@@ -91,9 +91,6 @@ BAD = [
     ("train.weight_decay", float("inf"), "train.weight_decay", "finite number"),
     ("train.weight_decay", 1000.0, "train.weight_decay", "lr x weight_decay must be < 1"),
     ("train.lr", float("nan"), "train.lr", "finite number"),
-    ("cam.target_layer", "blocks.99", "cam.target_layer", "no such layer"),
-    ("cam.target_layer", "blocks", "cam.target_layer", "never calls this module"),
-    ("cam.target_layer", "classifier", "cam.target_layer", "not a (N, C, H, W) feature map"),
     ("cam.target_layer", "", "cam.target_layer", "at least 1 character"),
     ("cam.eps", [], "cam.eps", "or null for all of attack.eps"),
     ("cam.eps", [-1], "cam.eps", "[0, 1]"),
@@ -139,8 +136,6 @@ def test_reference_eps_must_be_in_cam_eps_where_that_is_set(tmp_path):
 
 
 def test_every_problem_gets_its_own_line(tmp_path):
-    lines = _refusal(_write(tmp_path, _with({"report.reference_eps": "4/255", "cam.target_layer": "blocks.99"})))
-    assert [LINE.match(line)["key"] for line in lines] == ["report.reference_eps", "cam.target_layer"]
     lines = _refusal(_write(tmp_path, _with({"split.seed": -1, "train.epochs": True, "reg.epsilon": float("nan")})))
     assert sorted(LINE.match(line)["key"] for line in lines) == ["reg.epsilon", "split.seed", "train.epochs"]
 
@@ -229,6 +224,37 @@ GOOD = [
     ("reevaluate.aliases", ["champion", "reg-seed1"]),
     ("train.seeds", [0, MAX_SEED]),
 ]
+
+
+LAYERS_REFUSED = [("blocks.99", "no such layer"), ("blocks", "never calls this module"),
+                  ("classifier", "not a (N, C, H, W) feature map")]
+
+
+@pytest.mark.parametrize(("layer", "says"), LAYERS_REFUSED)
+def test_a_cam_layer_the_model_lacks_is_refused_by_params_check_and_before_training(tmp_path, layer, says):
+    """The layer needs the architecture (explain/layers.py): `params check` and the train
+    stage refuse it, long before cam_iinc would have."""
+    import subprocess
+    import sys
+
+    from robust_deepfake.explain.layers import require_target_layer
+    from robust_deepfake.errors import StageError
+
+    path = _write(tmp_path, _with({"cam.target_layer": layer}))
+    params = load_params(path)  # the schema alone accepts it
+    with pytest.raises(StageError, match=f"cam.target_layer: .*{re.escape(says)}.*\\(got {re.escape(repr(layer))}\\)"):
+        require_target_layer(params)
+    result = subprocess.run([sys.executable, "-m", "robust_deepfake.cli", "params", "check", "--schema-only", str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "cam.target_layer: " in result.stderr and says in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("layer", ["conv_head", "blocks.4.0", "body.blocks.4"])
+def test_cam_layers_the_model_has_pass(layer):
+    from robust_deepfake.explain.layers import target_layer_problem
+
+    assert target_layer_problem("efficientnet_b0", layer) is None
 
 
 @pytest.mark.parametrize(("dotted", "value"), GOOD, ids=[f"{r[0]}={r[1]!r}"[:60] for r in GOOD])

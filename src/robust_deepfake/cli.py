@@ -90,7 +90,12 @@ def _params_check(args: argparse.Namespace) -> None:
     from robust_deepfake.config import load_params_or_exit
     from robust_deepfake.params_files import path_problems
 
+    from robust_deepfake.explain.layers import target_layer_problem
+
     params = load_params_or_exit(args.file)
+    layer = target_layer_problem(params.model.name, params.cam.target_layer)
+    if layer:  # needs the architecture: checked here and before the first training, not in config.py
+        fail(f"{args.file}: cam.target_layer: {layer} (got {params.cam.target_layer!r})", code=2)
     if not args.schema_only:
         problems = path_problems(params, Path(args.file).parent)
         if problems:

@@ -9,9 +9,10 @@ Validated to the end: every value a later stage would crash on, or quietly read 
 way, is refused here, when params.yaml is loaded (by every stage and `robust-deepfake
 params check`), not hours later. Floats are finite, ints and booleans are strict (`true`
 is not 1 epoch), seeds fit numpy and torch, `report.reference_eps` is one of the swept
-budgets, the cron expression is parsed by Prefect's own parser, `cam.target_layer` is
-resolved against the detector's architecture, and the YAML itself is plain data with no
-duplicate keys (DVC refuses those; PyYAML would silently keep the last).
+budgets, the cron expression is parsed by Prefect's own parser, and the YAML itself is
+plain data with no duplicate keys (DVC refuses those; PyYAML would silently keep the
+last). `cam.target_layer` needs the model's architecture, which this bottom layer does not
+import: explain/layers.py checks it in `params check` and before the first training.
 
 One file on purpose (over 300 lines): the whole schema reads top to bottom in the
 order of params.yaml, and splitting it would scatter one contract over several files.
@@ -425,58 +426,6 @@ class ReevaluateConfig(Strict):
         return _unique(value, "aliases")
 
 
-@lru_cache(maxsize=2)
-def _layer_outputs(model_name: str) -> tuple[Any, dict[Any, tuple[int, ...]]]:
-    """The detector for `model_name` and the output shape of every module its forward pass
-    calls: one pass of an untrained model on the meta device (no weights, no download, no
-    arithmetic; ~0.2 s once per process, on top of importing timm)."""
-    import torch
-
-    from robust_deepfake.model.detector import build_detector
-
-    with torch.device("meta"):
-        model = build_detector(ModelConfig(name=model_name, channels_last=False), split_at=1, for_inference=True)
-    shapes: dict[Any, tuple[int, ...]] = {}
-
-    def record(module: Any, _inputs: Any, output: Any) -> None:
-        shapes[module] = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
-
-    hooks = [module.register_forward_hook(record) for module in model.modules()]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, 64, 64, device="meta"))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return model, shapes
-
-
-def target_layer_problem(model_name: str, path: str) -> str | None:
-    """Why Grad-CAM could not use `path` as the target layer of the `model_name` detector,
-    or None. Resolved as explain.gradcam.resolve_layer resolves it (a timm body path such
-    as `blocks.4`, or the detector's own path), and the layer must output a feature map
-    (N, C, H, W) during the forward pass: `classifier` or `global_pool` do not, and `blocks`
-    is never called as a whole (the detector runs its stages one by one)."""
-    from robust_deepfake.explain.gradcam import resolve_layer
-
-    model, shapes = _layer_outputs(model_name)
-    # examples: the body's own layers and, for a container never called whole (blocks),
-    # its children (blocks.0 ...)
-    called = {name.removeprefix("body."): len(shapes[m]) == 4 for name, m in model.body.named_modules(prefix="body")
-              if m in shapes}
-    examples = ", ".join(name for name, spatial in called.items() if spatial and (
-        "." not in name or (name.count(".") == 1 and name.split(".")[0] not in called)))
-    try:
-        layer = resolve_layer(model, path)
-    except ValueError:
-        return f"{model_name} has no such layer; Grad-CAM layers include {examples}"
-    if layer not in shapes:
-        return (f"{model_name}'s forward pass never calls this module on its own, so Grad-CAM would see "
-                f"nothing; use one of {examples}")
-    if len(shapes[layer]) != 4:
-        return (f"this layer outputs shape {shapes[layer]}, not a (N, C, H, W) feature map Grad-CAM can "
-                f"use; use one of {examples}")
-    return None
 
 
 class Params(Strict):
@@ -512,9 +461,6 @@ class Params(Strict):
                 "are drawn at it (or set cam.eps to null: all of attack.eps)",
                 eps_text(self.report.reference_eps),
             ))
-        layer_problem = target_layer_problem(self.model.name, self.cam.target_layer)
-        if layer_problem:
-            problems.append(("cam.target_layer", layer_problem, repr(self.cam.target_layer)))
         _raise_problems(problems)
         return self
 

@@ -29,6 +29,9 @@ BOOTSTRAP_SALT = {"localization_clean": 0, "stability": 1, "localization": 2}
 
 
 def cam_iinc(params: Params, root: Path, track: bool = True) -> CamMetrics:
+    from robust_deepfake.explain.layers import require_target_layer
+
+    require_target_layer(params)
     if track:  # an unreachable or read-only MLflow store fails now, not after the work
         from robust_deepfake.ops.tracking import require_store
 

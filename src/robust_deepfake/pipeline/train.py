@@ -62,6 +62,9 @@ def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -
     timing, MLflow run and version, under `run`)."""
     if key.seed not in params.train.seeds:
         raise ValueError(f"seed {key.seed} is not in train.seeds {params.train.seeds}")
+    from robust_deepfake.explain.layers import require_target_layer
+
+    require_target_layer(params)  # the CAM stage's layer: refused before hours of training, not after
     if track:  # an unreachable or read-only store fails now, not after the training
         from robust_deepfake.ops.tracking import require_store
 
