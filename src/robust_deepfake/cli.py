@@ -20,7 +20,7 @@ def _data_ensure(args: argparse.Namespace) -> None:
     try:
         print(ensure_raw_data(args.dvc_file, force=args.force))
     except DataStateError as error:
-        fail(str(error))
+        fail(str(error), code=2)
 
 
 def _data_generate(args: argparse.Namespace) -> None:
@@ -49,7 +49,7 @@ def _data_generate(args: argparse.Namespace) -> None:
     try:
         print(regenerate_sample(args.dvc_file, meta, force=args.force))
     except (DataStateError, ValueError) as error:
-        fail(str(error))
+        fail(str(error), code=2)
 
 
 def _data_ingest(args: argparse.Namespace) -> None:
@@ -62,7 +62,7 @@ def _data_ingest(args: argparse.Namespace) -> None:
             whole_image_methods=whole, force=args.force,
         )
     except IngestError as error:
-        fail(str(error))
+        fail(str(error), code=2)
     print(report.summary())
     print(
         "\nNext: record the new data with DVC and git (data.dvc tracks data/raw):\n"
@@ -81,7 +81,7 @@ def _data_track(args: argparse.Namespace) -> None:
     try:
         print(track_raw_dir(args.raw_dir, args.dvc_file, note=args.note, link_cache=not args.no_link_cache))
     except DataStateError as error:
-        fail(str(error))
+        fail(str(error), code=2)
 
 
 def _params_check(args: argparse.Namespace) -> None:

@@ -3,14 +3,22 @@
 Every output of the project is written through `atomic_path` and so gets the mode a
 plain `open()` would give it: 0o666 minus the process umask (0644 under umask 022),
 not the 0600 of the `tempfile.mkstemp` file it starts as.
+
+The temp file lives in the hidden `.cache/tmp/` of the repository (the nearest folder
+with dvc.yaml above the target), not next to the target: a run killed mid-write (where
+no `finally` runs) leaves its temp there, never inside a DVC-tracked out. Where there
+is no repository above the target, or `.cache/tmp` is on another filesystem (os.replace
+is atomic only within one), the temp goes next to the target as a hidden `.<name>.*.tmp`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -44,24 +52,71 @@ def default_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+TEMP_DIR = Path(".cache") / "tmp"  # under the repository root: outside every DVC out
+
+
+def _repo_root_above(directory: Path) -> Path | None:
+    """The nearest directory holding dvc.yaml at or above `directory`, None if none."""
+    here = directory.resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").is_file():
+            return candidate
+    return None
+
+
+def temp_dir_for(path: str | Path) -> Path:
+    """Where `atomic_path` puts the temp file for `path`: the repository's `.cache/tmp`
+    when it is on the target's filesystem, else the target's own directory."""
+    parent = Path(path).parent
+    root = _repo_root_above(parent)
+    if root is None:
+        return parent
+    temp = root / TEMP_DIR
+    try:
+        temp.mkdir(parents=True, exist_ok=True)
+        if os.stat(temp).st_dev == os.stat(parent).st_dev:
+            return temp
+    except OSError:  # read-only checkout, a file named .cache ...
+        pass
+    return parent
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; it replaces `path` only if the block succeeds.
+    """Yield a temp path (see temp_dir_for); it replaces `path` only if the block succeeds.
 
     The temp file gets the umask's mode (mkstemp makes it 0600), so the output ends
     up with the same permissions as any file the process creates."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=temp_dir_for(path))
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, default_file_mode())  # after the block: a writer may recreate the file
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            _replace_across_mounts(tmp_path, path)  # one filesystem, two mounts (a bind mount)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _replace_across_mounts(tmp_path: Path, path: Path) -> None:
+    """os.replace refused (EXDEV): copy into a temp beside the target, then replace there."""
+    fd, near = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(tmp_path, near)
+        os.chmod(near, default_file_mode())
+        os.replace(near, path)
+    finally:
+        if os.path.exists(near):
+            os.unlink(near)
 
 
 @contextlib.contextmanager

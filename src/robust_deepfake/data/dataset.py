@@ -94,7 +94,7 @@ class ImageSet(Dataset):
             if sample.label == 0:
                 out.append(np.zeros((self.image_size, self.image_size), np.float32))
             elif sample.mask_path:
-                out.append(load_mask_array(sample.mask_path, self.image_size))
+                out.append(load_mask_array(sample.mask_path, self.image_size, image_path=sample.path))
             else:
                 out.append(np.full((self.image_size, self.image_size), np.nan, np.float32))
         return torch.from_numpy(np.stack(out))

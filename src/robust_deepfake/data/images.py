@@ -58,12 +58,51 @@ def load_rgb_array(path: str | Path, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def load_mask_array(path: str | Path | None, size: int, whole_image: bool = False) -> np.ndarray:
-    """float32 (size, size) in [0, 1]; no mask file -> all ones if whole_image else zeros."""
+class MaskSizeError(StageError, ValueError):
+    """A ground-truth mask whose size differs from its image's; str() names both files and sizes."""
+
+
+def mask_size_problem(mask_path: str | Path, mask_size: tuple[int, int], image_path: str | Path,
+                      image_size: tuple[int, int]) -> str | None:
+    """A mask must have its image's size (as displayed, after EXIF rotation): the bundled
+    sample and the DFFD ingest both write masks at their image's size, so a mismatch is
+    a mask that belongs to another image or another resolution, not one to stretch."""
+    if tuple(mask_size) == tuple(image_size):
+        return None
+    return (f"{mask_path}: mask is {mask_size[0]}x{mask_size[1]} px but its image {image_path} is "
+            f"{image_size[0]}x{image_size[1]} px")
+
+
+MASK_SIZE_HINT = ("a mask must have its image's size (stretching it would misplace the manipulated region): "
+                  "re-create the mask at the image's size, or re-run the ingest (`robust-deepfake data ingest-dffd`, "
+                  "whose --resize resizes images and masks together)")
+
+
+def display_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as open_rgb returns it (EXIF rotation applied), from the header only."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
+                width, height = height, width
+    except (OSError, ValueError, SyntaxError) as error:
+        raise BadImageError(f"{path}: cannot read the image size ({error})") from None
+    return width, height
+
+
+def load_mask_array(path: str | Path | None, size: int, whole_image: bool = False,
+                    image_path: str | Path | None = None) -> np.ndarray:
+    """float32 (size, size) in [0, 1]; no mask file -> all ones if whole_image else zeros.
+
+    With `image_path`, the mask must have that image's size (else MaskSizeError naming
+    both); it is then resized to `size` exactly as the image is."""
     if not path:
         return np.full((size, size), 1.0 if whole_image else 0.0, dtype=np.float32)
-    with Image.open(path) as image:
-        grey = to_rgb(image).convert("L")
+    grey = open_rgb(path).convert("L")
+    if image_path:
+        problem = mask_size_problem(path, grey.size, image_path, display_size(image_path))
+        if problem:
+            raise MaskSizeError(f"{problem}; {MASK_SIZE_HINT}")
     if grey.size != (size, size):
         grey = grey.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(grey, dtype=np.float32) / 255.0

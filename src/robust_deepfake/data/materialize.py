@@ -66,9 +66,8 @@ def _file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def dvc_tree_md5(directory: str | Path) -> str:
-    """The `md5: <hex>.dir` DVC 3 records for a directory: the md5 of the sorted JSON
-    list of {md5, relpath} of its files (tests/test_materialize.py checks it against dvc)."""
+def dvc_tree_entries(directory: str | Path) -> list[dict[str, str]]:
+    """The sorted {md5, relpath} list of a directory's files: DVC's `.dir` manifest."""
     directory = Path(directory)
     entries = [
         {"md5": _file_md5(path), "relpath": path.relative_to(directory).as_posix()}
@@ -76,8 +75,18 @@ def dvc_tree_md5(directory: str | Path) -> str:
         if path.is_file()
     ]
     entries.sort(key=lambda entry: entry["relpath"])
+    return entries
+
+
+def _entries_md5(entries: list[dict[str, str]]) -> str:
     payload = json.dumps(entries, sort_keys=True).encode("utf-8")
     return hashlib.md5(payload).hexdigest() + ".dir"
+
+
+def dvc_tree_md5(directory: str | Path) -> str:
+    """The `md5: <hex>.dir` DVC 3 records for a directory: the md5 of the sorted JSON
+    list of {md5, relpath} of its files (tests/test_materialize.py checks it against dvc)."""
+    return _entries_md5(dvc_tree_entries(directory))
 
 
 def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -95,15 +104,25 @@ def ensure_raw_data(dvc_file: str | Path = DVC_FILE, force: bool = False, log=pr
     if tracked.md5 is None:
         raise DataStateError(f"{tracked.dvc_file}: records no md5; run `dvc commit -f {tracked.dvc_file}`")
 
+    committed = committed_md5(tracked.dvc_file)
+    if committed is not None and tracked.md5 != committed and not is_accepted(tracked.dvc_file, tracked.md5):
+        raise UnacceptedDataError(_unaccepted_message(
+            tracked, committed, f"{tracked.dvc_file} records {tracked.md5} but git HEAD records {committed}, "
+            "and that change was not made with `robust-deepfake data track` (DVC re-records data.dvc by itself "
+            "when `dvc repro`, `dvc add` or `dvc commit` finds data/raw changed)",
+        ))
     if target.exists():
-        current = dvc_tree_md5(target)
+        entries = dvc_tree_entries(target)
+        current = _entries_md5(entries)
         if current == tracked.md5:
             _dvc("commit", "-f", "-q", str(tracked.dvc_file.name), cwd=root)  # fills the cache if empty
             return f"{target} already matches {tracked.dvc_file} ({tracked.md5})"
         if not force:
+            changes = _describe_changes(root, target, entries, tracked.md5)
             raise DataStateError(
-                f"{target} differs from {tracked.dvc_file} (has {current}, recorded {tracked.md5}). "
-                f"Keep your version with `dvc commit -f {tracked.dvc_file}`, or replace it with "
+                f"{target} differs from {tracked.dvc_file} (has {current}, recorded {tracked.md5}){changes}\n"
+                f"Keep your version with `robust-deepfake data track {_shown(target)}` (then commit "
+                f"{tracked.dvc_file.name}), or replace it with "
                 "`robust-deepfake data ensure --force` (moves yours aside, deletes nothing)."
             )
         backup = target.with_name(f"{target.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -165,12 +184,13 @@ def regenerate_sample(dvc_file: str | Path = DVC_FILE, spec_meta: dict | None = 
     write_sample(spec, target)
     from robust_deepfake.data.sample import spec_to_meta
 
-    _record(dvc_file, target, {"sample": spec_to_meta(spec)})
+    _record(dvc_file, target, {"sample": spec_to_meta(spec)}, "robust-deepfake data generate")
     return f"wrote {spec.n_images} images to {target} and recorded them in {dvc_file}"
 
 
-def _record(dvc_file: Path, directory: Path, meta: dict) -> None:
-    """Write data.dvc for `directory` with `meta`, then hash it into the DVC cache."""
+def _record(dvc_file: Path, directory: Path, meta: dict, by: str) -> None:
+    """Write data.dvc for `directory` with `meta`, then hash it into the DVC cache and
+    note that this content was accepted (`by` names the command; see the data guard)."""
     from robust_deepfake.io import atomic_open
 
     content = {"outs": [{"path": os.path.relpath(directory, dvc_file.parent).replace(os.sep, "/")}], "meta": meta}
@@ -179,6 +199,7 @@ def _record(dvc_file: Path, directory: Path, meta: dict) -> None:
     result = _dvc("commit", "-f", "-q", dvc_file.name, cwd=dvc_file.parent.resolve())
     if result.returncode != 0:
         raise DataStateError(f"dvc commit {dvc_file} failed: {(result.stderr or result.stdout).strip()}")
+    record_acceptance(dvc_file, read_dvc_file(dvc_file).md5, by)
 
 
 # How DVC links data/raw to .dvc/cache when `data track` records it (unless a cache.type
@@ -229,7 +250,7 @@ def track_raw_dir(
     if not raw_dir.is_dir():
         raise DataStateError(f"{raw_dir}: no such directory")
     cache_type = use_link_cache(dvc_file.parent.resolve()) if link_cache else None
-    _record(dvc_file, raw_dir, {"source": note or "user data"})
+    _record(dvc_file, raw_dir, {"source": note or "user data"}, "robust-deepfake data track")
     done = f"{dvc_file} now tracks {raw_dir} ({read_dvc_file(dvc_file).md5})"
     if cache_type is None:
         return done
@@ -237,3 +258,204 @@ def track_raw_dir(
         return (f"{done}; DVC cache.type is {cache_type}: {raw_dir} holds read-only links into .dvc/cache, "
                 "one copy on disk (`dvc unprotect <path>` before editing a file in place)")
     return f"{done}; DVC cache.type is {cache_type} (configured; left as it is)"
+
+
+# ---------------------------------------------------------------- the data guard
+#
+# DVC treats data.dvc as a stage: whenever data/raw changes, `dvc repro` (and `dvc add`,
+# `dvc commit`) re-records data.dvc to the new contents before the split runs, and the
+# new files are trained and tested on. A file that lands in data/raw by accident (e.g.
+# `predict --cam` overlays) would so become data without anyone deciding it. The split
+# stage therefore accepts data that differs from what data.dvc records at git HEAD only
+# when `robust-deepfake data track` (or `data generate`) recorded exactly that data: they
+# leave an acceptance record in .cache/ (per clone, git-ignored). A fresh clone, whose
+# data matches HEAD, needs none; outside git (or before data.dvc is committed) there is
+# no reference and everything is accepted.
+
+ACCEPTED_FILE = Path(".cache") / "data_accepted.json"
+_LISTED = 20  # file names shown per kind of change
+
+
+class UnacceptedDataError(DataStateError):
+    """data/raw differs from what data.dvc records at git HEAD and nobody accepted it."""
+
+
+def committed_md5(dvc_file: str | Path = DVC_FILE) -> str | None:
+    """The md5 `dvc_file` records at git HEAD; None outside git, before the first commit,
+    or when HEAD has no such file (there is then no committed state to compare with)."""
+    dvc_file = Path(dvc_file)
+    try:
+        shown = subprocess.run(["git", "show", f"HEAD:./{dvc_file.name}"], cwd=dvc_file.parent.resolve(),
+                               capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if shown.returncode != 0:
+        return None
+    try:
+        return (yaml.safe_load(shown.stdout) or {})["outs"][0].get("md5")
+    except (KeyError, IndexError, TypeError, AttributeError, yaml.YAMLError):
+        return None
+
+
+def _acceptance_path(dvc_file: Path) -> Path:
+    return dvc_file.parent.resolve() / ACCEPTED_FILE
+
+
+def is_accepted(dvc_file: str | Path, md5: str | None) -> bool:
+    """Whether `robust-deepfake data track/generate` recorded `md5` in `dvc_file` here."""
+    dvc_file = Path(dvc_file)
+    try:
+        record = json.loads(_acceptance_path(dvc_file).read_text()).get(dvc_file.name) or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return md5 is not None and record.get("md5") == md5
+
+
+def record_acceptance(dvc_file: str | Path, md5: str | None, by: str) -> None:
+    """Note that `md5` was recorded in `dvc_file` on purpose (by `data track/generate`)."""
+    from robust_deepfake.io import write_json
+
+    dvc_file = Path(dvc_file)
+    path = _acceptance_path(dvc_file)
+    try:
+        records = json.loads(path.read_text())
+        if not isinstance(records, dict):
+            records = {}
+    except (OSError, ValueError):
+        records = {}
+    records[dvc_file.name] = {
+        "md5": md5,
+        "by": by,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(path, records)
+
+
+def check_data_accepted(raw_dir: str | Path, dvc_file: str | Path = DVC_FILE) -> str | None:
+    """Refuse (UnacceptedDataError) when `raw_dir`, the directory `dvc_file` tracks, differs
+    from what `dvc_file` records at git HEAD and `robust-deepfake data track` did not
+    record it. Returns a note when data other than HEAD's was accepted, else None."""
+    dvc_file, raw_dir = Path(dvc_file), Path(raw_dir)
+    if not dvc_file.exists() or not raw_dir.is_dir():
+        return None  # nothing tracks it here; the split reports a missing raw dir itself
+    tracked = read_dvc_file(dvc_file)
+    if tracked.path.resolve() != raw_dir.resolve():
+        return None  # data.raw_dir is not the directory data.dvc tracks
+    committed = committed_md5(dvc_file)
+    if committed is None:
+        return None
+    entries = dvc_tree_entries(raw_dir)
+    current = _entries_md5(entries)
+    if current == committed:
+        return None
+    if is_accepted(dvc_file, current):
+        return f"note: {raw_dir} is the data `robust-deepfake data track` recorded ({current}), not yet committed"
+    raise UnacceptedDataError(_unaccepted_message(
+        tracked, committed,
+        f"{_shown(raw_dir)} hashes to {current}, but {dvc_file.name} at git HEAD records {committed}, and this "
+        "change was not made with `robust-deepfake data track`; refusing to split data nobody accepted "
+        "(files written into data/raw, e.g. `predict --cam` overlays, would become training and test images)",
+        entries=entries,
+    ))
+
+
+def _unaccepted_message(tracked: TrackedData, committed: str, what: str,
+                        entries: list[dict[str, str]] | None = None) -> str:
+    root = tracked.dvc_file.parent.resolve()
+    target = tracked.path
+    changes = ""
+    if target.is_dir():
+        entries = entries if entries is not None else dvc_tree_entries(target)
+        changes = _describe_changes(root, target, entries, committed)
+    name = tracked.dvc_file.name
+    return (
+        f"{what}.{changes}\n"
+        f"To use this data: `robust-deepfake data track {_shown(target)}`, then `git add {name} && git commit`.\n"
+        f"To undo: `git checkout {name} && dvc checkout {name}` restores {_shown(target)} to the committed "
+        f"version (deleting the new files); or delete the new files yourself and `git checkout {name}`."
+    )
+
+
+def _shown(path: Path) -> str:
+    """`path` as the user would type it: relative to the working directory when inside it."""
+    try:
+        relative = Path(os.path.relpath(path))
+    except ValueError:  # another drive (Windows)
+        return str(path)
+    return str(path) if relative.parts[:1] == ("..",) else relative.as_posix()
+
+
+def _cache_dirs(root: Path) -> list[Path]:
+    """The DVC cache: .dvc/cache, or a `cache.dir` set in .dvc/config(.local)."""
+    import configparser
+
+    found = []
+    for name in ("config.local", "config"):
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(root / ".dvc" / name)
+            configured = parser.get("cache", "dir", fallback=None)
+        except configparser.Error:
+            configured = None
+        if configured:
+            found.append((root / ".dvc" / configured).resolve())
+    return [*found, root / ".dvc" / "cache"]
+
+
+def read_manifest(root: Path, md5: str) -> list[dict[str, str]] | None:
+    """The `.dir` file list DVC stored for a directory hash, from the local cache (DVC 3:
+    files/md5/xx/rest.dir; DVC 2: xx/rest.dir); None when it is not there."""
+    digest = md5.removesuffix(".dir")
+    for cache in _cache_dirs(root):
+        for candidate in (cache / "files" / "md5" / digest[:2] / f"{digest[2:]}.dir",
+                          cache / digest[:2] / f"{digest[2:]}.dir"):
+            try:
+                manifest = json.loads(candidate.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(manifest, list):
+                return manifest
+    return None
+
+
+def _describe_changes(root: Path, target: Path, entries: list[dict[str, str]], recorded: str) -> str:
+    """The files that differ from the recorded `.dir` manifest, one per line (or, when the
+    manifest is not in the DVC cache, the files modified since the last git commit)."""
+    manifest = read_manifest(root, recorded)
+    shown = _shown(target)
+    if manifest is None:
+        since = _head_commit_time(root)
+        recent = sorted(entry["relpath"] for entry in entries
+                        if since is not None and (target / entry["relpath"]).stat().st_mtime > since)
+        lines = [f"\nThe file list of {recorded} is not in the DVC cache, so the exact changes cannot be named"
+                 f" ({len(entries)} file(s) now)."]
+        if recent:
+            lines.append(f"\nModified since the last commit ({len(recent)}):")
+            lines += [f"\n  {shown}/{name}" for name in recent[:_LISTED]]
+            if len(recent) > _LISTED:
+                lines.append(f"\n  ... and {len(recent) - _LISTED} more")
+        return "".join(lines)
+    before = {entry["relpath"]: entry["md5"] for entry in manifest}
+    now = {entry["relpath"]: entry["md5"] for entry in entries}
+    kinds = {
+        "new": sorted(set(now) - set(before)),
+        "changed": sorted(name for name in set(now) & set(before) if now[name] != before[name]),
+        "removed": sorted(set(before) - set(now)),
+    }
+    lines = []
+    for kind, names in kinds.items():
+        if names:
+            lines.append(f"\n{kind} ({len(names)}):")
+            lines += [f"\n  {shown}/{name}" for name in names[:_LISTED]]
+            if len(names) > _LISTED:
+                lines.append(f"\n  ... and {len(names) - _LISTED} more")
+    return "".join(lines)
+
+
+def _head_commit_time(root: Path) -> float | None:
+    try:
+        result = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=root, capture_output=True, text=True,
+                                timeout=60)
+        return float(result.stdout.strip()) if result.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None

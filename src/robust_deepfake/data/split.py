@@ -153,29 +153,41 @@ def build_splits(raw_dir: str, config: SplitConfig, on_bad_file: str, progress: 
     Bad files raise BadDataError listing all of them when on_bad_file == 'error'; with
     'skip' they are left out and counted.
     """
-    from robust_deepfake.data.images import BadImageError, open_rgb
+    from robust_deepfake.data.images import MASK_SIZE_HINT, BadImageError, MaskSizeError, mask_size_problem, open_rgb
     from robust_deepfake.data.layout import scan
     from robust_deepfake.progress import progress as bar
 
     records, hidden = scan(raw_dir)
     good: list[Record] = []
     bad: list[str] = []
+    mismatched: list[str] = []  # masks whose size differs from their image's
     for record in bar(records, desc="decode", unit="img", disable=not progress):
         try:
-            open_rgb(record.path)
+            image = open_rgb(record.path)
             if record.mask_path:
-                open_rgb(record.mask_path)
+                problem = mask_size_problem(record.mask_path, open_rgb(record.mask_path).size, record.path, image.size)
+                if problem:
+                    mismatched.append(problem)
+                    continue
         except BadImageError as error:
             bad.append(str(error))
             continue
         good.append(record)
     if bad and on_bad_file == "error":
-        listing = "\n  ".join(bad[:100]) + ("\n  ..." if len(bad) > 100 else "")
         raise BadDataError(
             f"{len(bad)} unreadable file(s) under {raw_dir} (set data.on_bad_file: skip to "
-            f"leave them out):\n  {listing}"
+            f"leave them out):\n  {_listing(bad)}"
         )
-    return SplitOutcome(split_records(good, config), bad, hidden)
+    if mismatched and on_bad_file == "error":
+        raise MaskSizeError(
+            f"{len(mismatched)} mask(s) under {raw_dir} differ in size from their image; {MASK_SIZE_HINT} "
+            f"(or set data.on_bad_file: skip to leave those images out):\n  {_listing(mismatched)}"
+        )
+    return SplitOutcome(split_records(good, config), bad + mismatched, hidden)
+
+
+def _listing(lines: list[str], limit: int = 100) -> str:
+    return "\n  ".join(lines[:limit]) + ("\n  ..." if len(lines) > limit else "")
 
 
 class BadDataError(StageError, ValueError):

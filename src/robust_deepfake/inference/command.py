@@ -6,7 +6,11 @@ images without the command's printing, progress bar and exit-code rules.
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import os
+import re
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +60,11 @@ def run(options: PredictOptions) -> int:
     except ConfigError as problem:
         error(str(problem).replace("\n", "\nerror: "))
         return 2
+    if options.cam_dir is not None:
+        problem = cam_dir_problem(Path(options.cam_dir), root)
+        if problem:
+            error(f"--cam {options.cam_dir}: {problem}")
+            return 2
     reference = options.model or default_model_uri(params)
     try:
         device = resolve_device(options.device, key="--device")
@@ -72,6 +81,11 @@ def run(options: PredictOptions) -> int:
             resolve_layer(loaded.model, layer)
         except ValueError as problem:
             error(f"--cam-layer: {problem}")
+            return 2
+        try:
+            Path(options.cam_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as problem:
+            error(f"--cam {options.cam_dir}: cannot create this folder ({problem.strerror or problem})")
             return 2
         cams = CamWriter(Path(options.cam_dir), layer, params.cam.method)
 
@@ -117,3 +131,112 @@ def run(options: PredictOptions) -> int:
         error(f"{failed} input(s) could not be scored ({scored} scored)")
         return 1
     return 0
+
+
+# ---------------------------------------------------------------- where --cam may write
+
+_TEMPLATE = re.compile(r"\$\{[^}]*\}")
+DATA_DIR = "data"  # the pipeline's data: data/raw (data.dvc) and data/splits (an out)
+
+
+def _entries(items) -> list[str]:
+    """Paths of a dvc.yaml deps/outs list: plain strings or {path: options}."""
+    paths: list[str] = []
+    for item in items or []:
+        if isinstance(item, str):
+            paths.append(item)
+        elif isinstance(item, dict):
+            paths.extend(str(key) for key in item)
+    return paths
+
+
+def dvc_tracked_paths(root: Path) -> list[tuple[str, str]]:
+    """(pattern, what it is) for every path DVC tracks in the repository at `root`: the deps
+    and outs of dvc.yaml's stages (a templated part such as `seed${item}` becomes the
+    wildcard `seed*`) and the outs of the .dvc files, relative to `root`."""
+    import yaml
+
+    tracked: list[tuple[str, str]] = []
+    try:
+        stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        stages = {}
+    for name, stage in stages.items():
+        if not isinstance(stage, dict):
+            continue
+        body = stage.get("do") if isinstance(stage.get("do"), dict) else stage
+        for kind, role in (("outs", "an out"), ("metrics", "an out"), ("plots", "an out"), ("deps", "a dep")):
+            for path in _entries(body.get(kind)):
+                tracked.append((_TEMPLATE.sub("*", path), f"{role} of stage {name} in dvc.yaml"))
+    for dvc_file in _dvc_files(root):
+        try:
+            outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        for out in outs:
+            if isinstance(out, dict) and out.get("path"):
+                path = os.path.normpath(os.path.join(os.path.relpath(dvc_file.parent, root), out["path"]))
+                tracked.append((Path(path).as_posix(), f"tracked by {dvc_file.relative_to(root).as_posix()}"))
+    return tracked
+
+
+def _dvc_files(root: Path) -> list[Path]:
+    """The .dvc files of the repository: at its top level, and those git lists (tracked or
+    not ignored); outside git, those within three folders of the top."""
+    found = {path for path in root.glob("*.dvc") if path.is_file()}
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.dvc"],
+                                cwd=root, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        listed = None
+    if listed is not None and listed.returncode == 0:
+        found.update(root / name for name in listed.stdout.decode(errors="replace").split("\0") if name)
+    else:
+        for directory, subdirs, names in os.walk(root):
+            depth = len(Path(directory).relative_to(root).parts)
+            subdirs[:] = [] if depth >= 3 else [d for d in subdirs if not d.startswith(".") and d != "node_modules"]
+            found.update(Path(directory) / name for name in names if name.endswith(".dvc"))
+    return sorted(path for path in found if path.is_file())
+
+
+def _matches(parts: tuple[str, ...], pattern: str) -> bool:
+    pattern_parts = Path(pattern).parts
+    return len(parts) >= len(pattern_parts) and all(
+        fnmatch.fnmatchcase(part, want) for part, want in zip(parts, pattern_parts, strict=False)
+    )
+
+
+def cam_dir_problem(directory: Path, root: Path) -> str | None:
+    """Why --cam may not write to `directory`, or None. Overlays written into the data or a
+    DVC-tracked path would become part of it: `*_cam.png` files in data/raw are training
+    images after the next `dvc repro`. Checked against the repository of the current
+    directory (`root`) and the one holding `directory`, symlinks resolved."""
+    from robust_deepfake.paths import find_repo_root
+
+    if directory.exists() and not directory.is_dir():
+        return "is a file; --cam takes a folder to write <stem>_cam.png overlays into"
+    real = Path(os.path.realpath(directory))
+    existing = next((p for p in (real, *real.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{existing} is a file, so this folder cannot be created"
+    roots = {Path(os.path.realpath(root))}
+    if existing is not None:
+        roots.add(Path(os.path.realpath(find_repo_root(existing))))
+    for repo in sorted(roots):
+        if not (repo / "dvc.yaml").is_file() or not real.is_relative_to(repo):
+            continue
+        parts = real.relative_to(repo).parts
+        tracked = sorted(dvc_tracked_paths(repo), key=lambda item: item[1].startswith("a dep"))  # outs first
+        hit = next(((pattern, what) for pattern, what in tracked if _matches(parts, pattern)), None)
+        in_data = _matches(parts, DATA_DIR)
+        if hit is None and not in_data:
+            continue
+        where = f"{repo / hit[0]} ({hit[1]})" if hit else f"{repo / DATA_DIR}, the pipeline's data folder"
+        if in_data and hit:
+            effect = "*_cam.png files there would become training and test images on the next `dvc repro`"
+        elif in_data:
+            effect = "overlays are kept out of the pipeline's data"
+        else:
+            effect = "overlays written there would change what DVC tracks"
+        return f"is inside {where}: {effect}. Write them elsewhere, e.g. --cam /tmp/cams"
+    return None

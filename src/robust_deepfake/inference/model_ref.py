@@ -11,7 +11,6 @@ models/ layout. A reference is either
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +68,7 @@ def _seed_dirs(folder: Path) -> list[Path]:
 
 def _load_local(path: Path) -> LoadedModel:
     from robust_deepfake.config import ModelConfig
-    from robust_deepfake.model.detector import load_detector, load_trained
+    from robust_deepfake.model.detector import CheckpointError, load_detector, load_trained, read_detector_meta
 
     if not path.exists():
         raise ModelRefError(
@@ -87,15 +86,14 @@ def _load_local(path: Path) -> LoadedModel:
         if weights.name == "model.pt":
             model, meta = load_trained(weights.parent)
         else:  # renamed weights: meta.json must still sit next to them
-            meta_path = weights.parent / "meta.json"
-            if not meta_path.exists():
-                raise FileNotFoundError(f"{meta_path}: missing (written next to the weights by the train stage)")
-            meta = json.loads(meta_path.read_text())
+            meta = read_detector_meta(weights.parent / "meta.json")
             detector = meta["detector"]
             model = load_detector(weights, ModelConfig(**detector["model"]), detector["split_at"])
+    except CheckpointError as error:  # names the file and why (a blocked pickle, a truncated file ...)
+        raise ModelRefError(str(error)) from None
     except FileNotFoundError as error:
         raise ModelRefError(str(error)) from None
-    except (KeyError, ValueError, RuntimeError, OSError) as error:
+    except (KeyError, ValueError, TypeError, RuntimeError, OSError) as error:
         raise ModelRefError(f"{weights}: not a detector checkpoint with its meta.json ({error})") from None
     return LoadedModel(model, int(meta["detector"]["image_size"]), str(weights))
 
@@ -114,9 +112,13 @@ def _load_from_mlflow(uri: str, params: Params, root: Path) -> LoadedModel:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from robust_deepfake.ops.tracking import configure
+    from robust_deepfake.errors import StageError
+    from robust_deepfake.ops.tracking import require_store
 
-    store = configure(params.tracking, root)
+    try:
+        store = require_store(params.tracking, root, write=False)
+    except StageError as error:
+        raise ModelRefError(str(error)) from None
     database = _sqlite_file(store)
     if database is not None and not database.exists():
         # opening a missing sqlite store would silently create an empty one

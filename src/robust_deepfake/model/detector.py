@@ -165,24 +165,110 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
         tmp.write_bytes(data)
 
 
+class CheckpointError(StageError, ValueError):
+    """A weights file (or its meta.json) that cannot be loaded as a detector; str() names
+    the file and why. Raised before any model code runs on it."""
+
+
+_RESTORE_HINT = "retrain it (`dvc repro`) or restore it (`dvc checkout`)"
+
+
+def _reason(error: BaseException) -> str:
+    """The informative line of a torch error (its messages are paragraphs of advice)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    keys = ("GLOBAL", "Unsupported", "blocked", "zip archive", "Missing key", "Unexpected key", "size mismatch")
+    line = next((line for line in lines if any(key in line for key in keys)), lines[0] if lines else "")
+    line = line.removeprefix("Please file an issue with the following so that we can make "
+                             "`weights_only=True` compatible with your use case: ")
+    line = line.split(". This is an internal miniz error")[0].rstrip(".")
+    line = line or type(error).__name__
+    return line if len(line) <= 240 else line[:240] + " ..."
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """The state dict in `path`, loaded with torch.load(weights_only=True): only tensors
+    and plain containers, never pickled code. Anything else (a pickle with objects, a
+    truncated or foreign file) is a CheckpointError naming the file, not a traceback."""
+    import pickle
+    from collections.abc import Mapping
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path}: empty file (0 bytes), not a detector checkpoint; {_RESTORE_HINT}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise MissingInputError(f"{path}: missing; run `dvc repro` (the train stages) first") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, not a weights file") from None
+    except pickle.UnpicklingError as error:
+        reason = _reason(error)
+        if "GLOBAL" in reason or "blocked" in reason:
+            raise CheckpointError(
+                f"{path}: refused: the file holds pickled objects, not just tensors ({reason}); "
+                "torch.load(weights_only=True) blocked it, nothing in it was run. A detector checkpoint "
+                "(model.pt as the train stage writes it) holds tensors only: do not load this file with "
+                f"weights_only=False unless you trust its source; {_RESTORE_HINT}"
+            ) from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({reason}); {_RESTORE_HINT}"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - torch.load raises KeyError, EOFError, RuntimeError ... on junk
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({type(error).__name__}: "
+            f"{_reason(error)}); {_RESTORE_HINT}"
+        ) from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"{path}: holds a {type(state).__name__}, not a state dict of tensors (save_weights writes one); "
+            f"{_RESTORE_HINT}"
+        )
+    return state
+
+
 def load_detector(path: str | Path, config: ModelConfig, split_at: int, device: str | torch.device = "cpu") -> Detector:
     """Rebuild the detector from a state dict written by save_weights."""
+    state = read_state_dict(path)
     model = build_detector(config, split_at, for_inference=True)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:  # missing/unexpected keys, shape mismatches
+        raise CheckpointError(
+            f"{path}: does not fit the detector its meta.json describes ({_reason(error)}); {_RESTORE_HINT}"
+        ) from None
     return model.to(device).eval()
+
+
+def read_detector_meta(meta_path: str | Path) -> dict:
+    """meta.json next to the weights, checked for the `detector` section load_trained needs."""
+    import json
+
+    meta_path = Path(meta_path)
+    try:
+        meta = json.loads(meta_path.read_text())
+        detector = meta["detector"]
+        ModelConfig(**detector["model"])
+        int(detector["split_at"]), int(detector["image_size"])
+    except FileNotFoundError:
+        raise MissingInputError(f"{meta_path}: missing (written next to the weights by the train stage)") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        detail = f"no key {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {_reason(error)}"
+        raise CheckpointError(
+            f"{meta_path}: not a detector meta.json ({detail}); {_RESTORE_HINT}"
+        ) from None
+    return meta
 
 
 def load_trained(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Detector, dict]:
     """A trained variant from its DVC outs (model.pt + meta.json written by the train stage)."""
-    import json
-
     model_dir = Path(model_dir)
     meta_path, weights = model_dir / "meta.json", model_dir / "model.pt"
     for path in (meta_path, weights):
         if not path.exists():
             raise MissingInputError(f"{path}: missing; run `dvc repro` (the train stages) first")
-    meta = json.loads(meta_path.read_text())
+    meta = read_detector_meta(meta_path)
     detector = meta["detector"]
     model = load_detector(weights, ModelConfig(**detector["model"]), detector["split_at"], device)
     return model, meta

@@ -1,5 +1,6 @@
 """The body of the split stage: data/raw -> data/splits/{train,val,test}.csv and
-metrics/split.json (identity-disjoint, source-stratified; see data/split.py)."""
+metrics/split.json (identity-disjoint, source-stratified; see data/split.py), after
+checking that data/raw is data someone accepted (the data guard, data/materialize.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,21 @@ from pathlib import Path
 from robust_deepfake.config import Params
 from robust_deepfake.data.dataset import SPLIT_COLUMNS
 from robust_deepfake.data.layout import SPLITS
+from robust_deepfake.data.materialize import DVC_FILE, check_data_accepted
 from robust_deepfake.data.split import build_splits
 from robust_deepfake.io import write_csv, write_json
 from robust_deepfake.paths import SplitOutputs
 
 
 def split(params: Params, root: Path) -> dict:
-    """Write the three split CSVs and the split metrics; returns the metrics."""
+    """Write the three split CSVs and the split metrics; returns the metrics.
+
+    First of all, the data guard: data/raw must be what data.dvc records at git HEAD, or
+    what `robust-deepfake data track` accepted (materialize.check_data_accepted); `dvc
+    repro` re-records data.dvc by itself before this runs, so it cannot tell."""
+    note = check_data_accepted(root / params.data.raw_dir, root / DVC_FILE)
+    if note:
+        print(note)
     outcome = build_splits(params.data.raw_dir, params.split, params.data.on_bad_file)
     outputs = SplitOutputs.at(root, params.data.splits_dir)
     for name in SPLITS:
