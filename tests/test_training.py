@@ -296,3 +296,23 @@ def test_split_says_when_training_uses_fewer_images(tiny_raw, tmp_path, capsys):
             "(train.max_train_samples)") in capsys.readouterr().out
     split(validate(_raw_params(tiny_raw, tmp_path / "splits")), tmp_path)
     assert "train.max_train_samples" not in capsys.readouterr().out
+
+
+def test_data_num_workers_reaches_the_training_loader(tiny_raw, splits, tmp_path, monkeypatch):
+    """`data.num_workers` is passed to `fit` (before, the loader never saw it)."""
+    from robust_deepfake.model.training import FitResult
+    from robust_deepfake.pipeline import train as train_module
+
+    seen = {}
+    record = {"epoch": 0, "train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.8, "val_f1": 0.8,
+              "val_auc": 0.9, "seconds": 1.0, "images_per_s": 10.0}
+
+    def fake_fit(model, train_set, val_set, config, reg, device, **kwargs):
+        seen.update(kwargs)
+        return FitResult([record], 0, dict(record), model.state_dict(), False, None, [1.0, 1.0])
+
+    monkeypatch.setattr(train_module, "fit", fake_fit)
+    raw = _raw_params(tiny_raw, splits)
+    raw["data"]["num_workers"] = 3
+    train_model(validate(raw), ModelKey("baseline", 0), tmp_path, track=False)
+    assert seen["num_workers"] == 3

@@ -3,7 +3,9 @@
 No normalization here: the model normalizes as its first layer, so attacks and CAMs
 work in pixel space. Small sets (the bundled sample: ~30 MB at 64 px) are decoded once
 into one uint8 tensor and batched by indexing, which keeps a 2-core CPU busy with the
-model instead of PNG decoding; sets over `data.cache_max_mb` stream through a DataLoader.
+model instead of PNG decoding; sets over `data.cache_max_mb` stream from disk, decoded
+in `data.num_workers` DataLoader worker processes (or one background thread with 0).
+Training moves batches as uint8 and makes them float on the device (data/loader.py).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from robust_deepfake.data.images import load_mask_array, load_rgb_array
+from robust_deepfake.data.loader import Batch, BatchLoader, unit_float
 from robust_deepfake.errors import MissingInputError
 
 SPLIT_COLUMNS = ["path", "label", "source", "group", "mask_path"]
@@ -52,13 +55,6 @@ def read_split(csv_path: str | Path, root: str | Path | None = None) -> list[Sam
         ]
 
 
-@dataclass
-class Batch:
-    images: torch.Tensor  # float32 (N, 3, S, S) in [0, 1]
-    labels: torch.Tensor  # int64 (N,)
-    indices: torch.Tensor  # int64 (N,) positions in the split
-
-
 class ImageSet(Dataset):
     """One split at one image size; decoded lazily, or all at once when `cache`."""
 
@@ -78,11 +74,15 @@ class ImageSet(Dataset):
         array = load_rgb_array(self.samples[index].path, self.image_size)
         return torch.from_numpy(array).permute(2, 0, 1), self.samples[index].label, index
 
+    def pixels_at(self, indices: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, S, S) images at the given positions (decoding them if not cached)."""
+        if self.pixels is not None:
+            return self.pixels[indices]
+        return torch.stack([self[int(i)][0] for i in indices])
+
     def images(self, indices: torch.Tensor) -> torch.Tensor:
         """float [0, 1] images at the given positions (decoding them if not cached)."""
-        if self.pixels is not None:
-            return self.pixels[indices].float().div_(255)
-        return torch.stack([self[int(i)][0] for i in indices]).float().div_(255)
+        return unit_float(self.pixels_at(indices))
 
     def masks(self, indices: torch.Tensor) -> torch.Tensor:
         """float (N, S, S) ground-truth masks; fakes without a mask file are unknown (NaN)
@@ -119,25 +119,13 @@ def iterate(
     indices: torch.Tensor | None = None,
     num_workers: int = 0,
     drop_last: bool = False,
+    uint8: bool = False,
 ) -> Iterator[Batch]:
-    """Batches in a seeded order; the same (seed, indices) always gives the same batches."""
-    order = indices if indices is not None else torch.arange(len(dataset))
-    if shuffle:
-        generator = torch.Generator().manual_seed(seed)
-        order = order[torch.randperm(len(order), generator=generator)]
-    if dataset.pixels is not None or num_workers == 0:
-        stop = len(order) - (len(order) % batch_size if drop_last else 0)
-        for start in range(0, stop, batch_size):
-            chunk = order[start : start + batch_size]
-            yield Batch(dataset.images(chunk), dataset.labels[chunk], chunk)
-        return
-    loader = DataLoader(
-        torch.utils.data.Subset(dataset, order.tolist()),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        persistent_workers=False,
-    )
-    for images, labels, positions in loader:
-        yield Batch(images.float().div_(255), labels, positions)
+    """Batches in a seeded order; the same (seed, indices) always gives the same batches.
+    Images are float [0, 1], or uint8 with `uint8` (make them float with `unit_float`).
+    Made in the caller's thread (or by `num_workers` processes when streaming); the
+    training loop's `BatchLoader` also makes them ahead, pinned for CUDA."""
+    loader = BatchLoader(dataset, batch_size, num_workers=num_workers, prefetch=2 if num_workers else 0,
+                         drop_last=drop_last, persistent=False)
+    for batch in loader.batches(shuffle, seed, indices):
+        yield batch if uint8 else Batch(unit_float(batch.images), batch.labels, batch.indices)

@@ -6,11 +6,17 @@ perturbations of epoch k are the same whether the run started at epoch 0 or resu
 k from the per-epoch checkpoint, so a killed run that is re-run ends with the same
 metrics as an uninterrupted one (tests/test_training.py kills one to check).
 
-The step keeps its running sums on the device: the host reads them once per progress
-refresh, not after every batch (a `.item()` per step stalls a GPU pipeline).
+Batches travel as uint8 (pinned for CUDA, copied without blocking) and become float and
+flipped on the device; the next batches are made while the current one trains
+(data/loader.py). The flip decisions are still drawn on the host, from the epoch's
+generator in the same order as ever, so CPU results are the same bytes as before.
+The step keeps its running sums on the device: the host reads them when the progress
+bar can redraw (never with the bar off) and once at the end of the epoch; a read per
+step (`.item()`, or a copy from pageable memory) stalls a GPU pipeline.
 
-Over 300 lines because the loop's parts (step, epoch, best-epoch tracker, checkpoint)
-are small classes and functions that only make sense together; each is short.
+Over 300 lines because the loop's parts (step, batch transfer, epoch, validation pass,
+best-epoch tracker, checkpoint) are small classes and functions that only make sense
+together; each is short. How batches are made is data/loader.py's business.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import torch
 from torch import nn
 
 from robust_deepfake.config import RegConfig, TrainConfig
-from robust_deepfake.data.dataset import ImageSet, iterate
+from robust_deepfake.data.dataset import ImageSet
+from robust_deepfake.data.loader import Batch, BatchLoader, unit_float
 from robust_deepfake.io import atomic_path
 from robust_deepfake.metrics import classification_metrics
 from robust_deepfake.model.device import NO_AMP, Amp, seed_everything
@@ -38,7 +45,7 @@ MAXIMIZE = {"val_auc": True, "val_f1": True, "val_accuracy": True, "val_loss": F
 # Epoch seeds are seed * EPOCH_SEED_STRIDE + epoch: a prime stride larger than any epoch
 # count keeps the (seed, epoch) -> RNG-seed map one-to-one across seeds.
 EPOCH_SEED_STRIDE = 10007
-PROGRESS_EVERY = 10  # steps between host reads of the running loss (one sync each)
+PROGRESS_SECONDS = 0.5  # least time between host reads of the running loss (one sync each)
 
 
 def class_weights(labels: torch.Tensor, n_classes: int = 2) -> torch.Tensor:
@@ -107,6 +114,20 @@ def training_step(
     return StepLosses(total, clean, perturbed, correct, relative.mean())
 
 
+def to_device(batch: Batch, device: torch.device, flip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uint8 host batch as float [0, 1] images and labels on `device`; images where
+    `flip` (bool per image) is set are mirrored left-right there. The copies do not block
+    from pinned memory; flipping the uint8 pixels before `unit_float` is exact, so the
+    images are the bytes the host-side float path made."""
+    images = batch.images.to(device, non_blocking=True)
+    if flip is not None:
+        if device.type == "cuda":
+            flip = flip.pin_memory()
+        flip = flip.to(device, non_blocking=True)
+        images = torch.where(flip[:, None, None, None], images.flip(3), images)
+    return unit_float(images), batch.labels.to(device, non_blocking=True)
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
@@ -115,16 +136,26 @@ def predict_logits(
     device: torch.device,
     amp: Amp = NO_AMP,
     indices: torch.Tensor | None = None,
+    num_workers: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits (N, 2) as float64 numpy and labels, in dataset (or `indices`) order."""
+    with BatchLoader(dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda",
+                     persistent=False) as loader:
+        return _predict(model, loader, device, amp, indices)
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, loader: BatchLoader, device: torch.device, amp: Amp = NO_AMP,
+             indices: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     logits, labels = [], []
-    for batch in iterate(dataset, batch_size, indices=indices):
+    for batch in loader.batches(indices=indices):
+        images, _ = to_device(batch, device)
         with amp.autocast():
-            out = model(batch.images.to(device, non_blocking=True))
-        logits.append(out.float().cpu())
+            out = model(images)
+        logits.append(out.float())  # kept on the device: one copy to the host at the end
         labels.append(batch.labels)
-    return torch.cat(logits).double().numpy(), torch.cat(labels).numpy()
+    return torch.cat(logits).cpu().double().numpy(), torch.cat(labels).numpy()
 
 
 def validation_metrics(logits: np.ndarray, labels: np.ndarray, weights: torch.Tensor) -> dict[str, float]:
@@ -210,8 +241,8 @@ class _Checkpoint:
             )
 
 
-def _train_one_epoch(model, train_set, train_indices, config: TrainConfig, reg, device, criterion, optimizer,
-                     scheduler, amp: Amp, epoch: int, seed: int, show_progress: bool) -> dict[str, float]:
+def _train_one_epoch(model, loader: BatchLoader, train_indices, config: TrainConfig, reg, device, criterion,
+                     optimizer, scheduler, amp: Amp, epoch: int, seed: int, show_progress: bool) -> dict[str, float]:
     epoch_seed = seed * EPOCH_SEED_STRIDE + epoch
     seed_everything(epoch_seed)
     generator = torch.Generator().manual_seed(epoch_seed)  # flips (CPU batches)
@@ -224,25 +255,26 @@ def _train_one_epoch(model, train_set, train_indices, config: TrainConfig, reg, 
     zero = torch.zeros((), device=device)
     sums = {"loss": zero.clone(), "clean": zero.clone(), "perturbed": zero.clone(), "gap": zero.clone(),
             "relative": zero.clone(), "correct": zero.clone()}
-    seen = steps = 0
+    seen = 0
     bar = progress(total=len(train_indices), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
                    disable=not show_progress, leave=False)
-    for batch in iterate(train_set, config.batch_size, shuffle=True, seed=epoch_seed, indices=train_indices):
+    # the running loss is read only as often as the bar can redraw it (0.5 s on a
+    # terminal, 10 s in a log); never with the bar off
+    read_every = max(PROGRESS_SECONDS, bar.mininterval) if show_progress else math.inf
+    last_read = started
+    for batch in loader.batches(shuffle=True, seed=epoch_seed, indices=train_indices):
         if len(batch.labels) < 2:
             continue  # BatchNorm cannot train on a single image (a split of size k * batch + 1)
-        images = batch.images
-        if config.augment_hflip:
-            flip = torch.rand(len(images), generator=generator) < 0.5
-            images = torch.where(flip[:, None, None, None], images.flip(3), images)
-        images = images.to(device, non_blocking=True)
-        labels = batch.labels.to(device, non_blocking=True)
+        # drawn on the host from the epoch's generator, before the step's own draws (on
+        # the CPU the perturbation draws from it too): the draws of old, in their order
+        flip = torch.rand(len(batch.labels), generator=generator) < 0.5 if config.augment_hflip else None
+        images, labels = to_device(batch, device, flip)
         optimizer.zero_grad(set_to_none=True)
         losses = training_step(model, images, labels, criterion, reg, generator=perturb_generator, amp=amp)
         amp.step(optimizer)
         scheduler.step()
         n = len(labels)
         seen += n
-        steps += 1
         sums["loss"] += losses.total * n
         sums["clean"] += losses.clean * n
         sums["correct"] += losses.correct
@@ -251,12 +283,15 @@ def _train_one_epoch(model, train_set, train_indices, config: TrainConfig, reg, 
             sums["gap"] += (losses.perturbed - losses.clean).abs() * n
             sums["relative"] += losses.relative_size * n
         bar.update(n)
-        if steps % PROGRESS_EVERY == 0:
-            bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}",
-                            img_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
+        now = time.perf_counter()
+        if now - last_read >= read_every:
+            last_read = now
+            bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}", img_s=f"{seen / (now - started):.0f}",
+                            refresh=False)
     bar.close()
     seconds = time.perf_counter() - started
-    totals = {k: v.item() / max(seen, 1) for k, v in sums.items()}
+    # one read for all the sums (each float32 -> Python float exactly as `.item()` gives it)
+    totals = dict(zip(sums, (v / max(seen, 1) for v in torch.stack(list(sums.values())).tolist()), strict=True))
     regularized = reg is not None
     return {
         "epoch": epoch,
@@ -284,8 +319,10 @@ def fit(
     fingerprint: str = "",
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     show_progress: bool = True,
+    num_workers: int = 0,
 ) -> FitResult:
-    """Train `model` in place and return the history and the best epoch's weights."""
+    """Train `model` in place and return the history and the best epoch's weights.
+    `num_workers` (data.num_workers) decode streamed splits in worker processes."""
     model.to(device)
     weights = class_weights(train_set.labels)
     criterion = nn.CrossEntropyLoss(weight=weights.to(device))
@@ -302,28 +339,32 @@ def fit(
     best = _Best(MAXIMIZE[config.monitor])
     saver = _Checkpoint(checkpoint, fingerprint)
     history, resumed_from = saver.restore(model, optimizer, scheduler, amp, best)
-    stopped_early = False
-    for epoch in range(resumed_from or 0, config.epochs):
-        if best.bad_epochs >= config.patience:
-            stopped_early = True
-            break
-        record = _train_one_epoch(model, train_set, train_indices, config, reg, device, criterion, optimizer,
-                                  scheduler, amp, epoch, seed, show_progress)
-        logits, labels = predict_logits(model, val_set, max(64, config.batch_size * 2), device, amp)
-        record.update(validation_metrics(logits, labels, weights), lr=scheduler.get_last_lr()[0])
-        history.append(record)
-        improved = best.update(record, config.monitor, model)
-        print(
-            f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f} "
-            f"val_loss {record['val_loss']:.4f} val_acc {record['val_accuracy']:.3f} "
-            f"val_f1 {record['val_f1']:.3f} val_auc {record['val_auc']:.3f}"
-            + (f" |L_pert-L_clean| {record['train_loss_gap']:.4f}" if reg is not None else "")
-            + f" ({record['images_per_s']:.0f} img/s){' *' if improved else ''}",
-            flush=True,
-        )
-        if on_epoch:
-            on_epoch(record)
-        saver.save(epoch, model, optimizer, scheduler, amp, history, best)
+    pin = device.type == "cuda"  # batches pinned where they are made: copies that do not block
+    with (BatchLoader(train_set, config.batch_size, num_workers=num_workers, pin_memory=pin) as train_loader,
+          BatchLoader(val_set, max(64, config.batch_size * 2), num_workers=num_workers,
+                      pin_memory=pin) as val_loader):
+        stopped_early = False
+        for epoch in range(resumed_from or 0, config.epochs):
+            if best.bad_epochs >= config.patience:
+                stopped_early = True
+                break
+            record = _train_one_epoch(model, train_loader, train_indices, config, reg, device, criterion, optimizer,
+                                      scheduler, amp, epoch, seed, show_progress)
+            logits, labels = _predict(model, val_loader, device, amp)
+            record.update(validation_metrics(logits, labels, weights), lr=scheduler.get_last_lr()[0])
+            history.append(record)
+            improved = best.update(record, config.monitor, model)
+            print(
+                f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f} "
+                f"val_loss {record['val_loss']:.4f} val_acc {record['val_accuracy']:.3f} "
+                f"val_f1 {record['val_f1']:.3f} val_auc {record['val_auc']:.3f}"
+                + (f" |L_pert-L_clean| {record['train_loss_gap']:.4f}" if reg is not None else "")
+                + f" ({record['images_per_s']:.0f} img/s){' *' if improved else ''}",
+                flush=True,
+            )
+            if on_epoch:
+                on_epoch(record)
+            saver.save(epoch, model, optimizer, scheduler, amp, history, best)
 
     assert best.state is not None, "no epoch completed"
     model.load_state_dict(best.state)

@@ -96,6 +96,7 @@ def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -
         result = fit(
             model, train_set, val_set, params.train, reg, device, seed=key.seed,
             checkpoint=checkpoint, fingerprint=identity, on_epoch=_epoch_logger(track),
+            num_workers=data.num_workers,
         )
         if track and result.resumed_from:  # the epochs before the crash, so this run holds every epoch
             log_epoch = _epoch_logger(True)
@@ -130,7 +131,8 @@ def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -
             from robust_deepfake.ops.tracking import log_training_artifacts
 
             log_training_artifacts(outputs.plot, result.history,
-                                   _val_confusion(model, val_set, params.train.batch_size, device))
+                                   _val_confusion(model, val_set, params.train.batch_size, device,
+                                                  data.num_workers))
             data_facts = {"train": n_train, "val": len(val_set)}
             record.update(_register(params, key, root, run, outputs, config, summary, reg is not None,
                                     example_image=val_set.samples[0].path, data=data_facts))
@@ -178,14 +180,14 @@ def _epoch_logger(track: bool):
     return log_epoch
 
 
-def _val_confusion(model, val_set, batch_size: int, device) -> dict:
+def _val_confusion(model, val_set, batch_size: int, device, num_workers: int = 0) -> dict:
     """The validation confusion matrix of the saved weights at p(fake) >= 0.5 (rows: true
     real/fake, columns: predicted), for the training run's artifacts."""
     import numpy as np
 
     from robust_deepfake.model.training import predict_logits
 
-    logits, labels = predict_logits(model, val_set, batch_size, device)
+    logits, labels = predict_logits(model, val_set, batch_size, device, num_workers=num_workers)
     predicted = (logits[:, 1] >= logits[:, 0]).astype(int)  # p(fake) >= 0.5, as metrics.py
     matrix = [[int(np.sum((labels == t) & (predicted == q))) for q in (0, 1)] for t in (0, 1)]
     return {"threshold": 0.5, "labels": ["real", "fake"], "matrix": matrix}
