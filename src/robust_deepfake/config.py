@@ -256,6 +256,9 @@ class AttackConfig(Strict):
     random_start: bool = True
     # Score adversarial images after rounding to 8 bits (what survives saving the image).
     quantize: bool = True
+    # bf16 autocast for the attacks' forward and backward passes on CUDA (ignored on CPU);
+    # off until benchmarks.gpu_check has measured its speed on a GPU.
+    amp: bool = False
     momentum: float = Field(1.0, ge=0)
     max_samples: int | None = Field(128, ge=2)
     batch_size: int = Field(128, ge=1)
