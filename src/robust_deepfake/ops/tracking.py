@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -242,7 +243,10 @@ def raw_data_dataset(params: Params, root: Path):
     from mlflow.data.meta_dataset import MetaDataset
 
     raw = root / params.data.raw_dir
-    return MetaDataset(resolve_dataset_source(str(raw)), name=params.data.raw_dir, digest=data_md5(root)[:36])
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both readings are the local folder
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(raw))
+    return MetaDataset(source, name=params.data.raw_dir, digest=data_md5(root)[:36])
 
 
 def log_training_artifacts(history_csv: Path, history: list[dict], confusion: dict[str, Any]) -> None:
