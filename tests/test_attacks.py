@@ -1,6 +1,8 @@
 """Our attacks against the torchattacks 3.5.1 oracle, the eps-ball/[0,1] guarantees, and
 8-bit rounding of adversarial images."""
 
+import contextlib
+
 import pytest
 import torch
 import torchattacks
@@ -186,3 +188,151 @@ def test_quantization_removes_sub_grey_level_perturbations(model, grid_batch):
     adv = FGSM(model, 0.4 / 255)(images, labels)
     assert (adv != images).any()
     assert torch.equal(quantize_8bit(adv), images)
+
+
+# --- random starts on the images' device ----------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+# sha256 of PGD.start's bytes for the images and generator below, recorded before random
+# starts moved to the device: on the CPU the start must stay the CPU generator's draw.
+CPU_START_SHA256 = "074d3e4e90465d2cf2ca5b76ac72dc34d1c2caad56a3de5361ca8f6462b5a5d2"
+
+
+def _start_inputs():
+    from robust_deepfake.robustness.sweep import attack_generator
+
+    pixels = torch.randint(0, 256, (10, 3, 32, 32), generator=torch.Generator().manual_seed(11), dtype=torch.uint8)
+    return pixels.float() / 255, attack_generator(5, "pgd", 2 / 255)
+
+
+def test_pgd_cpu_random_start_is_the_cpu_generators_draw():
+    import hashlib
+
+    images, generator = _start_inputs()
+    start = PGD(None, 2 / 255, 1 / 255, 1, generator=generator).start(images)
+    assert hashlib.sha256(start.numpy().tobytes()).hexdigest() == CPU_START_SHA256
+    # the same as drawing from the CPU generator by hand, as before
+    _, again = _start_inputs()
+    noise = torch.empty(images.shape).uniform_(-2 / 255, 2 / 255, generator=again)
+    assert torch.equal(start, torch.clamp(images + noise, 0, 1))
+    _check_ball(start, images, 2 / 255)
+
+
+def test_pgd_device_generator_is_the_given_one_on_its_own_device():
+    generator = torch.Generator().manual_seed(0)
+    attack = PGD(None, EPS, 1 / 255, 1, generator=generator)
+    assert attack.device_generator(torch.device("cpu")) is generator
+    assert PGD(None, EPS, 1 / 255, 1).device_generator(torch.device("cpu")) is None
+
+
+@needs_cuda
+def test_pgd_cuda_random_start_is_drawn_on_the_gpu_and_seeded():
+    images, _ = _start_inputs()
+    images = images.cuda()
+    starts = []
+    for _ in range(2):
+        _, generator = _start_inputs()
+        attack = PGD(None, 2 / 255, 1 / 255, 1, generator=generator)
+        starts.append(torch.cat([attack.start(images), attack.start(images)]))  # two batches
+        assert attack.device_generator(images.device).device == images.device
+    assert torch.equal(starts[0], starts[1])  # reproducible per seed
+    first, second = starts[0].chunk(2)
+    assert not torch.equal(first, second)  # the stream continues from batch to batch
+    _check_ball(first, images, 2 / 255)
+    cpu_start = PGD(None, 2 / 255, 1 / 255, 1, generator=_start_inputs()[1]).start(images.cpu())
+    assert not torch.equal(first.cpu(), cpu_start)  # documented: GPU and CPU draws differ
+
+
+# --- attack.amp: bf16 autocast of the attack passes -----------------------------------
+
+
+def test_amp_is_ignored_on_the_cpu_by_default(model, batch):
+    images, labels = batch
+    for name in ("fgsm", "pgd", "mifgsm"):
+        plain = build_attack(name, model, EPS, AttackConfig(steps=2), torch.Generator().manual_seed(0))
+        amp = build_attack(name, model, EPS, AttackConfig(steps=2, amp=True), torch.Generator().manual_seed(0))
+        assert amp.amp and isinstance(amp.autocast(images.device), contextlib.nullcontext)
+        assert torch.equal(amp(images, labels), plain(images, labels))
+
+
+def test_amp_runs_the_forward_in_bf16_and_returns_a_float32_gradient(model, batch):
+    images, labels = batch
+    seen = []
+    handle = model.body.conv_stem.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    try:
+        attack = FGSM(model, EPS, amp=True, amp_device_types=frozenset({"cpu"}))
+        grad = attack.gradient(images, labels)
+        adv = attack(images, labels)
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert grad.dtype == torch.float32 and adv.dtype == torch.float32
+    _check_ball(adv, images, EPS)
+
+
+def _trained_tiny_detector(device):
+    """The detector trained by `fit` on 192 generated 32 px images (in memory), 12 epochs:
+    clean accuracy well above chance, so accuracy under attack at 1/255 is in between.
+    Returns the training images and their mirror images (384: one image is 0.26 points)."""
+    import numpy as np
+
+    from robust_deepfake.config import TrainConfig
+    from robust_deepfake.data.dataset import ImageSet, Sample
+    from robust_deepfake.data.sample import SampleSpec, iter_sample
+    from robust_deepfake.model.training import fit
+
+    items = list(iter_sample(SampleSpec(seed=7, image_size=32, real_per_source=48, fakes_per_method=24)))
+    samples = [Sample("", int(item.relpath.startswith("fake/")), item.relpath.split("/")[1], f"g{i}", "")
+               for i, item in enumerate(items)]
+    dataset = ImageSet(samples, 32, cache=False)
+    dataset.pixels = torch.from_numpy(np.stack([item.pixels for item in items])).permute(0, 3, 1, 2).contiguous()
+    torch.manual_seed(0)
+    net = build_detector(ModelConfig(), split_at=2)
+    config = TrainConfig(epochs=12, batch_size=32, lr=0.002, patience=12, monitor="val_accuracy", amp=False)
+    fit(net, dataset, dataset, config, None, device, show_progress=False)
+    images = dataset.images(torch.arange(len(dataset)))
+    images, labels = torch.cat([images, images.flip(3)]), torch.cat([dataset.labels, dataset.labels])
+    return net.eval(), images.to(device), labels.to(device)
+
+
+def _accuracy_under_attack(net, images, labels, amp: bool, types: frozenset[str]) -> dict[str, float]:
+    from robust_deepfake.robustness.sweep import adversarial, attack_generator
+
+    config = AttackConfig(attacks=["fgsm", "pgd"], eps=["1/255"], steps=2, amp=amp)
+    out = {}
+    with torch.no_grad():
+        out["clean"] = (net(images).argmax(1) == labels).float().mean().item()
+    for name in config.attacks:
+        attack = build_attack(name, net, 1 / 255, config, attack_generator(0, name, 1 / 255), amp_device_types=types)
+        adv = adversarial(attack, images, labels, quantize=True)
+        with torch.no_grad():
+            out[name] = (net(adv).argmax(1) == labels).float().mean().item()
+    return out
+
+
+def _check_amp_accuracy(device: torch.device) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # float reductions depend on the thread count: pinned, as train.num_threads
+    try:
+        net, images, labels = _trained_tiny_detector(device)
+        types = frozenset({device.type})
+        fp32 = _accuracy_under_attack(net, images, labels, amp=False, types=types)
+        bf16 = _accuracy_under_attack(net, images, labels, amp=True, types=types)
+    finally:
+        torch.set_num_threads(threads)
+    print(f"accuracy under attack, float32 {fp32}, bf16 autocast {bf16}")
+    assert fp32["clean"] >= 0.65, fp32  # a model that learned something
+    assert max(fp32["fgsm"], fp32["pgd"]) < fp32["clean"] - 0.1, fp32  # and attacks that bite
+    for key in fp32:
+        assert abs(bf16[key] - fp32[key]) <= 0.01, (key, fp32, bf16)
+
+
+def test_amp_moves_accuracy_under_attack_by_at_most_one_point_cpu_bf16():
+    """attack.amp applies on CUDA; here the same bf16 autocast runs on the CPU (opted in)."""
+    _check_amp_accuracy(torch.device("cpu"))
+
+
+@needs_cuda
+def test_amp_moves_accuracy_under_attack_by_at_most_one_point_cuda():
+    _check_amp_accuracy(torch.device("cuda"))

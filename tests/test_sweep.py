@@ -234,6 +234,75 @@ def test_random_starts_do_not_depend_on_the_rest_of_the_grid(models, images_on_d
     assert not np.array_equal(reseeded.p_fake[:, 0, 1], small.p_fake[:, 0, first])
 
 
+def _cell_by_cell(models, dataset, config) -> np.ndarray:
+    """run_sweep's loop before batches moved outermost (kept as the oracle): per model,
+    attack and eps, one fresh attack over every batch; scores copied to the host per batch."""
+    grid = config.eps_grid
+    n = len(dataset)
+    p_fake = np.zeros((len(models), len(config.attacks), len(grid), n))
+    batches = [(dataset.images(chunk), dataset.labels[chunk]) for chunk in torch.arange(n).split(config.batch_size)]
+    for m, model in enumerate(models.values()):
+        with torch.no_grad():
+            p_fake[m, :, 0] = torch.cat([model(images).float().softmax(dim=1)[:, 1] for images, _ in batches]).numpy()
+        for a, name in enumerate(config.attacks):
+            for e, eps in enumerate(grid):
+                if eps == 0:
+                    continue
+                attack = build_attack(name, model, eps, config, attack_generator(config.seed, name, eps))
+                scores = []
+                for images, labels in batches:
+                    adv = adversarial(attack, images, labels, config.quantize)
+                    with torch.no_grad():
+                        scores.append(model(adv).float().softmax(dim=1)[:, 1])
+                p_fake[m, a, e] = torch.cat(scores).numpy()
+    return p_fake
+
+
+def test_sweep_on_the_cpu_gives_the_bytes_of_the_cell_by_cell_loop(models, images_on_disk):
+    """Batches outermost, scores kept on the device, attack objects reused across batches:
+    on the CPU the same bytes as before, random starts included (3 batches of <= 3)."""
+    config = _config(attacks=["fgsm", "bim", "pgd", "mifgsm"], batch_size=3)
+    predictions = _sweep(models, images_on_disk, config)
+    expected = _cell_by_cell(models, images_on_disk, config)
+    assert predictions.p_fake.dtype == np.float64
+    assert predictions.p_fake.tobytes() == expected.tobytes()
+
+
+def test_sweep_moves_each_batch_once_and_runs_every_attack_on_it(models, images_on_disk, monkeypatch):
+    from robust_deepfake.robustness import sweep as sweep_module
+
+    seen: list[torch.Tensor] = []
+
+    def recording_build_attack(*args, **kwargs):
+        attack = build_attack(*args, **kwargs)
+
+        def run(images, labels):
+            seen.append(images)
+            return attack(images, labels)
+        return run
+
+    monkeypatch.setattr(sweep_module, "build_attack", recording_build_attack)
+    config = _config(batch_size=3)
+    _sweep(models, images_on_disk, config)
+    cells = len(models) * len(config.attacks) * len(config.eps)
+    assert len(seen) == 3 * cells  # 8 images in batches of 3, 2, ...: 3 batches
+    per_batch = [seen[i:i + cells] for i in range(0, len(seen), cells)]
+    for calls in per_batch:
+        assert all(images is calls[0] for images in calls)  # one tensor per batch, every attack on it
+    assert len({id(calls[0]) for calls in per_batch}) == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sweep_on_cuda_is_reproducible_and_keeps_its_clean_row(models, images_on_disk):
+    cuda = {key: PixelDetector(seed).cuda().eval() for key, seed in ((BASELINE, 0), (REG, 1))}
+    config = _config(batch_size=3)
+    first = run_sweep(cuda, images_on_disk, np.arange(8), config, torch.device("cuda"), show_progress=False)
+    again = run_sweep(cuda, images_on_disk, np.arange(8), config, torch.device("cuda"), show_progress=False)
+    assert np.array_equal(first.p_fake, again.p_fake)  # device random starts: seeded
+    cpu = _sweep(models, images_on_disk, config)
+    np.testing.assert_allclose(first.p_fake[:, :, 0], cpu.p_fake[:, :, 0], atol=1e-5)  # clean: no randomness
+
+
 # --- summarize: scikit-learn and hand-worked oracles ----------------------------------
 
 

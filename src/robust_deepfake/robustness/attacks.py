@@ -7,7 +7,13 @@ use as an oracle (identical outputs for FGSM, BIM, MI-FGSM, and for PGD given th
 random start); the loss is the mean cross-entropy against the true label.
 
 Speed: during an attack the model's parameters are frozen (requires_grad=False), so
-autograd computes gradients for the input only.
+autograd computes gradients for the input only. PGD's random start is drawn where the
+images are: on a GPU from a device generator seeded by one draw from the (CPU) generator
+it was given, so no CPU tensor is copied per batch. CPU and GPU draws therefore differ;
+each is reproducible per seed, and on the CPU the draw is the plain CPU generator's, as it
+always was. With `amp` (params.yaml `attack.amp`), the forward and backward passes of
+the attacks run under bf16 autocast on CUDA (ignored elsewhere); the loss, the gradient
+sign and the projections stay in float32.
 """
 
 from __future__ import annotations
@@ -35,9 +41,17 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+# Device types on which `amp` turns on bf16 autocast. CPU bf16 autocast is correct but
+# slower than float32 on most CPUs; tests opt in to it to check the accuracy change.
+AMP_DEVICE_TYPES = frozenset({"cuda"})
+
+
+def _input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
     images = images.detach().requires_grad_(True)
-    loss = nn.functional.cross_entropy(model(images).float(), labels)
+    with autocast or contextlib.nullcontext():  # the backward runs in the forward's dtypes
+        logits = model(images)
+    loss = nn.functional.cross_entropy(logits.float(), labels)
     (grad,) = torch.autograd.grad(loss, images)
     return grad
 
@@ -53,11 +67,26 @@ class Attack:
     name = "attack"
     iterative = True
 
-    def __init__(self, model: nn.Module, eps: float) -> None:
+    def __init__(self, model: nn.Module, eps: float, amp: bool = False,
+                 amp_device_types: frozenset[str] = AMP_DEVICE_TYPES) -> None:
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         self.model = model
         self.eps = float(eps)
+        self.amp = bool(amp)
+        self._amp_device_types = frozenset(amp_device_types)
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """bf16 autocast when `amp` is on and the images are on an AMP device, else nothing."""
+        if not self.amp or device.type not in self._amp_device_types:
+            return contextlib.nullcontext()
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return contextlib.nullcontext()  # fp16 would need loss scaling: stay in float32
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def gradient(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """d loss / d images (float32), the forward under `autocast`."""
+        return _input_gradient(self.model, images, labels, self.autocast(images.device))
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         images = images.detach()
@@ -84,7 +113,7 @@ class FGSM(Attack):
     iterative = False
 
     def perturb(self, images, labels):
-        grad = _input_gradient(self.model, images, labels)
+        grad = self.gradient(images, labels)
         return torch.clamp(images + self.eps * grad.sign(), min=0, max=1).detach()
 
 
@@ -96,8 +125,8 @@ class BIM(Attack):
 
     name = "bim"
 
-    def __init__(self, model, eps, alpha: float, steps: int) -> None:
-        super().__init__(model, eps)
+    def __init__(self, model, eps, alpha: float, steps: int, **amp) -> None:
+        super().__init__(model, eps, **amp)
         self.alpha, self.steps = float(alpha), int(steps)
 
     def perturb(self, images, labels):
@@ -105,7 +134,7 @@ class BIM(Attack):
         lower = torch.clamp(images - self.eps, min=0)
         upper = images + self.eps
         for _ in range(self.steps):
-            step = adv + self.alpha * _input_gradient(self.model, adv, labels).sign()
+            step = adv + self.alpha * self.gradient(adv, labels).sign()
             adv = torch.clamp(torch.minimum(torch.maximum(step, lower), upper), max=1).detach()
         return adv
 
@@ -120,21 +149,44 @@ class PGD(Attack):
     name = "pgd"
 
     def __init__(self, model, eps, alpha: float, steps: int, random_start: bool = True,
-                 generator: torch.Generator | None = None) -> None:
-        super().__init__(model, eps)
+                 generator: torch.Generator | None = None, **amp) -> None:
+        super().__init__(model, eps, **amp)
         self.alpha, self.steps, self.random_start = float(alpha), int(steps), bool(random_start)
         self._generator = generator
+        self._device_generators: dict[torch.device, torch.Generator] = {}
 
     def start(self, images: torch.Tensor) -> torch.Tensor:
+        """The random start, drawn on the images' device.
+
+        CPU images: from the given generator (or torch's global one), as before. Other
+        devices: from a generator on that device, seeded once by one draw from the given
+        generator and then continued batch after batch (None: the device's global
+        generator, which torch.manual_seed seeds). So a GPU start is reproducible per
+        seed but differs from the CPU start for the same seed."""
         if not self.random_start:
             return images.clone()
-        noise = torch.empty(images.shape, dtype=images.dtype).uniform_(-self.eps, self.eps, generator=self._generator)
-        return torch.clamp(images + noise.to(images.device), min=0, max=1).detach()
+        if images.device.type == "cpu":
+            noise = torch.empty(images.shape, dtype=images.dtype).uniform_(
+                -self.eps, self.eps, generator=self._generator)
+        else:
+            noise = torch.empty(images.shape, dtype=images.dtype, device=images.device).uniform_(
+                -self.eps, self.eps, generator=self.device_generator(images.device))
+        return torch.clamp(images + noise, min=0, max=1).detach()
+
+    def device_generator(self, device: torch.device) -> torch.Generator | None:
+        """The generator random starts on `device` come from (see `start`)."""
+        source = self._generator
+        if source is None or source.device == device:
+            return source
+        if device not in self._device_generators:
+            seed = int(torch.randint(0, 2**63 - 1, (1,), generator=source, device=source.device))
+            self._device_generators[device] = torch.Generator(device=device).manual_seed(seed)
+        return self._device_generators[device]
 
     def perturb(self, images, labels):
         adv = self.start(images)
         for _ in range(self.steps):
-            adv = _project(adv + self.alpha * _input_gradient(self.model, adv, labels).sign(), images, self.eps)
+            adv = _project(adv + self.alpha * self.gradient(adv, labels).sign(), images, self.eps)
         return adv
 
 
@@ -147,15 +199,15 @@ class MIFGSM(Attack):
 
     name = "mifgsm"
 
-    def __init__(self, model, eps, alpha: float, steps: int, decay: float = 1.0) -> None:
-        super().__init__(model, eps)
+    def __init__(self, model, eps, alpha: float, steps: int, decay: float = 1.0, **amp) -> None:
+        super().__init__(model, eps, **amp)
         self.alpha, self.steps, self.decay = float(alpha), int(steps), float(decay)
 
     def perturb(self, images, labels):
         adv = images.clone()
         momentum = torch.zeros_like(images)
         for _ in range(self.steps):
-            grad = _input_gradient(self.model, adv, labels)
+            grad = self.gradient(adv, labels)
             grad = grad / torch.mean(torch.abs(grad), dim=(1, 2, 3), keepdim=True)
             momentum = grad + momentum * self.decay
             adv = _project(adv + self.alpha * momentum.sign(), images, self.eps)
@@ -179,15 +231,19 @@ def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
     return torch.round(images * 255) / 255
 
 
-def build_attack(name: str, model: nn.Module, eps: float, config, generator: torch.Generator | None = None) -> Attack:
-    """An attack configured from params.yaml's `attack` section at budget eps."""
+def build_attack(name: str, model: nn.Module, eps: float, config, generator: torch.Generator | None = None,
+                 amp_device_types: frozenset[str] = AMP_DEVICE_TYPES) -> Attack:
+    """An attack configured from params.yaml's `attack` section at budget eps.
+
+    `amp_device_types`: where `config.amp` applies (CUDA; tests add "cpu")."""
     alpha = config.step_size_for(eps)
+    amp = dict(amp=config.amp, amp_device_types=amp_device_types)
     if name == "fgsm":
-        return FGSM(model, eps)
+        return FGSM(model, eps, **amp)
     if name == "bim":
-        return BIM(model, eps, alpha, config.steps)
+        return BIM(model, eps, alpha, config.steps, **amp)
     if name == "pgd":
-        return PGD(model, eps, alpha, config.steps, config.random_start, generator)
+        return PGD(model, eps, alpha, config.steps, config.random_start, generator, **amp)
     if name == "mifgsm":
-        return MIFGSM(model, eps, alpha, config.steps, config.momentum)
+        return MIFGSM(model, eps, alpha, config.steps, config.momentum, **amp)
     raise ValueError(f"unknown attack {name!r}; expected one of {sorted(ATTACKS)}")

@@ -26,6 +26,7 @@ from torch import nn
 from robust_deepfake.bootstrap import bootstrap_counts, metric_replicates, percentile_ci, weighted_accuracy
 from robust_deepfake.config import AttackConfig, EvalConfig
 from robust_deepfake.data.dataset import ImageSet, iterate
+from robust_deepfake.data.loader import unit_float
 from robust_deepfake.errors import MissingInputError
 from robust_deepfake.metrics import classification_metrics
 from robust_deepfake.paths import ModelKey
@@ -168,14 +169,19 @@ class SweepMetrics:
 
 def attack_generator(seed: int, attack: str, eps: float) -> torch.Generator:
     """Random starts depend on (attack.seed, attack, eps) only: every model sees the same
-    ones, and adding an eps to the grid does not change the others'."""
+    ones, and adding an eps to the grid does not change the others'.
+
+    A CPU generator: on the CPU it draws the starts itself; on a GPU, PGD seeds a device
+    generator from it (attacks.PGD.start), so GPU starts differ from CPU starts but are
+    just as reproducible."""
     key = sum(ord(c) * 31**i for i, c in enumerate(attack)) % 100_003
     return torch.Generator().manual_seed(seed * 1_000_003 + key * 101 + eps_units.rng_offset(eps))
 
 
 @torch.no_grad()
 def _scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    return model(images).float().softmax(dim=1)[:, 1].cpu()
+    """p(fake) in float32, left on the images' device (no host sync per batch)."""
+    return model(images).float().softmax(dim=1)[:, 1]
 
 
 def adversarial(attack, images: torch.Tensor, labels: torch.Tensor, quantize: bool) -> torch.Tensor:
@@ -192,33 +198,42 @@ def run_sweep(
     device: torch.device,
     show_progress: bool = True,
 ) -> SweepPredictions:
+    """p(fake) of every model under every attack and eps (and clean) on `indices`.
+
+    Batch by batch: each batch is decoded and moved to `device` once (as uint8, made
+    float there with the CPU's bits: data.loader.unit_float), then every model,
+    attack and eps runs on it there; scores stay on the device until the end. Device
+    memory holds one batch, not the subset. Each (model, attack, eps) has one attack
+    object for the whole sweep, so its random starts continue from batch to batch exactly
+    as when the batches ran one after another for that cell (same bytes on the CPU)."""
     grid = config.eps_grid
     n = len(indices)
-    p_fake = np.zeros((len(models), len(config.attacks), len(grid), n), dtype=np.float64)
+    cells = [(a, name, e, eps) for a, name in enumerate(config.attacks) for e, eps in enumerate(grid) if eps > 0]
+    for model in models.values():
+        model.to(device).eval()
+    attacks = {(m, a, e): build_attack(name, model, eps, config, attack_generator(config.seed, name, eps))
+               for m, model in enumerate(models.values()) for a, name, e, eps in cells}
+    scores = torch.zeros((len(models), len(config.attacks), len(grid), n), dtype=torch.float32, device=device)
     index_tensor = torch.as_tensor(indices)
-    batches = [(b.images.to(device), b.labels.to(device))
-               for b in iterate(dataset, config.batch_size, indices=index_tensor)]
     per_model = n * (1 + sum(gradient_passes(a, config.steps) * (len(grid) - 1) for a in config.attacks))
     bar = progress(total=len(models) * per_model, desc="attack_sweep", unit="grad", disable=not show_progress)
-    for m, (key, model) in enumerate(models.items()):
-        model.to(device).eval()
-        clean = torch.cat([_scores(model, images) for images, _ in batches])
-        p_fake[m, :, 0] = clean.numpy()
-        bar.update(n)
-        for a, attack_name in enumerate(config.attacks):
-            passes = gradient_passes(attack_name, config.steps)
-            for e, eps in enumerate(grid):
-                if eps == 0:
-                    continue
-                attack = build_attack(attack_name, model, eps, config,
-                                      attack_generator(config.seed, attack_name, eps))
-                scores = []
-                for images, labels in batches:
-                    scores.append(_scores(model, adversarial(attack, images, labels, config.quantize)))
-                    bar.update(len(labels) * passes)
-                    bar.set_postfix(model=key.name, attack=attack_name, eps=eps_units.label(eps), refresh=False)
-                p_fake[m, a, e] = torch.cat(scores).numpy()
+    start = 0
+    for batch in iterate(dataset, config.batch_size, indices=index_tensor, uint8=True):
+        # uint8 over the bus (a quarter of float32's bytes), float [0, 1] on the device
+        images = unit_float(batch.images.to(device, non_blocking=True))
+        labels = batch.labels.to(device, non_blocking=True)
+        rows = slice(start, start + len(labels))
+        start += len(labels)
+        for m, (key, model) in enumerate(models.items()):
+            scores[m, :, 0, rows] = _scores(model, images)  # the clean row, shared by every attack
+            bar.update(len(labels))
+            for a, name, e, eps in cells:
+                adv = adversarial(attacks[m, a, e], images, labels, config.quantize)
+                scores[m, a, e, rows] = _scores(model, adv)
+                bar.update(len(labels) * gradient_passes(name, config.steps))
+                bar.set_postfix(model=key.name, attack=name, eps=eps_units.label(eps), refresh=False)
     bar.close()
+    p_fake = scores.cpu().numpy().astype(np.float64)
     labels = dataset.labels[index_tensor].numpy()
     sources = np.array([dataset.samples[i].source for i in indices])
     return SweepPredictions(list(models), list(config.attacks), grid, np.asarray(indices), labels, sources, p_fake,
