@@ -7,22 +7,14 @@ runs on a GPU image that has torch, timm and scikit-learn but not the pipeline's
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-
-# A checkout copied to a machine without `pip install -e .` (a GPU box): import the
-# package from src/ so the benchmarks still run the code the stages run.
-if importlib.util.find_spec("robust_deepfake") is None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     parser.add_argument("--device", default=default,
@@ -30,13 +22,14 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") 
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available; a CUDA device that is not there is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
-    return device
+    """model.device.resolve_device for `--device`; a missing CUDA device ends the run."""
+    from robust_deepfake.model.device import DeviceError
+    from robust_deepfake.model.device import resolve_device as resolve
+
+    try:
+        return resolve(name, key="--device")
+    except DeviceError as error:
+        raise SystemExit(str(error)) from None
 
 
 def synchronize(device: torch.device) -> None:

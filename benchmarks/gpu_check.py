@@ -50,7 +50,7 @@ figure). Carry them as wheels. On a machine with pip and network, in the repo ro
 start the device command with
 
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \\
-    && export PYTHONPATH=/tmp/site && python3 -m benchmarks.gpu_check --budget-s 300
+    && export PYTHONPATH=/tmp/site:src && python3 -m benchmarks.gpu_check --budget-s 300
 """
 
 

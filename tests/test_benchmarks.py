@@ -13,8 +13,6 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `benchmarks` is a top-level package of the checkout
-    sys.path.insert(0, str(REPO))
 # The GPU image has none of these: the check must not import them, directly or not.
 BLOCKED = ("mlflow", "dvc", "prefect", "pytorch_grad_cam")
 FIGURE_KEYS = {"name", "value", "unit", "target", "pass"}
