@@ -429,12 +429,7 @@ def _describe_changes(root: Path, target: Path, entries: list[dict[str, str]], r
                         if since is not None and (target / entry["relpath"]).stat().st_mtime > since)
         lines = [f"\nThe file list of {recorded} is not in the DVC cache, so the exact changes cannot be named"
                  f" ({len(entries)} file(s) now)."]
-        if recent:
-            lines.append(f"\nModified since the last commit ({len(recent)}):")
-            lines += [f"\n  {shown}/{name}" for name in recent[:_LISTED]]
-            if len(recent) > _LISTED:
-                lines.append(f"\n  ... and {len(recent) - _LISTED} more")
-        return "".join(lines)
+        return "".join(lines) + _listing("Modified since the last commit", recent, shown)
     before = {entry["relpath"]: entry["md5"] for entry in manifest}
     now = {entry["relpath"]: entry["md5"] for entry in entries}
     kinds = {
@@ -442,13 +437,16 @@ def _describe_changes(root: Path, target: Path, entries: list[dict[str, str]], r
         "changed": sorted(name for name in set(now) & set(before) if now[name] != before[name]),
         "removed": sorted(set(before) - set(now)),
     }
-    lines = []
-    for kind, names in kinds.items():
-        if names:
-            lines.append(f"\n{kind} ({len(names)}):")
-            lines += [f"\n  {shown}/{name}" for name in names[:_LISTED]]
-            if len(names) > _LISTED:
-                lines.append(f"\n  ... and {len(names) - _LISTED} more")
+    return "".join(_listing(kind, names, shown) for kind, names in kinds.items())
+
+
+def _listing(title: str, names: list[str], shown: str) -> str:
+    """`\n<title> (n):` and the first _LISTED names, or "" for none."""
+    if not names:
+        return ""
+    lines = [f"\n{title} ({len(names)}):", *(f"\n  {shown}/{name}" for name in names[:_LISTED])]
+    if len(names) > _LISTED:
+        lines.append(f"\n  ... and {len(names) - _LISTED} more")
     return "".join(lines)
 
 
