@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from cli_run import predict
 
 DVC_YAML = {
     "stages": {
@@ -36,15 +37,6 @@ def repo(tmp_path: Path) -> Path:
     (tmp_path / "extra").mkdir()
     (tmp_path / "extra" / "more.dvc").write_text(yaml.safe_dump({"outs": [{"path": "pictures"}]}))
     return tmp_path
-
-
-def predict(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    from robust_deepfake.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["predict", "--no-progress", *args])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 # ---------------------------------------------------------------- predict --cam

@@ -23,6 +23,7 @@ from robust_deepfake.inference.inputs import collect_images
 from robust_deepfake.inference.model_ref import default_model_uri
 from robust_deepfake.inference.scoring import CamWriter
 from robust_deepfake.paths import ModelKey, TrainOutputs
+from cli_run import predict
 
 MODEL = "robust-deepfake-detector"
 BASELINE = f"models:/{MODEL}@baseline"
@@ -50,13 +51,18 @@ def in_micro(micro_repo: Path, isolated_mlflow: pytest.MonkeyPatch) -> Path:
     return micro_repo
 
 
-def predict(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    from robust_deepfake.cli import main
+@pytest.fixture
+def registry_copy(micro_repo: Path, tmp_path: Path, isolated_mlflow: pytest.MonkeyPatch):
+    """A client of a copy of the micro registry (tests may move its aliases and tags), with
+    the micro repo as the working directory and the copy as the tracking store."""
+    from mlflow import MlflowClient
 
-    with pytest.raises(SystemExit) as exit_info:
-        main(["predict", "--no-progress", *args])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+    database = tmp_path / "mlflow.db"
+    shutil.copy2(micro_repo / "mlflow.db", database)
+    uri = f"sqlite:///{database}"
+    isolated_mlflow.chdir(micro_repo)
+    isolated_mlflow.setenv("MLFLOW_TRACKING_URI", uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def first_png(root: Path, folder: str) -> str:
@@ -264,17 +270,10 @@ def test_cam_overlays_at_display_size_for_equal_stems_and_threshold(in_micro, tm
 
 
 @pytest.mark.slow
-def test_default_champion_alias_missing_then_set(micro_repo, tmp_path, isolated_mlflow, capsys):
+def test_default_champion_alias_missing_then_set(micro_repo, registry_copy, capsys):
     """On a copy of the micro registry: the default reference explains a missing @champion,
     then resolves once the alias exists."""
-    from mlflow import MlflowClient
-
-    database = tmp_path / "mlflow.db"
-    shutil.copy2(micro_repo / "mlflow.db", database)
-    uri = f"sqlite:///{database}"
-    isolated_mlflow.chdir(micro_repo)
-    isolated_mlflow.setenv("MLFLOW_TRACKING_URI", uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = registry_copy
     aliases = client.get_registered_model(MODEL).aliases
     if "champion" in aliases:
         client.delete_registered_model_alias(MODEL, "champion")
@@ -295,17 +294,10 @@ def test_default_champion_alias_missing_then_set(micro_repo, tmp_path, isolated_
 
 
 @pytest.mark.slow
-def test_predict_refuses_a_version_under_the_quality_floor(micro_repo, tmp_path, isolated_mlflow, capsys):
+def test_predict_refuses_a_version_under_the_quality_floor(micro_repo, registry_copy, capsys):
     """The report tags each version `quality_floor: passed|failed: …`; a failed one (by alias
     or by number) is refused with the reason, a passed one is used."""
-    from mlflow import MlflowClient
-
-    database = tmp_path / "mlflow.db"
-    shutil.copy2(micro_repo / "mlflow.db", database)
-    uri = f"sqlite:///{database}"
-    isolated_mlflow.chdir(micro_repo)
-    isolated_mlflow.setenv("MLFLOW_TRACKING_URI", uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = registry_copy
     version = client.get_registered_model(MODEL).aliases["baseline"]
     image = first_png(micro_repo, "data/raw/fake/pggan_like")
     failed = "failed: clean AUC 0.500 < report.min_clean_auc 0.75"
