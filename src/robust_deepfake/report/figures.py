@@ -21,7 +21,8 @@ LABELS = {"baseline": "baseline", "reg": "regularized"}
 METRIC_TITLES = {"accuracy": "accuracy", "f1": "macro-F1", "auc": "ROC-AUC", "asr": "attack success rate"}
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend: every figure is a file, so it runs headless."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,13 +31,14 @@ def _plt():
     return plt
 
 
-def _save(figure, path: Path) -> Path:
+def save_figure(figure, path: Path) -> Path:
+    """Write `figure` to `path` as PNG atomically (no half-written file), then close it."""
     from robust_deepfake.io import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
-    _plt().close(figure)
+    pyplot().close(figure)
     return path
 
 
@@ -66,7 +68,7 @@ def _seed_curves(axis, frame: pd.DataFrame, variant: str, level: float, value: s
 
 def robustness_curves(sweep: pd.DataFrame, metric: str, level: float, path: Path) -> Path:
     """metric vs eps per attack (eps 0 = clean), both variants, every seed."""
-    plt = _plt()
+    plt = pyplot()
     overall = sweep[(sweep.source == "all") & (sweep.metric == metric)]
     attacks = [a for a in dict.fromkeys(overall.attack) if a != CLEAN]
     clean = overall[overall.attack == CLEAN]
@@ -81,12 +83,12 @@ def robustness_curves(sweep: pd.DataFrame, metric: str, level: float, path: Path
     axes[0][0].legend(fontsize=7)
     figure.suptitle(f"{METRIC_TITLES.get(metric, metric)} under attack: seeds (thin), seed mean (thick), "
                     f"{level:.0%} t-interval over seeds (band)", fontsize=10)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def iinc_curves(iinc: pd.DataFrame, level: float, path: Path) -> Path:
     """IINC stability and localization vs eps per attack (lower = steadier / better)."""
-    plt = _plt()
+    plt = pyplot()
     attacks = [a for a in dict.fromkeys(iinc.attack) if a != CLEAN]
     measures = ["stability", "localization"]
     figure, axes = plt.subplots(2, len(attacks), figsize=(3.8 * len(attacks), 5.8), squeeze=False, sharex=True)
@@ -104,12 +106,12 @@ def iinc_curves(iinc: pd.DataFrame, level: float, path: Path) -> Path:
                                 fontsize=8)
     axes[0][0].legend(fontsize=7)
     figure.suptitle("Grad-CAM under attack: IINC (0 = identical maps; lower is better)", fontsize=10)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def training_curves(history: pd.DataFrame, path: Path) -> Path:
     """Per-epoch curves of every model; `history` has variant and seed columns."""
-    plt = _plt()
+    plt = pyplot()
     panels = [("train_loss", "train loss"), ("val_loss", "val loss"), ("val_auc", "val ROC-AUC"),
               ("train_loss_gap", "|L_perturbed - L_clean| (reg)")]
     figure, axes = plt.subplots(1, len(panels), figsize=(15, 3.0), squeeze=False)
@@ -122,13 +124,13 @@ def training_curves(history: pd.DataFrame, path: Path) -> Path:
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def per_source(sweep: pd.DataFrame, attack: str, eps: float, path: Path) -> Path:
     """Seed-mean accuracy per source/method (error bars: sd over seeds), clean and under
     `attack` at `eps`; held-out methods marked *."""
-    plt = _plt()
+    plt = pyplot()
     rows = sweep[(sweep.metric == "accuracy") & (sweep.source != "all")]
     sources = sorted(set(rows.source))
     held = set(rows[rows.heldout.astype(str).str.lower() == "true"].source)
@@ -151,7 +153,7 @@ def per_source(sweep: pd.DataFrame, attack: str, eps: float, path: Path) -> Path
     axes[0].legend(fontsize=8)
     if held:
         figure.text(0.01, -0.02, "* held-out method: never seen in training", fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _eps_index(predictions: SweepPredictions, eps: float) -> int:
@@ -162,7 +164,7 @@ def roc_curves(predictions: SweepPredictions, attack: str, eps: float, path: Pat
     """ROC of every model (one line per seed), clean and under `attack` at `eps`."""
     from sklearn.metrics import roc_curve
 
-    plt = _plt()
+    plt = pyplot()
     a, e = predictions.attacks.index(attack), _eps_index(predictions, eps)
     figure, axes = plt.subplots(1, 2, figsize=(8, 3.6), sharey=True)
     for axis, (title, index) in zip(axes, [("clean", 0), (f"{attack.upper()} eps={eps_units.label(predictions.eps[e])}", e)]):
@@ -178,14 +180,14 @@ def roc_curves(predictions: SweepPredictions, attack: str, eps: float, path: Pat
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("true positive rate")
     axes[0].legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def confusion_matrices(predictions: SweepPredictions, attack: str, eps: float, path: Path) -> Path:
     """Confusion counts per variant summed over its seeds, clean and under attack."""
     from sklearn.metrics import confusion_matrix
 
-    plt = _plt()
+    plt = pyplot()
     a, e = predictions.attacks.index(attack), _eps_index(predictions, eps)
     panels = [(variant, idx) for variant in predictions.variants for idx in (0, e)]
     figure, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.0), squeeze=False)
@@ -203,4 +205,4 @@ def confusion_matrices(predictions: SweepPredictions, attack: str, eps: float, p
         when = "clean" if idx == 0 else f"{attack.upper()} {eps_units.label(predictions.eps[idx])}"
         axis.set_title(f"{LABELS.get(variant, variant)}, {when}\n(summed over {len(members)} seeds)", fontsize=8)
     axes[0][0].set_ylabel("true")
-    return _save(figure, path)
+    return save_figure(figure, path)

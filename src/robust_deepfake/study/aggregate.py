@@ -1,0 +1,233 @@
+"""A study's cell records -> the numbers its report may claim (pure functions, no I/O).
+
+The unit of evidence is the training seed (ARCHITECTURE.md, "Comparing the variants"), so
+every interval here is a Student-t interval over seeds (each seed a separate training).
+This module holds the curves (dose-response, held-out methods), the tidy table and the
+cost tables; the grid points are study/points.py's, the paired comparisons
+study/comparisons.py's, and `aggregate` computes all of them once for the report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robust_deepfake.robustness.verdict import t_interval
+from robust_deepfake.study.comparisons import (
+    Comparison,
+    heldout_differences,
+    reg_vs_baseline,
+    reg_vs_placebo,
+)
+from robust_deepfake.study.points import (
+    LEVEL,
+    TEST,
+    Getter,
+    Point,
+    as_float,
+    attacks_of,
+    grid_points,
+    group_label,
+    groups_of,
+    heldout_getter,
+    primary_groups,
+    setting_keys,
+    test_value,
+)
+from robust_deepfake.study.spec import StudySpec
+
+VARIANTS = ("baseline", "reg")
+
+
+def jsonable(value: Any) -> Any:
+    """Strict JSON: NaN/inf become null (json.dump would write the invalid `NaN`), tuples lists."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def dose_metrics(attacks: Sequence[str]) -> list[str]:
+    """The dose-response metrics: clean, each attack at the reference eps, IINC stability."""
+    return ["acc_clean", "auc_clean", *(f"{k}_{a}" for a in attacks for k in ("acc", "auc")), "iinc_stab"]
+
+
+def heldout_metrics(attacks: Sequence[str]) -> list[str]:
+    """What a cell reports per held-out method (no IINC: no CAMs are made on those images)."""
+    return ["auc_clean", "acc_clean", *(f"{k}_{a}" for a in attacks for k in ("auc", "acc"))]
+
+
+# --- seed-level summaries ---------------------------------------------------------------
+
+
+def summarize(by_seed: Mapping[int, float], level: float = LEVEL) -> dict[str, Any]:
+    """Seed mean and t-interval over the seeds with a finite value (NaN bounds below 2)."""
+    finite = {s: float(v) for s, v in sorted(by_seed.items()) if math.isfinite(v)}
+    mean, low, high = t_interval(np.array(list(finite.values())), level)
+    return {"n": len(finite), "mean": mean, "ci_low": low, "ci_high": high, "seeds": list(finite)}
+
+
+def _curve_rows(members: Sequence[Point], metrics: Sequence[str], get: Getter, subset: str,
+                level: float) -> list[dict[str, Any]]:
+    """Per dose: reg per line, and the baseline pooled over lines (per seed the mean of its
+    cells: reg params do not touch the baseline, so each seed has one baseline)."""
+    rows = []
+    doses = list(dict.fromkeys(p.dose for p in members))
+    for dose in doses:
+        at = [p for p in members if p.dose == dose]
+        head = {"group": at[0].group_label, "group_setting": dict(at[0].group),
+                "held_out": any(p.held_out for p in members), "subset": subset, "dose": dose}
+        for metric in metrics:
+            for point in at:
+                values = {s: get(r, "reg", metric) for s, r in point.cells.items()}
+                rows.append({**head, "line": point.line, "variant": "reg", "metric": metric,
+                             **summarize(values, level)})
+            pooled: dict[int, list[float]] = {}
+            for point in at:
+                for seed, record in point.cells.items():
+                    pooled.setdefault(seed, []).append(get(record, "baseline", metric))
+            means = {s: float(np.mean(f)) if (f := [v for v in vs if math.isfinite(v)]) else math.nan
+                     for s, vs in pooled.items()}
+            rows.append({**head, "line": None, "variant": "baseline", "metric": metric, **summarize(means, level)})
+    return rows
+
+
+def dose_response(spec: StudySpec, records: Sequence[Mapping[str, Any]], level: float = LEVEL,
+                  metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Test-set metrics vs the dose, for every group: rows of group, line, dose, variant,
+    metric, n, mean, ci_low, ci_high, seeds (baseline rows have line None: pooled)."""
+    metrics = list(metrics or dose_metrics(attacks_of(records)))
+    rows = []
+    for members in groups_of(grid_points(spec, records)).values():
+        rows += _curve_rows(members, metrics, test_value, TEST, level)
+    return rows
+
+
+def generalization(spec: StudySpec, records: Sequence[Mapping[str, Any]], level: float = LEVEL,
+                   metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Per held-out method: its metrics vs the dose, rows as dose_response's (subset = method)."""
+    metrics = list(metrics or heldout_metrics(attacks_of(records)))
+    points = grid_points(spec, records)
+    rows = []
+    for method in dict.fromkeys(m for p in points for m in p.held_out):
+        for members in groups_of([p for p in points if method in p.held_out]).values():
+            rows += _curve_rows(members, metrics, heldout_getter(method), method, level)
+    return rows
+
+
+def tidy_table(spec: StudySpec, records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (cell, subset, variant, metric), with the cell's setting as columns;
+    subset is `test`, or the held-out method for the held-out metrics."""
+    keys = setting_keys(spec, records)
+    rows = []
+    for record in records:
+        setting = record.get("setting") or {}
+        head = {"cell": record.get("cell"), "label": record.get("label"), "seed": int(record["seed"]),
+                **{k: setting.get(k) for k in keys}}
+        parts = [(TEST, record.get("variants") or {}),
+                 *((m, v or {}) for m, v in (record.get("heldout") or {}).items())]
+        for subset, variants in parts:
+            for variant, values in variants.items():
+                for metric, value in (values or {}).items():
+                    rows.append({**head, "subset": subset, "variant": variant, "metric": metric,
+                                 "value": as_float(value)})
+    columns = ["cell", "label", "seed", *keys, "subset", "variant", "metric", "value"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# --- cost -------------------------------------------------------------------------------
+
+
+def _seconds(record: Mapping[str, Any]) -> float:
+    value = as_float(record.get("device_seconds"))
+    return value if math.isfinite(value) else 0.0
+
+
+def cost_table(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per cell: where it ran and the device time it took (reused: taken from an earlier run)."""
+    return [{"cell": r.get("cell"), "label": r.get("label"), "seed": r.get("seed"), "worker": r.get("worker"),
+             "host": r.get("host"), "device": r.get("device"), "cuda_visible_devices": r.get("cuda_visible_devices"),
+             "device_seconds": as_float(r.get("device_seconds")), "reused": bool(r.get("reused"))} for r in records]
+
+
+def cost_totals(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Device-seconds this study computed vs those it reused from cells finished before."""
+    computed = [r for r in records if not r.get("reused")]
+    reused = [r for r in records if r.get("reused")]
+    return {"cells": len(records), "computed_cells": len(computed), "reused_cells": len(reused),
+            "computed_device_seconds": float(sum(map(_seconds, computed))),
+            "reused_device_seconds": float(sum(map(_seconds, reused)))}
+
+
+def workers_table(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """How the cells were spread: one row per (worker, host, device, CUDA_VISIBLE_DEVICES)."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        key = (r.get("worker"), r.get("host"), r.get("device"), r.get("cuda_visible_devices"))
+        row = rows.setdefault(key, {"worker": key[0], "host": key[1], "device": key[2],
+                                    "cuda_visible_devices": key[3], "cells": 0, "computed_cells": 0,
+                                    "reused_cells": 0, "computed_device_seconds": 0.0})
+        row["cells"] += 1
+        row["reused_cells" if r.get("reused") else "computed_cells"] += 1
+        row["computed_device_seconds"] += 0.0 if r.get("reused") else _seconds(r)
+    return list(rows.values())
+
+
+# --- everything at once -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyAggregate:
+    """Every number the study report shows, computed once."""
+
+    spec: StudySpec
+    level: float
+    attacks: list[str]
+    seeds: list[int]
+    points: list[Point]
+    primary: list[tuple]  # the groups the headline answers read (primary_groups)
+    dose: list[dict[str, Any]]
+    vs_baseline: list[Comparison]
+    vs_placebo: list[Comparison]
+    heldout: list[Comparison]
+    generalization: list[dict[str, Any]]
+    cost: list[dict[str, Any]]
+    totals: dict[str, Any]
+    workers: list[dict[str, Any]]
+
+    def as_json(self) -> dict[str, Any]:
+        """study.json: strict JSON (undefined numbers are null)."""
+        return jsonable({
+            "study": self.spec.name, "spec": self.spec.model_dump(mode="json"), "level": self.level,
+            "interval": "Student-t over seeds (each seed a separate training)", "attacks": self.attacks,
+            "seeds": self.seeds, "cells": len(self.cost),
+            "ref_eps_255": sorted({r.get("ref_eps_255") for p in self.points for r in p.cells.values()
+                                   if r.get("ref_eps_255") is not None}),
+            "primary_groups": [group_label(g) for g in self.primary],
+            "dose_response": self.dose,
+            "verdicts": {"reg_vs_baseline": [c.as_dict() for c in self.vs_baseline],
+                         "reg_vs_placebo": [c.as_dict() for c in self.vs_placebo],
+                         "heldout_reg_vs_baseline": [c.as_dict() for c in self.heldout]},
+            "generalization": self.generalization,
+            "cost": {"cells": self.cost, "totals": self.totals, "workers": self.workers},
+        })
+
+
+def aggregate(spec: StudySpec, records: Sequence[Mapping[str, Any]], level: float = LEVEL) -> StudyAggregate:
+    """All of the above for one study."""
+    points = grid_points(spec, records)
+    return StudyAggregate(
+        spec, level, attacks_of(records), sorted({int(r["seed"]) for r in records}), points,
+        primary_groups(points), dose_response(spec, records, level), reg_vs_baseline(spec, records, level=level),
+        reg_vs_placebo(spec, records, level=level), heldout_differences(spec, records, level=level),
+        generalization(spec, records, level), cost_table(records), cost_totals(records), workers_table(records))

@@ -1,0 +1,69 @@
+"""What one finished cell measured: the per-variant numbers the study compares, read from
+the cell's own stage outputs (eval/attack_sweep.json, eval/attack_predictions.npz,
+eval/cam_iinc.json), so a study reports exactly what each experiment's report reports."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from robust_deepfake.config import Params
+from robust_deepfake.explain.results import CamMetrics
+from robust_deepfake.metrics import classification_metrics
+from robust_deepfake.paths import ModelKey
+from robust_deepfake.robustness import eps as eps_units
+from robust_deepfake.robustness.sweep import CLEAN, SweepMetrics, SweepPredictions
+
+VARIANTS = ("baseline", "reg")
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN: an undefined number (an AUC over one class, no CAM) is None."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def variant_metrics(params: Params, sweep: SweepMetrics, cam: CamMetrics | None, key: ModelKey) -> dict[str, Any]:
+    """Clean accuracy/AUC/F1, accuracy and AUC under each attack at report.reference_eps,
+    and IINC stability as the headline defines it (mean over every CAM attack and eps)."""
+    ref = params.report.reference_eps
+    clean = sweep.get(key, CLEAN, 0.0)
+    out: dict[str, Any] = {"acc_clean": clean.accuracy, "auc_clean": clean.auc, "f1_clean": clean.f1}
+    for attack in sweep.attacks:
+        entry = sweep.get(key, attack, ref)
+        out[f"acc_{attack}"], out[f"auc_{attack}"] = entry.accuracy, entry.auc
+    stability = [] if cam is None else [
+        cam.get(key, attack, eps, "stability").mean for attack in cam.attacks for eps in cam.attacked_eps]
+    out["iinc_stab"] = float(np.nanmean(stability)) if stability and np.isfinite(stability).any() else math.nan
+    return {name: _number(value) for name, value in out.items()}
+
+
+def heldout_metrics(params: Params, predictions: SweepPredictions, key: ModelKey, method: str) -> dict[str, Any]:
+    """The held-out method against every test real: AUC and accuracy, clean and under each
+    attack at the reference eps (the generalization claim: fakes never seen in training)."""
+    subset = (predictions.labels == 0) | (predictions.sources == method)
+    m = predictions.index(key)
+    ref = min(range(len(predictions.eps)), key=lambda e: abs(predictions.eps[e] - params.report.reference_eps))
+    out: dict[str, Any] = {}
+    points = [(CLEAN, 0, 0)] + [(attack, a, ref) for a, attack in enumerate(predictions.attacks)]
+    for name, a, e in points:
+        scores = classification_metrics(predictions.labels[subset], predictions.p_fake[m, a, e][subset])
+        out[f"acc_{name}"], out[f"auc_{name}"] = scores["accuracy"], scores["auc"]
+    return {name: _number(value) for name, value in out.items()}
+
+
+def summarize(params: Params, sweep: SweepMetrics, predictions: SweepPredictions,
+              cam: CamMetrics | None) -> dict[str, Any]:
+    """The measured part of a cell record (study/cell.py adds who ran it, where, how long)."""
+    seed = params.train.seeds[0]
+    keys = {variant: ModelKey(variant, seed) for variant in VARIANTS}
+    present = set(predictions.sources.tolist())
+    return {
+        "ref_eps_255": eps_units.grey_levels(params.report.reference_eps),
+        "attacks": list(sweep.attacks),
+        "variants": {variant: variant_metrics(params, sweep, cam, key) for variant, key in keys.items()},
+        "heldout": {method: {variant: heldout_metrics(params, predictions, key, method)
+                             for variant, key in keys.items()}
+                    for method in params.split.holdout_methods if method in present},
+    }

@@ -1,0 +1,206 @@
+"""The multi-host study topology on 127.0.0.1 (issue #16), with the real servers and CLIs:
+
+a Prefect server, an MLflow tracking server (SQL backend + artifact store), a bare git
+remote and a DVC remote in temp folders, and two Prefect process workers in two separate
+clones ("hosts" with different CUDA_VISIBLE_DEVICES). A third clone (the user's laptop)
+runs `python -m flows.study <spec> --pool ...`. The study is 3 micro cells (placebo,
+0.5, 1.0; one seed) with 2 in flight. When the third cell starts training, its worker is
+killed with SIGKILL, process tree and all (a host losing power): its heartbeats stop,
+the automation marks the run Crashed, the study resubmits it and the other worker runs
+it. Then: every cell has one MLflow record, both hosts computed cells, the git and DVC
+remotes hold every experiment (a clone that computed nothing pulls and applies one),
+the report is built from all three, and running the study again computes nothing.
+Every process is stopped by its process group, whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from localhost_services import BIN, Service, service_env, start_mlflow_server, start_prefect_server
+from micro_repo import make_micro_repo, run
+
+pytestmark = pytest.mark.slow
+
+POOL = "study-pool"
+SPEC = """\
+name: topo
+seeds: [0]
+grid:
+  reg.epsilon: [0.5, 1.0]       # the placebo 0.0 is added: 3 cells
+fixed:                          # the micro cell made lighter still: two cells share 2 cores
+  train.num_threads: 1
+  attack.attacks: [pgd]
+  attack.eps: [1/255]
+  cam.num_samples: 4
+metric: acc_pgd
+parallelism: 2
+retries: 1
+git_remote: origin
+heartbeat_timeout_s: 60
+"""
+HEARTBEAT_S = "30"  # Prefect's minimum; the automation waits heartbeat_timeout_s for the next one
+
+
+def _dvc(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dvc", *args]
+
+
+@pytest.fixture
+def topology(tmp_path):
+    """Remotes, three clones, the servers and two workers; yields a namespace; stops all."""
+    source = make_micro_repo(tmp_path / "source")
+    (source / "configs" / "study_topo.yaml").write_text(SPEC)
+    run(["git", "add", "-A"], source)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "study"], source)
+    dvc_remote = tmp_path / "dvc-remote"
+    run(_dvc("remote", "add", "--local", "-d", "shared", str(dvc_remote)), source)
+    run(_dvc("push", "-q"), source)
+    run(["git", "clone", "-q", "--bare", str(source), str(tmp_path / "origin.git")], tmp_path)
+    clones = {}
+    for name in ("host-a", "host-b", "laptop"):
+        clone = tmp_path / name
+        run(["git", "clone", "-q", str(tmp_path / "origin.git"), str(clone)], tmp_path)
+        run(_dvc("remote", "add", "--local", "-d", "shared", str(dvc_remote)), clone)
+        if name != "laptop":  # the laptop only submits and aggregates: it never needs the data
+            run(_dvc("pull", "-q", "data.dvc"), clone)
+        clones[name] = clone
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    services: list[Service] = []
+    try:
+        prefect, api = start_prefect_server(tmp_path / "prefect-home", logs)
+        services.append(prefect)
+        mlflow_server, tracking = start_mlflow_server(tmp_path / "mlflow", logs)
+        services.append(mlflow_server)
+        shared = {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": tracking,
+                  "PREFECT_HOME": str(tmp_path / "prefect-client")}
+        subprocess.run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"],
+                       env=service_env(tmp_path, **shared), cwd=tmp_path, check=True, capture_output=True)
+        workers = {}
+        for gpu, name in enumerate(("host-a", "host-b")):
+            clone = clones[name]
+            env = service_env(clone, **shared, PYTHONPATH=str(clone), ROBUST_DEEPFAKE_CHECKOUT=str(clone),
+                              CUDA_VISIBLE_DEVICES=str(gpu), PREFECT_FLOWS_HEARTBEAT_FREQUENCY=HEARTBEAT_S,
+                              PREFECT_WORKER_QUERY_SECONDS="2",
+                              ROBUST_DEEPFAKE_GPU_LOCKS=str(tmp_path / f"gpu-locks-{name}"))
+            workers[name] = Service(name, [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name,
+                                           "--limit", "1"], clone, env, logs)
+            services.append(workers[name])
+
+        yield SimpleNamespace(clones=clones, workers=workers, shared=shared, logs=logs, tracking=tracking, api=api,
+                              origin=tmp_path / "origin.git", services=services)
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
+def _study(topo, name: str) -> Service:
+    laptop = topo.clones["laptop"]
+    env = service_env(laptop, **topo.shared, PYTHONPATH=str(laptop))
+    service = Service(name, [sys.executable, "-m", "flows.study", "configs/study_topo.yaml", "--pool", POOL],
+                      laptop, env, topo.logs)
+    topo.services.append(service)
+    return service
+
+
+def _worker_running(topo, needle: str) -> str | None:
+    """The worker whose process tree runs a command line containing `needle`."""
+    import psutil
+
+    for name, worker in topo.workers.items():
+        for pid in worker.descendants():
+            try:
+                if needle in " ".join(psutil.Process(pid).cmdline()):
+                    return name
+            except psutil.NoSuchProcess:
+                continue
+    return None
+
+
+def _cell_runs(tracking: str) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    experiment = client.get_experiment_by_name("robust-deepfake")
+    return client.search_runs([experiment.experiment_id], filter_string="tags.`study.kind` = 'cell'")
+
+
+def _flow_runs(api: str, name: str) -> list[tuple[str, str]]:
+    import urllib.request
+
+    request = urllib.request.Request(f"{api}/flow_runs/filter", method="POST",
+                                     data=json.dumps({"flow_runs": {"name": {"any_": [name]}}}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return [(run["state_type"], run["state"]["message"] or "") for run in json.load(response)]
+
+
+def test_two_hosts_share_a_study_survive_a_dead_worker_and_reuse_every_cell(topology):
+    topo = topology
+    study = _study(topo, "study-1")
+    killed = None
+    deadline = time.monotonic() + 1200
+    while study.process.poll() is None and time.monotonic() < deadline:
+        if killed is None:  # the third cell (epsilon 1.0) starts training: kill its host
+            host = _worker_running(topo, "epsilon1.0")
+            if host is not None and _worker_running(topo, "stages/train.py") == host:
+                topo.workers[host].kill()
+                killed = host
+        time.sleep(1)
+    assert study.process.poll() == 0, f"study failed:\n{study.tail(60)}"
+    assert killed is not None, "the third cell never started training on a worker"
+    survivor = ({"host-a", "host-b"} - {killed}).pop()
+    output = study.log.read_text()
+    assert "3 cells, 0 already done (reused), 3 to run on pool study-pool" in output
+    assert "reg.epsilon=1.0 seed=0: CRASHED" in output and "resubmitting" in output
+
+    # Prefect: the killed cell's first run was marked Crashed by the heartbeat automation
+    states = _flow_runs(topo.api, "reg.epsilon=1.0 seed=0")
+    assert sorted(state for state, _ in states) == ["COMPLETED", "CRASHED"], states
+    assert any("no heartbeat" in message for state, message in states if state == "CRASHED")
+
+    # MLflow server: one finished record per cell; both hosts computed; the retry on the survivor
+    runs = _cell_runs(topo.tracking)
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    by_label = {r.data.tags["mlflow.runName"]: r for r in runs}
+    assert set(by_label) == {"reg.epsilon=0.0 seed=0", "reg.epsilon=0.5 seed=0", "reg.epsilon=1.0 seed=0"}
+    assert {r.data.tags["worker"] for r in runs} == {"host-a", "host-b"}
+    assert by_label["reg.epsilon=1.0 seed=0"].data.tags["worker"] == survivor
+    assert {r.data.tags["cuda_visible_devices"] for r in runs} <= {"0", "1"}
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1  # grouped under the study's parent run
+
+    # git + DVC remotes: every cell's experiment; the laptop (which computed nothing) pulls one
+    refs = run(["git", "ls-remote", str(topo.origin), "refs/exps/*"], topo.origin).stdout
+    laptop = topo.clones["laptop"]
+    for r in runs:
+        name = r.data.tags["dvc_experiment"]
+        assert f"/{name}\n" in refs + "\n"
+    retried = by_label["reg.epsilon=1.0 seed=0"]
+    name = retried.data.tags["dvc_experiment"]
+    run(_dvc("exp", "pull", "origin", name), laptop)
+    run(_dvc("exp", "apply", name), laptop)
+    sweep = json.loads((laptop / "eval" / "attack_sweep.json").read_text())
+    clean = next(e for e in sweep["entries"] if e["variant"] == "reg" and e["attack"] == "clean")
+    assert retried.data.metrics["reg/acc_clean"] == pytest.approx(clean["accuracy"])
+    run(["git", "checkout", "-q", "--", "."], laptop)
+
+    # the report: all three cells, from the shared store
+    report = json.loads((laptop / "reports" / "study.json").read_text())
+    assert report["cells"] == 3 and {c["worker"] for c in report["cost"]["cells"]} == {"host-a", "host-b"}
+    html = (laptop / "reports" / "study.html").read_text()
+    for label in by_label:
+        assert label in html
+
+    # again: nothing recomputed, nothing new in MLflow
+    again = _study(topo, "study-2")
+    assert again.process.wait(timeout=600) == 0, again.tail(40)
+    assert "3 cells, 3 already done (reused), 0 to run" in again.log.read_text()
+    assert len(_cell_runs(topo.tracking)) == 3
