@@ -3,7 +3,8 @@
 `dvc exp run --temp -n <name> -S ...` runs the whole DAG in a private copy of the
 checkout (so several cells of one host run at once, one per GPU), with DVC's run cache:
 a stage whose params and deps an earlier cell already ran (the baseline of the same seed
-under another regularizer setting) is restored, not retrained. `dvc exp push` then sends
+under another regularizer setting) is restored, not retrained; with a DVC remote, `--pull`
+brings the run cache other hosts pushed first. `dvc exp push` then sends
 the experiment's git ref to the git remote and its outputs (and the run cache) to the DVC
 remote, so any host can `dvc exp pull` or `dvc exp apply` it.
 """
@@ -86,12 +87,15 @@ def local_experiment(root: Path, name: str) -> str | None:
 
 
 def run_experiment(root: Path, cell: Cell, name: str, env: Mapping[str, str],
-                   on_line: Callable[[str], Any] = print) -> float:
-    """`dvc exp run --temp -n <name> -S ...`; the wall seconds it took."""
+                   on_line: Callable[[str], Any] = print, pull: bool = False) -> float:
+    """`dvc exp run --temp -n <name> -S ...`; the wall seconds it took. With `pull`, DVC
+    first pulls the run cache from the DVC remote (`--pull`): a stage another host already
+    ran with the same params and deps (the baseline of this seed) is restored, not rerun."""
     overrides = [arg for override in cell.overrides for arg in ("-S", override)]
-    on_line(f"$ dvc exp run --temp -n {name} " + " ".join(f"-S {o!r}" for o in cell.overrides))
+    flags = ["--temp", *(["--pull"] if pull else []), "-n", name]
+    on_line(f"$ dvc exp run {' '.join(flags)} " + " ".join(f"-S {o!r}" for o in cell.overrides))
     start = time.monotonic()
-    _stream(_dvc("exp", "run", "--temp", "-n", name, *overrides), root, env, on_line, f"dvc exp run {name}")
+    _stream(_dvc("exp", "run", *flags, *overrides), root, env, on_line, f"dvc exp run {name}")
     return time.monotonic() - start
 
 
@@ -137,7 +141,7 @@ def execute(root: Path, cell: Cell, cell_hash: str, git_remote: str | None, dvc_
     ref = local_experiment(root, name)
     seconds = 0.0
     if ref is None:
-        seconds = run_experiment(root, cell, name, env, on_line)
+        seconds = run_experiment(root, cell, name, env, on_line, pull=git_remote is not None)
         ref = local_experiment(root, name)
         if ref is None:
             raise CellFailed(f"dvc exp run {name}", [f"error: no experiment named {name!r} after the run"])
