@@ -160,18 +160,18 @@ def attack_figures(device, plan: Plan, share_s: float):
         timed = paired_seconds(model, images, labels, plan.pgd_steps, plan.attack_repeats, budget_s=2 * share)
         ours = timed["ours"]
         yield figure("attacks.pgd_grad_img_s", work / ours, "grad-img/s", **size)
-        yield figure("attacks.pgd_ours_over_torchattacks", timed["ratio"], "x time", "<= 1.05",
+        yield figure("attacks.pgd_ours_over_torchattacks", timed["ratio"], "x time", "<= 1.00",
                      torchattacks_grad_img_s=round(work / timed["torchattacks"], 1), rounds=timed["rounds"], **size)
     else:
         ours = pgd_seconds(model, images, labels, plan.pgd_steps, plan.attack_repeats, budget_s=share)
         yield figure("attacks.pgd_grad_img_s", work / ours, "grad-img/s", **size)
-        yield figure("attacks.pgd_ours_over_torchattacks", None, "x time", "<= 1.05", **size,
+        yield figure("attacks.pgd_ours_over_torchattacks", None, "x time", "<= 1.00", **size,
                      error="torchattacks missing: carry its wheel (see the module docstring)")
     sweep = sweep_throughput(model, images, labels, steps=plan.sweep_steps)
     sweep_size = dict(image_size=plan.attack_image_size, batch_size=plan.attack_batch,
                       attacks=f"fgsm+pgd-{plan.sweep_steps} x 2 eps")
     yield figure("attacks.sweep_grad_img_s", sweep, "grad-img/s", **sweep_size)
-    yield figure("attacks.sweep_over_pgd", sweep / (work / ours), "ratio", ">= 0.8", **sweep_size)
+    yield figure("attacks.sweep_over_pgd", sweep / (work / ours), "ratio", ">= 0.90", **sweep_size)
     if device.type == "cuda":  # attack.amp applies on CUDA only
         amp = pgd_seconds(model, images, labels, plan.pgd_steps, plan.attack_repeats, amp=True, budget_s=share)
         yield figure("attacks.pgd_amp_over_fp32", amp / ours, "x time", "<= 1.0", **size)
