@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,8 +59,11 @@ def _stream(command: list[str], root: Path, env: Mapping[str, str], on_line: Cal
             what: str) -> None:
     """Run `command`, every output line to on_line; CellFailed on a non-zero exit."""
     tail: deque[str] = deque(maxlen=60)
+    # its own session: `dvc exp run --temp` signals its process group when it finishes,
+    # which would also stop this flow process and the temporary Prefect server it talks to
     process = subprocess.Popen(command, cwd=root, env=dict(env), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+                               stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+                               start_new_session=True)
     try:
         assert process.stdout is not None
         for raw in process.stdout:
@@ -69,14 +73,21 @@ def _stream(command: list[str], root: Path, env: Mapping[str, str], on_line: Cal
                 on_line(line)
         returncode = process.wait()
     finally:
-        if process.poll() is None:  # the flow run was cancelled: do not orphan the experiment
-            process.terminate()
+        if process.poll() is None:  # the flow run was cancelled: stop the experiment's whole group
+            _signal_group(process, signal.SIGTERM)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _signal_group(process, signal.SIGKILL)
     if returncode != 0:
         raise CellFailed(what, list(tail))
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def local_experiment(root: Path, name: str) -> str | None:
