@@ -61,8 +61,9 @@ def study_cell(label: str, cell: dict[str, Any], expected_hash: str, git_remote:
     version = cells.code_version(root)
     found_hash = cell_hash(the_cell.params(base), version)
     if found_hash != expected_hash:
-        raise StageError(f"{root}: this checkout (code {version}) computes cell {label!r} as {found_hash}, the "
-                         f"study expects {expected_hash}: bring it to the study's commit (git pull, dvc pull)")
+        raise StageError(f"{root}: this checkout computes cell {label!r} as {found_hash} (pipeline code "
+                         f"{version}), the study expects {expected_hash}: its params.yaml or stage code differ "
+                         "from the study's clone; check out the same commit (git pull) and rerun")
     experiment_id = records.open_store(params, root, shared)
     found = records.find_record(experiment_id, expected_hash)
     if found is not None:
@@ -186,7 +187,7 @@ def study(spec_path: str = "configs/study_demo.yaml", pool: str | None = None, r
     done = {cell.label: records.find_record(experiment_id, hashes[cell.label]) for cell in grid}
     todo = [cell for cell in grid if done[cell.label] is None]
     logger.info(f"study {spec.name}: {len(grid)} cells, {len(grid) - len(todo)} already done (reused), "
-                f"{len(todo)} to run {'on pool ' + pool if pool else 'here'}; code {version}")
+                f"{len(todo)} to run {'on pool ' + pool if pool else 'here'}; pipeline code {version}")
     parent = records.start_study_run(experiment_id, spec.name, with_placebo(spec, base).model_dump(mode="json"),
                                      len(grid))
     submissions = [(cell, {"label": cell.label, "cell": cell.to_dict(), "expected_hash": hashes[cell.label],

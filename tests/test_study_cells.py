@@ -134,3 +134,37 @@ def test_a_record_round_trips_through_mlflow_and_only_finished_ones_count(store)
     client = mlflow.MlflowClient()
     client.create_run(experiment, tags={records.HASH_TAG: "b" * 16})
     assert records.find_record(experiment, "b" * 16) is None
+
+
+def test_a_cells_code_identity_follows_the_stage_dependencies_not_the_commit(tmp_path):
+    import subprocess
+
+    from robust_deepfake.study.cell import code_version
+
+    root = tmp_path / "repo"
+    (root / "src").mkdir(parents=True)
+    (root / "dvc.yaml").write_text("stages:\n  a:\n    cmd: python src/a.py\n    deps: [src, data/raw]\n"
+                                   "    outs: [out]\n  b:\n    foreach: [1]\n    do:\n      cmd: x\n"
+                                   "      deps: [stages/b.py]\n      outs: [\"o${item}\"]\n")
+    (root / "src" / "a.py").write_text("print(1)\n")
+    (root / "README.md").write_text("docs\n")
+    (root / "stages").mkdir()
+    (root / "stages" / "b.py").write_text("pass\n")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "one")
+    first = code_version(root)
+    (root / "README.md").write_text("more docs\n")
+    git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qam", "docs")
+    assert code_version(root) == first  # a new commit that changes no dependency
+    (root / "src" / "a.py").write_text("print(2)\n")
+    edited = code_version(root)
+    assert edited != first  # an uncommitted edit of a dependency counts
+    git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qam", "code")
+    assert code_version(root) == edited  # and is the same once committed
+    (root / "stages" / "b.py").write_text("pass  # changed\n")
+    assert code_version(root) != edited  # deps of foreach stages too

@@ -26,7 +26,6 @@ from typing import Any
 
 from robust_deepfake.config import Params, parse_yaml, validate
 from robust_deepfake.ops.orchestration import error_line, is_transient
-from robust_deepfake.ops.provenance import run_origin
 from robust_deepfake.study import outcome
 from robust_deepfake.study.spec import Cell
 
@@ -42,13 +41,24 @@ class CellFailed(RuntimeError):
 
 
 def code_version(root: Path) -> str:
-    """HEAD, plus a digest of the uncommitted diff of tracked inputs (what `--temp` copies)."""
-    origin = run_origin(root)
-    if not origin.changed:
-        return origin.commit
-    diff = subprocess.run(["git", "diff", "HEAD", "--binary", "--", *origin.changed], cwd=root,
-                          capture_output=True, check=True).stdout
-    return f"{origin.commit}+{hashlib.sha256(diff).hexdigest()[:12]}"
+    """What the cells' results depend on besides params, as DVC sees it: dvc.yaml, data.dvc
+    and every git-tracked file under a stage dependency (stage scripts and library code),
+    hashed from the working tree. A commit that touches only docs, tests or flows keeps
+    every cell's hash, so a finished study is not recomputed; an edit to a dependency,
+    committed or not, changes it (as it would make `dvc repro` rerun the stage)."""
+    import yaml
+
+    stages = yaml.safe_load((root / "dvc.yaml").read_text()).get("stages", {})
+    deps = sorted({next(iter(d)) if isinstance(d, dict) else d
+                   for stage in stages.values() for d in stage.get("do", stage).get("deps", [])})
+    tracked = subprocess.run(["git", "ls-files", "-z", "--", "dvc.yaml", "data.dvc", *deps], cwd=root,
+                             capture_output=True, text=True, check=True).stdout.split("\0")
+    digest = hashlib.sha256()
+    for name in sorted(filter(None, tracked)):
+        path = root / name
+        digest.update(name.encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"missing")
+    return digest.hexdigest()[:16]
 
 
 def _dvc(*args: str) -> list[str]:
