@@ -408,3 +408,18 @@ def test_study_html_renders_every_image_offline(full_report: tuple[Path, dict[st
     assert probe, "the probe script did not run"
     widths = json.loads(probe.group(1))
     assert len(widths) == len(md_figures(out)) == 2 and all(w > 0 for w in widths), widths
+
+
+def test_identical_nonzero_differences_make_no_claim():
+    """Two seeds that both gain exactly one image (+1/128) give a zero-width t-interval:
+    that is the discreteness of accuracy, not evidence, so the comparison claims nothing."""
+    from robust_deepfake.study.comparisons import paired
+    from robust_deepfake.study.points import Point
+
+    point = Point(setting=(("reg.epsilon", 0.25),), group=(), line=None, dose=0.25, held_out=(), cells={})
+    same = paired("q", "acc_pgd", point, "test", ("reg", "baseline"), {0: 0.5 + 1 / 128, 1: 0.25 + 1 / 128},
+                  {0: 0.5, 1: 0.25})
+    assert math.isnan(same.ci_low) and same.favours == "neither"
+    assert "no spread over seeds" in same.wording() and "no claim" in same.wording()
+    zero = paired("q", "acc_pgd", point, "test", ("reg", "baseline"), {0: 0.5, 1: 0.25}, {0: 0.5, 1: 0.25})
+    assert zero.ci_low == zero.ci_high == 0 and "no detectable difference" in zero.wording()

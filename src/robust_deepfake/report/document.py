@@ -17,6 +17,7 @@ import pandas as pd
 
 from robust_deepfake.explain.results import CamMetrics
 from robust_deepfake.paths import VARIANTS, ModelKey
+from robust_deepfake.report.page import html_page
 from robust_deepfake.robustness import eps as eps_units
 from robust_deepfake.robustness.eps import CLEAN
 from robust_deepfake.robustness.sweep import SweepMetrics
@@ -319,17 +320,4 @@ def to_html(markdown_text: str, base: Path, title: str) -> str:
         return f'{match.group(1)}data:image/png;base64,{data}"'
 
     body = re.sub(r'(<img alt="[^"]*" src=")([^"]+)"', embed, body)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
-thead {{ background: #f2f2f2; }}
-img {{ max-width: 100%; display: block; margin: 1em 0; }}
-code {{ background: #f5f5f5; padding: 0 3px; }}
-</style></head><body>
-{body}
-</body></html>
-"""
+    return html_page(title, body, extra_css="code { background: #f5f5f5; padding: 0 3px; }")

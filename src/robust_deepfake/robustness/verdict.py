@@ -66,8 +66,34 @@ def detectable_effect(values: np.ndarray, level: float, power: float = POWER) ->
                  / math.sqrt(values.size))
 
 
+class SeedInterval:
+    """What every paired difference over seeds with a t-interval shares: the subclass, a
+    frozen dataclass, declares `seeds`, `per_seed`, `mean`, `ci_low`, `ci_high`, `level`
+    and `detectable` (left out here so that it keeps its own field order)."""
+
+    seeds: list[int]
+    ci_low: float
+    ci_high: float
+    detectable: float
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.ci_low > 0 or self.ci_high < 0
+
+    def no_difference_wording(self) -> str:
+        """The reading when the interval contains 0: what these seeds could have detected."""
+        if math.isnan(self.detectable):
+            return f"no detectable difference at {self.n_seeds} seeds (every seed gave the same difference)"
+        return (f"no detectable difference at {self.n_seeds} seeds (could detect about "
+                f"{self.detectable:.3f} with {POWER:.0%} power)")
+
+
 @dataclass(frozen=True)
-class SeedDifference:
+class SeedDifference(SeedInterval):
     """reg - baseline for one attack and metric, over paired seeds."""
 
     attack: str  # `clean` for eps = 0
@@ -80,14 +106,6 @@ class SeedDifference:
     level: float
     detectable: float  # effect size these seeds could detect (80% power)
     per_image_ci: list[tuple[float, float]] = field(default_factory=list)  # per seed, test sampling only
-
-    @property
-    def n_seeds(self) -> int:
-        return len(self.seeds)
-
-    @property
-    def excludes_zero(self) -> bool:
-        return self.ci_low > 0 or self.ci_high < 0
 
     def _better(self, diff: float) -> str:
         return "reg" if (diff > 0) == HIGHER_IS_BETTER[self.metric] else "baseline"
@@ -110,10 +128,7 @@ class SeedDifference:
             return f"not decidable from {self.n_seeds} seed(s): at least 2 are needed for an interval"
         if self.excludes_zero:
             return f"favours {self.favours} ({self.n_seeds} seeds)"
-        if math.isnan(self.detectable):
-            return f"no detectable difference at {self.n_seeds} seeds (every seed gave the same difference)"
-        return (f"no detectable difference at {self.n_seeds} seeds (could detect about "
-                f"{self.detectable:.3f} with 80% power)")
+        return self.no_difference_wording()
 
     def as_dict(self) -> dict:
         return {"attack": self.attack, "metric": self.metric, "mean": self.mean, "ci": [self.ci_low, self.ci_high],

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from robust_deepfake.robustness.verdict import POWER, detectable_effect, t_interval
+from robust_deepfake.robustness.verdict import SeedInterval, detectable_effect, t_interval
 from robust_deepfake.study.points import (
     LEVEL,
     TEST,
@@ -37,7 +37,7 @@ def lower_is_better(metric: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Comparison(SeedInterval):
     """sides[0] − sides[1] in one metric at one grid point, paired by seed. The wording
     follows verdict.SeedDifference: a side is favoured only when the interval excludes 0."""
 
@@ -58,14 +58,6 @@ class Comparison:
     placebo: bool = False  # the point is epsilon = 0 itself
 
     @property
-    def n_seeds(self) -> int:
-        return len(self.seeds)
-
-    @property
-    def excludes_zero(self) -> bool:
-        return self.ci_low > 0 or self.ci_high < 0
-
-    @property
     def favours(self) -> str:
         """The side the seed-level interval favours, or 'neither'."""
         if not self.excludes_zero:
@@ -77,16 +69,14 @@ class Comparison:
         n = self.n_seeds
         if n == 0:
             return "no seed has both values: no claim"
-        if math.isnan(self.ci_low):
+        if math.isnan(self.ci_low) and n == 1:
             return f"interval undefined with {n} seed (at least 2 are needed): no claim"
-        same = len(set(self.per_seed)) == 1
+        if math.isnan(self.ci_low):
+            return (f"every one of {n} seeds gave the same difference ({self.mean:+.3f}): with no spread over seeds "
+                    "the interval is undefined: no claim (add seeds)")
         if self.excludes_zero:
-            note = " (every seed gave the same difference: the interval has zero width)" if same else ""
-            return f"favours {self.favours} ({n} seeds){note}"
-        if math.isnan(self.detectable):
-            return f"no detectable difference at {n} seeds (every seed gave the same difference)"
-        return (f"no detectable difference at {n} seeds (could detect about {self.detectable:.3f} "
-                f"with {POWER:.0%} power)")
+            return f"favours {self.favours} ({n} seeds)"
+        return self.no_difference_wording()
 
     def as_dict(self) -> dict[str, Any]:
         return {"question": self.question, "metric": self.metric, "group": self.group, "line": self.line,
@@ -103,6 +93,10 @@ def paired(question: str, metric: str, point: Point, subset: str, sides: tuple[s
     seeds = sorted(s for s in first if s in second and math.isfinite(first[s]) and math.isfinite(second[s]))
     diffs = np.array([first[s] - second[s] for s in seeds], dtype=float)
     mean, low, high = t_interval(diffs, level)
+    if diffs.size >= 2 and np.ptp(diffs) == 0 and mean != 0:
+        # identical non-zero differences (accuracy moves in steps of 1/n images): a
+        # zero-width t-interval is an artefact, not evidence; the spread is unknown
+        low = high = math.nan
     return Comparison(question, metric, point.group_label, point.line, point.dose, subset, sides, seeds,
                       [float(d) for d in diffs], mean, low, high, level, detectable_effect(diffs, level),
                       is_placebo(point))

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from robust_deepfake.report.page import html_page
+
 
 @dataclass(frozen=True)
 class Heading:
@@ -97,18 +99,4 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
             data = base64.b64encode(block.path.read_bytes()).decode("ascii")
             out.append(f'<figure><img alt="{esc(block.alt)}" src="data:image/png;base64,{data}">'
                        f"<figcaption>{esc(block.caption)}</figcaption></figure>")
-    body = "\n".join(out)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
-<style>
-body {{ font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
-thead {{ background: #f2f2f2; }}
-img {{ max-width: 100%; display: block; margin: 1em 0; }}
-figcaption {{ font-size: 0.85em; color: #555; }}
-</style></head><body>
-{body}
-</body></html>
-"""
+    return html_page(title, "\n".join(out), extra_css="figcaption { font-size: 0.85em; color: #555; }")
