@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 SPEC = {"name": "t", "seeds": [0, 1], "grid": {"reg.epsilon": [0.0, 0.5]}, "metric": "acc_pgd", "retries": 1}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def prefect_harness(tmp_path_factory):
     from prefect.settings import PREFECT_HOME, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
@@ -34,7 +34,8 @@ def repo(tmp_path, monkeypatch):
     """A git checkout with params.yaml and the spec (no DVC: a cell that has to run fails)."""
     root = tmp_path / "repo"
     (root / "configs").mkdir(parents=True)
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    for name in ("params.yaml", "dvc.yaml"):  # a cell's identity reads both
+        shutil.copy(REPO / name, root / name)
     (root / "configs" / "study_t.yaml").write_text(yaml.safe_dump(SPEC))
     for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "t"]):
         subprocess.run(["git", *args], cwd=root, check=True)
@@ -89,3 +90,18 @@ def test_a_failing_cell_is_retried_then_fails_the_study_with_its_error(prefect_h
     result = state.result(raise_on_failure=False)
     assert result["missing"] == 1 and result["reused"] == 3
     assert "reg.epsilon=0.0 seed=1" in (repo / "reports" / "study.html").read_text()
+
+
+def test_a_target_that_does_not_produce_the_cell_outputs_is_refused(prefect_harness, repo):
+    from flows.study import study
+
+    import sys
+
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    spec = {**SPEC, "target": "attack_sweep"}
+    (repo / "configs" / "study_t.yaml").write_text(yaml.safe_dump(spec))
+    state = study("configs/study_t.yaml", repo=str(repo), return_state=True)
+    assert state.is_failed() and "target: stage 'attack_sweep' does not produce eval/cam_iinc.json" in state.message
+    (repo / "configs" / "study_t.yaml").write_text(yaml.safe_dump({**SPEC, "target": "nope"}))
+    state = study("configs/study_t.yaml", repo=str(repo), return_state=True)
+    assert state.is_failed() and "no stage 'nope'" in state.message

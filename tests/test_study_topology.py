@@ -44,6 +44,7 @@ parallelism: 2
 retries: 1
 git_remote: origin
 heartbeat_timeout_s: 60
+target: cam_iinc                # the study reads sweep and CAM outputs; skip each cell's report
 """
 HEARTBEAT_S = "30"  # Prefect's minimum; the automation waits heartbeat_timeout_s for the next one
 
