@@ -51,7 +51,7 @@ def checkout() -> Path:
 @flow(name=CELL_FLOW, flow_run_name="{label}")
 def study_cell(label: str, cell: dict[str, Any], expected_hash: str, git_remote: str | None = None,
                dvc_remote: str | None = None, parent_run_id: str | None = None, shared: bool = False,
-               target: str | None = None) -> dict:
+               targets: list[str] | None = None) -> dict:
     """One cell: reuse its record if any host finished it, else `dvc exp run --temp` on one
     GPU of this host, push the experiment, and record it in MLflow."""
     logger = get_run_logger()
@@ -74,19 +74,21 @@ def study_cell(label: str, cell: dict[str, Any], expected_hash: str, git_remote:
         env = {**stage_env(), **pin}
         logger.info(f"{label}: running in {root} with CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r}")
         record = cells.execute(root, the_cell, expected_hash, git_remote, dvc_remote, env, on_line=logger.info,
-                               target=target)
+                               targets=targets)
     record["mlflow_run_id"] = records.log_record(experiment_id, record, parent_run_id)
     logger.info(f"{label}: done in {record['device_seconds']} s on {record['worker']}")
     return record
 
 
-def check_target(root: Path, target: str, spec_path: str) -> None:
-    """`target` is a dvc.yaml stage whose upstream writes every output a cell record reads."""
-    graph = read_stage_graph(root).up_to(target)
-    missing = [path for path in cells.OUTPUTS if not graph.writes(path)]
+def check_targets(root: Path, targets: list[str], spec_path: str) -> None:
+    """Every target is a dvc.yaml stage, and together with what they depend on they write
+    every output a cell record is read from."""
+    graph = read_stage_graph(root)
+    covered = [graph.up_to(target) for target in targets]
+    missing = [path for path in cells.OUTPUTS if not any(g.writes(path) for g in covered)]
     if missing:
-        raise StageError(f"{spec_path}: target: stage {target!r} does not produce {', '.join(missing)}, which "
-                         "each cell's record is read from; use cam_iinc, report or null (the whole DAG)")
+        raise StageError(f"{spec_path}: targets {targets} do not produce {', '.join(missing)}, which each cell's "
+                         "record is read from; use [attack_sweep, cam_iinc], [report] or null (the whole DAG)")
 
 
 def ensure_crash_detection(within_s: int) -> None:
@@ -186,8 +188,8 @@ def study(spec_path: str = "configs/study_demo.yaml", pool: str | None = None, r
         base = read_yaml(root / "params.yaml")
         params = load_params(root / "params.yaml")
         grid = expand(spec, base)
-        if spec.target:
-            check_target(root, spec.target, spec_path)
+        if spec.targets:
+            check_targets(root, spec.targets, spec_path)
         if pool and not spec.git_remote:
             raise StageError(f"{spec_path}: git_remote: a study on a work pool shares each cell through a git "
                              "remote and a DVC remote; name the git remote (e.g. origin)")
@@ -205,7 +207,7 @@ def study(spec_path: str = "configs/study_demo.yaml", pool: str | None = None, r
                                      len(grid))
     submissions = [(cell, {"label": cell.label, "cell": cell.to_dict(), "expected_hash": hashes[cell.label],
                            "git_remote": spec.git_remote, "dvc_remote": spec.dvc_remote, "parent_run_id": parent,
-                           "shared": pool is not None, "target": spec.target}) for cell in todo]
+                           "shared": pool is not None, "targets": spec.targets}) for cell in todo]
     if pool:
         ensure_crash_detection(spec.heartbeat_timeout_s)
         failures = _run_on_pool(register_cell_deployment(pool), submissions, spec, logger)

@@ -98,10 +98,10 @@ def test_a_target_that_does_not_produce_the_cell_outputs_is_refused(prefect_harn
     import sys
 
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
-    spec = {**SPEC, "target": "attack_sweep"}
+    spec = {**SPEC, "targets": ["attack_sweep"]}
     (repo / "configs" / "study_t.yaml").write_text(yaml.safe_dump(spec))
     state = study("configs/study_t.yaml", repo=str(repo), return_state=True)
-    assert state.is_failed() and "target: stage 'attack_sweep' does not produce eval/cam_iinc.json" in state.message
-    (repo / "configs" / "study_t.yaml").write_text(yaml.safe_dump({**SPEC, "target": "nope"}))
+    assert state.is_failed() and "targets ['attack_sweep'] do not produce eval/cam_iinc.json" in state.message
+    (repo / "configs" / "study_t.yaml").write_text(yaml.safe_dump({**SPEC, "targets": ["attack_sweep", "nope"]}))
     state = study("configs/study_t.yaml", repo=str(repo), return_state=True)
     assert state.is_failed() and "no stage 'nope'" in state.message

@@ -22,6 +22,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from localhost_services import BIN, Service, service_env, start_mlflow_server, start_prefect_server
 from micro_repo import make_micro_repo, run
@@ -44,7 +45,7 @@ parallelism: 2
 retries: 1
 git_remote: origin
 heartbeat_timeout_s: 60
-target: cam_iinc                # the study reads sweep and CAM outputs; skip each cell's report
+targets: [attack_sweep, cam_iinc]   # what the study reads: skip each cell's one-seed report
 """
 HEARTBEAT_S = "30"  # Prefect's minimum; the automation waits heartbeat_timeout_s for the next one
 
@@ -189,11 +190,15 @@ def test_two_hosts_share_a_study_survive_a_dead_worker_and_reuse_every_cell(topo
     retried = by_label["reg.epsilon=1.0 seed=0"]
     name = retried.data.tags["dvc_experiment"]
     run(_dvc("exp", "pull", "origin", name), laptop)
-    run(_dvc("exp", "apply", name), laptop)
-    sweep = json.loads((laptop / "eval" / "attack_sweep.json").read_text())
+    ref = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], laptop).stdout.split()
+    lock = yaml.safe_load(run(["git", "show", f"{next(r for r in ref if r.endswith('/' + name))}:dvc.lock"],
+                              laptop).stdout)
+    md5 = next(o["md5"] for o in lock["stages"]["attack_sweep"]["outs"] if o["path"] == "eval/attack_sweep.json")
+    cached = laptop / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    assert cached.is_file()  # pulled from the DVC remote: the laptop never computed it
+    sweep = json.loads(cached.read_text())
     clean = next(e for e in sweep["entries"] if e["variant"] == "reg" and e["attack"] == "clean")
     assert retried.data.metrics["reg/acc_clean"] == pytest.approx(clean["accuracy"])
-    run(["git", "checkout", "-q", "--", "."], laptop)
 
     # the report: all three cells, from the shared store
     report = json.loads((laptop / "reports" / "study.json").read_text())

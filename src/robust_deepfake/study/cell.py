@@ -108,7 +108,8 @@ def local_experiment(root: Path, name: str) -> str | None:
 
 
 def run_experiment(root: Path, cell: Cell, name: str, env: Mapping[str, str],
-                   on_line: Callable[[str], Any] = print, pull: bool = False, target: str | None = None) -> float:
+                   on_line: Callable[[str], Any] = print, pull: bool = False,
+                   targets: list[str] | None = None) -> float:
     """`dvc exp run --temp -n <name> -S ...`; the wall seconds it took. With `pull`, DVC
     first pulls the run cache from the DVC remote (`--pull`): a stage another host already
     ran with the same params and deps (the baseline of this seed) is restored, not rerun."""
@@ -116,8 +117,7 @@ def run_experiment(root: Path, cell: Cell, name: str, env: Mapping[str, str],
     flags = ["--temp", *(["--pull"] if pull else []), "-n", name]
     on_line(f"$ dvc exp run {' '.join(flags)} " + " ".join(f"-S {o!r}" for o in cell.overrides))
     start = time.monotonic()
-    targets = [target] if target else []
-    _stream(_dvc("exp", "run", *flags, *overrides, *targets), root, env, on_line, f"dvc exp run {name}")
+    _stream(_dvc("exp", "run", *flags, *overrides, *(targets or [])), root, env, on_line, f"dvc exp run {name}")
     return time.monotonic() - start
 
 
@@ -157,13 +157,14 @@ def torch_device(env: Mapping[str, str]) -> str:
 
 
 def execute(root: Path, cell: Cell, cell_hash: str, git_remote: str | None, dvc_remote: str | None,
-            env: Mapping[str, str], on_line: Callable[[str], Any] = print, target: str | None = None) -> dict[str, Any]:
+            env: Mapping[str, str], on_line: Callable[[str], Any] = print,
+            targets: list[str] | None = None) -> dict[str, Any]:
     """Run (or find in this checkout) the cell's experiment, summarize it, push it; the record."""
     name = cell.experiment_name(cell_hash)
     ref = local_experiment(root, name)
     seconds = 0.0
     if ref is None:
-        seconds = run_experiment(root, cell, name, env, on_line, pull=git_remote is not None, target=target)
+        seconds = run_experiment(root, cell, name, env, on_line, pull=git_remote is not None, targets=targets)
         ref = local_experiment(root, name)
         if ref is None:
             raise CellFailed(f"dvc exp run {name}", [f"error: no experiment named {name!r} after the run"])

@@ -56,10 +56,10 @@ class StudySpec(Strict):
     git_remote: str | None = Field(None, min_length=1)  # where `dvc exp push` sends each cell
     dvc_remote: str | None = Field(None, min_length=1)  # DVC remote for its outputs (None: the default)
     heartbeat_timeout_s: int = Field(600, ge=60)  # a running cell silent this long is marked crashed
-    # The last dvc.yaml stage a cell runs (None: the whole DAG). The study reads only the
-    # attack_sweep and cam_iinc outputs; a cell's own report stage (its one-seed verdict
-    # is undefined) can be skipped with `target: cam_iinc` where time is short.
-    target: str | None = Field(None, min_length=1)
+    # The dvc.yaml stages a cell runs, with what they depend on (None: the whole DAG). The
+    # study reads only the attack_sweep and cam_iinc outputs; a cell's own report stage (its
+    # one-seed verdict is undefined) is skipped with `targets: [attack_sweep, cam_iinc]`.
+    targets: list[str] | None = Field(None, min_length=1)
 
     @field_validator("name")
     @classmethod
