@@ -27,7 +27,7 @@ import yaml
 from localhost_services import BIN, Service, service_env, start_mlflow_server, start_prefect_server
 from micro_repo import make_micro_repo, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.topology]
 
 POOL = "study-pool"
 SPEC = """\
