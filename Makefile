@@ -40,17 +40,8 @@ demo: $(STAMP) $(PLOTS_TEMPLATE)
 	robust-deepfake data ensure
 	dvc repro
 
-# The multi-host study test (marker `topology`) spends most of its ~6 minutes waiting on
-# servers and on a dead worker's missing heartbeats: it runs beside the rest of the suite,
-# in its own temp folder, and its log is printed after. Plain `pytest` still runs everything.
-TOPOLOGY_LOG := .cache/topology-tests.log
 test: $(STAMP) $(PLOTS_TEMPLATE)
-	@mkdir -p .cache
-	@$(BIN)/python -m pytest -m topology -p no:cacheprovider --basetemp="$$(mktemp -d)" \
-	  > $(TOPOLOGY_LOG) 2>&1 & topology=$$!; \
-	status=0; $(BIN)/python -m pytest -m "not topology" || status=$$?; \
-	wait $$topology || status=$$((status ? status : $$?)); \
-	echo "--- tests marked topology (run beside the others) ---"; cat $(TOPOLOGY_LOG); exit $$status
+	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check src stages flows tests benchmarks
