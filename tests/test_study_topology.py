@@ -112,21 +112,8 @@ def _study(topo, name: str) -> Service:
     return service
 
 
-def _worker_running(topo, needle: str) -> str | None:
-    """The worker whose process tree runs a command line containing `needle`."""
-    import psutil
-
-    for name, worker in topo.workers.items():
-        for pid in worker.descendants():
-            try:
-                if needle in " ".join(psutil.Process(pid).cmdline()):
-                    return name
-            except psutil.NoSuchProcess:
-                continue
-    return None
-
-
 def _worker_running_on(topo, name: str, needle: str) -> bool:
+    """Whether worker `name`'s process tree runs a command line containing `needle`."""
     import psutil
 
     for pid in topo.workers[name].descendants():
@@ -136,6 +123,11 @@ def _worker_running_on(topo, name: str, needle: str) -> bool:
         except psutil.NoSuchProcess:
             continue
     return False
+
+
+def _worker_running(topo, needle: str) -> str | None:
+    """The worker whose process tree runs a command line containing `needle`."""
+    return next((name for name in topo.workers if _worker_running_on(topo, name, needle)), None)
 
 
 def _cell_runs(tracking: str) -> list:
