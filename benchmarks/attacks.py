@@ -208,7 +208,7 @@ def accuracy_under_attack(model, images, labels, amp: bool, amp_device_types=Non
     sweep scores them; the attack's passes under bf16 autocast when `amp` (on the device
     types in `amp_device_types`, default CUDA only). Scoring stays float32."""
     from robust_deepfake.config import AttackConfig
-    from robust_deepfake.robustness import eps as eps_units
+    from robust_deepfake import units
     from robust_deepfake.robustness.attacks import AMP_DEVICE_TYPES, build_attack
     from robust_deepfake.robustness.sweep import adversarial, attack_generator
 
@@ -219,7 +219,7 @@ def accuracy_under_attack(model, images, labels, amp: bool, amp_device_types=Non
             attack = build_attack(name, model, value, config, attack_generator(0, name, value),
                                   amp_device_types=amp_device_types or AMP_DEVICE_TYPES)
             adv = adversarial(attack, images, labels, quantize=True)
-            out[f"{name}@{eps_units.label(value)}"] = _accuracy(model, adv, labels)
+            out[f"{name}@{units.label(value)}"] = _accuracy(model, adv, labels)
     return out
 
 

@@ -25,7 +25,7 @@ from robust_deepfake.paths import (
     run_record_path,
 )
 from robust_deepfake.pipeline.report import build_report
-from robust_deepfake.robustness import eps as eps_units
+from robust_deepfake import units
 from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepEntry, SweepMetrics, SweepPredictions, summarize
 from robust_deepfake.robustness.verdict import choose_champion
 
@@ -93,7 +93,7 @@ def _synthetic_outputs(root, params) -> SweepMetrics:
     values.save(cam.values)
     write_csv(cam.plot, CAM_COLUMNS, [
         {"variant": x.model.variant, "seed": x.model.seed, "attack": x.attack, "eps": x.eps,
-         "eps_label": eps_units.label(x.eps), "measure": x.measure, "value": x.mean, "ci_low": x.ci[0],
+         "eps_label": units.label(x.eps), "measure": x.measure, "value": x.mean, "ci_low": x.ci[0],
          "ci_high": x.ci[1], "n": x.n} for x in entries])
     cam.figures.mkdir(parents=True)
     for variant in ("baseline", "reg"):

@@ -12,7 +12,7 @@ from robust_deepfake.config import EvalConfig
 from robust_deepfake.errors import MissingInputError
 from robust_deepfake.explain.results import CamEntry, CamMetrics, IincValues
 from robust_deepfake.paths import ModelKey, model_keys
-from robust_deepfake.robustness.eps import CLEAN
+from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import SweepEntry, SweepMetrics, SweepPredictions, summarize
 
 KEYS = model_keys([0, 3])  # baseline-seed0, baseline-seed3, reg-seed0, reg-seed3

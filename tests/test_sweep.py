@@ -19,9 +19,9 @@ from robust_deepfake.config import AttackConfig, EvalConfig
 from robust_deepfake.data.dataset import ImageSet, Sample, load_split
 from robust_deepfake.model.detector import load_trained
 from robust_deepfake.paths import ModelKey, TrainOutputs
-from robust_deepfake.robustness import eps as eps_units
+from robust_deepfake import units
 from robust_deepfake.robustness.attacks import build_attack, quantize_8bit
-from robust_deepfake.robustness.eps import CLEAN
+from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import (
     CSV_COLUMNS,
     SweepMetrics,
@@ -64,7 +64,7 @@ def test_pgd_accuracy_is_non_increasing_in_eps(sweep):
 @pytest.mark.slow
 def test_pgd_is_no_weaker_than_fgsm_at_the_largest_eps(sweep):
     _, metrics, _ = sweep
-    largest = eps_units.from_label("8/255")
+    largest = units.parse_pixel_value("8/255")
     assert metrics.get(BASELINE, "pgd", largest).accuracy <= metrics.get(BASELINE, "fgsm", largest).accuracy + 0.02
 
 
@@ -214,8 +214,8 @@ def _draws(generator: torch.Generator) -> torch.Tensor:
 def test_attack_generator_is_keyed_by_seed_attack_and_eps_value():
     reference = _draws(attack_generator(3, "pgd", 2 / 255))
     assert torch.equal(_draws(attack_generator(3, "pgd", 2 / 255)), reference)
-    assert torch.equal(_draws(attack_generator(3, "pgd", eps_units.from_label("2/255"))), reference)
-    assert torch.equal(_draws(attack_generator(3, "pgd", eps_units.from_step(2))), reference)
+    assert torch.equal(_draws(attack_generator(3, "pgd", units.parse_pixel_value("2/255"))), reference)
+    assert torch.equal(_draws(attack_generator(3, "pgd", units.from_step(2))), reference)
     others = [attack_generator(4, "pgd", 2 / 255), attack_generator(3, "bim", 2 / 255),
               attack_generator(3, "pgd", 1 / 255), attack_generator(3, "pgd", 4 / 255),
               attack_generator(3, "pgd", 2.5 / 255)]

@@ -20,10 +20,8 @@ order of params.yaml, and splitting it would scatter one contract over several f
 
 from __future__ import annotations
 
-import math
 import re
 import sys
-from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -41,6 +39,7 @@ from pydantic import (
 )
 
 from robust_deepfake.errors import StageError
+from robust_deepfake.units import label, parse_pixel_value, require_whole_grey_levels
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -64,59 +63,14 @@ def _raise_problems(problems: list[tuple[str, str, str | None]]) -> None:
         raise Problems(problems)
 
 
-_RATIO = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
-
-
-def parse_pixel_value(value: Any) -> float:
-    """Accept 0.0157, 4, or the conventional '4/255' for pixel-space budgets."""
-    if isinstance(value, bool):
-        raise ValueError("expected a number or 'k/255', got a boolean")
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        match = _RATIO.match(value)
-        if match:
-            denominator = float(match.group(2))
-            if denominator == 0:
-                raise ValueError(f"division by zero in {value!r}")
-            return float(Fraction(match.group(1)) / Fraction(match.group(2)))
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"expected a number or 'k/255', got {value!r}") from None
-    else:
-        raise ValueError(f"expected a number or 'k/255', got {value!r}")
-    if not math.isfinite(number):
-        raise ValueError(f"expected a finite number or 'k/255', got {value!r}")
-    return number
-
-
 PixelValue = Annotated[float, BeforeValidator(parse_pixel_value)]
-
-
-def eps_text(eps: float) -> str:
-    """`2/255` for a whole grey level, else the float: how budgets are shown in errors."""
-    k = eps * 255
-    return f"{round(k)}/255" if 0 <= eps <= 1 and abs(k - round(k)) <= 1e-6 else f"{eps:g}"
-
-
-def require_whole_grey_levels(values: list[float]) -> None:
-    """Attack budgets are whole grey levels k/255: the data are 8-bit images (with 8-bit
-    rounding 0.5/255 would become 1/255, twice the budget, and anything below half a grey
-    level would vanish), and MLflow logs k as the step of every metric-vs-eps curve."""
-    for eps in values:
-        if not math.isfinite(eps) or abs(eps * 255 - round(eps * 255)) > 1e-6:
-            raise ValueError(
-                f"{eps * 255:g}/255 is not a whole grey level; every attack budget must be k/255 "
-                "(k = 1, 2, ...: the images are 8-bit and MLflow plots curves against k)"
-            )
 
 
 def _budgets(value: list[float]) -> list[float]:
     """attack.eps and cam.eps: pixel-space budgets in [0, 1], whole grey levels, sorted, unique."""
     for eps in value:
         if eps < 0 or eps > 1:
-            raise ValueError(f"each eps must be in [0, 1] (pixel units), got {eps_text(eps)}")
+            raise ValueError(f"each eps must be in [0, 1] (pixel units), got {label(eps)}")
     require_whole_grey_levels(value)
     return sorted(set(value))
 
@@ -285,7 +239,7 @@ class AttackConfig(Strict):
     @classmethod
     def _step(cls, value: float | None) -> float | None:
         if value is not None and not 0 < value <= 1:
-            raise ValueError(f"must be in (0, 1] (pixel units), got {eps_text(value)}")
+            raise ValueError(f"must be in (0, 1] (pixel units), got {label(value)}")
         return value
 
     def step_size_for(self, eps: float) -> float:
@@ -453,16 +407,16 @@ class Params(Strict):
         if reference not in {round(eps * 255, 6) for eps in swept}:
             problems.append((
                 "report.reference_eps",
-                f"must be one of attack.eps ({', '.join(eps_text(e) for e in swept)}): the headline, per-source, "
+                f"must be one of attack.eps ({', '.join(label(e) for e in swept)}): the headline, per-source, "
                 "ROC and CAM figures are drawn at it, and another value would silently become the nearest one",
-                eps_text(self.report.reference_eps),
+                label(self.report.reference_eps),
             ))
         elif self.cam.eps is not None and reference not in {round(eps * 255, 6) for eps in self.cam.eps}:
             problems.append((
                 "report.reference_eps",
-                f"must also be one of cam.eps ({', '.join(eps_text(e) for e in self.cam.eps)}): the CAM figures "
+                f"must also be one of cam.eps ({', '.join(label(e) for e in self.cam.eps)}): the CAM figures "
                 "are drawn at it (or set cam.eps to null: all of attack.eps)",
-                eps_text(self.report.reference_eps),
+                label(self.report.reference_eps),
             ))
         _raise_problems(problems)
         return self

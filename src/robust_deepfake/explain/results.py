@@ -11,8 +11,8 @@ import numpy as np
 
 from robust_deepfake.errors import MissingInputError
 from robust_deepfake.paths import ModelKey, read_json_file
-from robust_deepfake.robustness import eps as eps_units
-from robust_deepfake.robustness.eps import CLEAN
+from robust_deepfake import units
+from robust_deepfake.units import CLEAN
 
 MEASURES = ("stability", "localization")
 
@@ -69,7 +69,7 @@ class CamEntry:
 
     def as_dict(self) -> dict:
         return {"variant": self.model.variant, "seed": self.model.seed, "attack": self.attack, "eps": self.eps,
-                "eps_label": eps_units.label(self.eps), "measure": self.measure, "mean": self.mean,
+                "eps_label": units.label(self.eps), "measure": self.measure, "mean": self.mean,
                 "ci": list(self.ci), "n": self.n}
 
     @classmethod
@@ -89,7 +89,7 @@ class CamMetrics:
         for entry in self.entries:
             if (entry.model, entry.attack, entry.measure) == (model, attack, measure) and abs(entry.eps - eps) < 1e-12:
                 return entry
-        raise KeyError(f"no CAM entry for {model.name} {attack} eps={eps_units.label(eps)} {measure}")
+        raise KeyError(f"no CAM entry for {model.name} {attack} eps={units.label(eps)} {measure}")
 
     @property
     def models(self) -> list[ModelKey]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from robust_deepfake.config import Params
 from robust_deepfake.paths import ModelKey
-from robust_deepfake.robustness import eps as eps_units
+from robust_deepfake import units
 
 REGISTERED_MODEL_DESCRIPTION = (
     "EfficientNet-B0 deepfake detector, p(fake) per face image. Each version is one training "
@@ -81,7 +81,7 @@ def report_section(key: ModelKey, rows: Sequence[Mapping[str, Any]], verdict: Se
         "## Test set, clean and under attack (report stage)",
         "| attack | eps | accuracy | ROC-AUC |",
         "|---|---|---|---|",
-        *(f"| {r['attack']} | {eps_units.label(r['eps'])} | {r['accuracy']:.3f} | {r['auc']:.3f} |" for r in rows),
+        *(f"| {r['attack']} | {units.label(r['eps'])} | {r['accuracy']:.3f} | {r['auc']:.3f} |" for r in rows),
         "",
         "## Baseline vs regularized over seeds",
         *(f"- {line}" for line in verdict),

@@ -17,7 +17,7 @@ attack.attacks) falls back to PGD accuracy, else the mean accuracy over every at
 `last_reevaluation_run_id` names (metrics `reeval_vs_eps255/<attack>/<metric>`), or, before the
 first re-evaluation, the attack sweep the pipeline logged on its training run
 (`<tracking.SWEEP_PREFIX>/<attack>/<metric>`). Both are compared on the attacks and eps
-they share (step = eps in grey levels, robustness.eps.to_step), so a new eps is never read
+they share (step = eps in grey levels, units.to_step), so a new eps is never read
 as a drop; drop = previous - current. drop_alert words a drop for people (the flow's failure
 message and notification); `python -m robust_deepfake.ops.reevaluation simulate-drop`
 (simulate_drop) makes the next re-evaluation of an alias see one, to check alerts.
@@ -37,8 +37,8 @@ from robust_deepfake.config import Params
 from robust_deepfake.errors import StageError
 from robust_deepfake.ops.tracking import SWEEP_PREFIX
 from robust_deepfake.paths import VARIANTS, ModelKey
-from robust_deepfake.robustness import eps as eps_units
-from robust_deepfake.robustness.eps import CLEAN
+from robust_deepfake import units
+from robust_deepfake.units import CLEAN
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -166,7 +166,7 @@ class Outcome:
             return f"{who}: mean {c.attacks} {c.metric} {self.robustness:.3f} ({c.note}){run}"
         verdict = f"dropped by {c.drop:.3f} > reevaluate.max_drop {max_drop}" if self.dropped(max_drop) \
             else f"change {c.current - c.previous:+.3f} (max_drop {max_drop})"
-        grid = ", ".join(eps_units.label(eps_units.from_step(step)) for step in c.eps_steps)
+        grid = ", ".join(units.label(units.from_step(step)) for step in c.eps_steps)
         return (f"{who}: mean {c.attacks} {c.metric} over eps [{grid}] now {c.current:.3f}, previous evaluation "
                 f"{c.previous:.3f} (run {self.previous_run_id}): {verdict}{run}")
 
@@ -270,7 +270,7 @@ def iinc_under_attack(model: Detector, test: ImageSet, params: Params, device: A
 
 def sweep_curves(metrics: SweepMetrics, key: ModelKey, attacks: Iterable[str], metric: str) -> dict[str, dict[int, float]]:
     """attack -> eps step -> `metric` of one model, for eps > 0 (the shape of the MLflow curves)."""
-    return {attack: {eps_units.to_step(e.eps): float(getattr(e, metric)) for e in metrics.entries
+    return {attack: {units.to_step(e.eps): float(getattr(e, metric)) for e in metrics.entries
                      if e.model == key and e.attack == attack and e.eps > 0}
             for attack in attacks}
 
@@ -332,7 +332,7 @@ def reevaluate(
     test = load_test_split(root, params, image_size)
     indices = stratified_subset([s.source for s in test.samples], params.attack.max_samples, params.attack.seed)
     log(f"attacking {len(indices)} of {len(test)} test images at {image_size} px on {torch_device}: "
-        f"{params.attack.attacks}, eps {[eps_units.label(e) for e in params.attack.eps]}, {params.attack.steps} steps; "
+        f"{params.attack.attacks}, eps {[units.label(e) for e in params.attack.eps]}, {params.attack.steps} steps; "
         f"scored by mean {'+'.join(attacks)} {metric} (report.select_by {params.report.select_by})")
     predictions = run_sweep({key: model}, test, indices, params.attack, torch_device, show_progress=False)
     # point metrics only: the intervals are the report's business, and the bootstrap is the slow part
@@ -407,13 +407,13 @@ def log_reevaluation(
     now = int(time.time() * 1000)
     logged = [
         Metric(f"{REEVAL_PREFIX}/{entry.attack}/{metric}", float(getattr(entry, metric)), now,
-               eps_units.to_step(entry.eps), model_id=model_id)
+               units.to_step(entry.eps), model_id=model_id)
         for entry in metrics.entries if entry.model == outcome.model
         for metric in SWEEP_METRICS
         if not (entry.attack == CLEAN and metric == "asr") and math.isfinite(getattr(entry, metric))
     ]
     logged += [Metric(f"{REEVAL_CAM_PREFIX}/{r['attack']}/iinc_{r['measure']}", float(r["value"]), now,
-                      eps_units.to_step(r["eps"]), model_id=model_id) for r in cam_rows if math.isfinite(r["value"])]
+                      units.to_step(r["eps"]), model_id=model_id) for r in cam_rows if math.isfinite(r["value"])]
     scalars = finite_metrics({
         "robustness": outcome.robustness, "robustness_common": comparison.current,
         "previous_robustness": comparison.previous, "robustness_drop": comparison.drop,
@@ -468,7 +468,7 @@ def simulate_drop(params: Params, root: Path, alias: str, previous: float = 1.0)
     experiment_id = ensure_experiment(params.tracking.experiment, root)
     run_id = client.create_run(experiment_id, run_name=f"simulated_previous_{alias}_v{version.version}",
                                tags=tags).info.run_id
-    steps = sorted({eps_units.to_step(eps) for eps in params.attack.eps if eps > 0})
+    steps = sorted({units.to_step(eps) for eps in params.attack.eps if eps > 0})
     if not steps:
         raise ReevaluationError("attack.eps has no eps > 0 in params.yaml: a drop cannot be simulated")
     now = int(time.time() * 1000)

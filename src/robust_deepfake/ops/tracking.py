@@ -180,7 +180,7 @@ EPS_PARAMS = {"attack.eps", "attack.step_size", "cam.eps", "report.reference_eps
 
 def loggable_params(params: Params) -> dict[str, Any]:
     """Flattened params as MLflow shows them: lists as JSON, attack budgets as `k/255`."""
-    from robust_deepfake.robustness.eps import label
+    from robust_deepfake.units import label
 
     out: dict[str, Any] = {}
     for name, value in flatten(params).items():
@@ -392,7 +392,7 @@ def log_eps_curves(params: Params, root: Path, keys: list[ModelKey], rows: list[
     metric-vs-eps curves next to the training curves. The run is the one that registered
     the version holding the model's weights; `rows` carry `model` (a ModelKey), `attack`,
     `metric`, `value`, `eps`.
-    The step is eps in grey levels (robustness.eps.to_step: 2/255 -> 2), which the prefix
+    The step is eps in grey levels (units.to_step: 2/255 -> 2), which the prefix
     says (`attack_vs_eps255/pgd/accuracy`: x = eps x 255).
     A model whose run is not in this store (e.g. restored from the DVC cache elsewhere)
     gets a new run tagged with its variant and seed."""
@@ -402,7 +402,7 @@ def log_eps_curves(params: Params, root: Path, keys: list[ModelKey], rows: list[
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from robust_deepfake.robustness.eps import to_step
+    from robust_deepfake.units import to_step
 
     configure(params.tracking, root)
     client = MlflowClient()

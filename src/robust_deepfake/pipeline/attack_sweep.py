@@ -11,8 +11,8 @@ from robust_deepfake.io import write_csv
 from robust_deepfake.model.detector import load_trained
 from robust_deepfake.model.device import resolve_device, set_threads
 from robust_deepfake.paths import SweepOutputs, TrainOutputs, model_keys
-from robust_deepfake.robustness import eps as eps_units
-from robust_deepfake.robustness.eps import CLEAN
+from robust_deepfake import units
+from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepMetrics, run_sweep, stratified_subset, summarize
 
 
@@ -29,7 +29,7 @@ def attack_sweep(params: Params, root: Path, track: bool = True) -> SweepMetrics
     indices = stratified_subset([s.source for s in test.samples], params.attack.max_samples, params.attack.seed)
     print(
         f"attack_sweep: {len(keys)} models, {len(indices)} of {len(test)} test images, attacks "
-        f"{params.attack.attacks}, eps {[eps_units.label(e) for e in params.attack.eps]}, {params.attack.steps} steps, "
+        f"{params.attack.attacks}, eps {[units.label(e) for e in params.attack.eps]}, {params.attack.steps} steps, "
         f"{'scored after 8-bit rounding' if params.attack.quantize else 'float adversarial images'}, on {device}",
         flush=True,
     )
@@ -56,7 +56,7 @@ def format_table(metrics: SweepMetrics) -> str:
         lines.append(f"{key.name:14s} clean  acc {clean.accuracy:.3f} auc {clean.auc:.3f}")
         for attack in metrics.attacks:
             cells = "  ".join(
-                f"{eps_units.label(eps)}: acc {metrics.get(key, attack, eps).accuracy:.3f} "
+                f"{units.label(eps)}: acc {metrics.get(key, attack, eps).accuracy:.3f} "
                 f"auc {metrics.get(key, attack, eps).auc:.3f}"
                 for eps in metrics.attacked_eps
             )

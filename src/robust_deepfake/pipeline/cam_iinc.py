@@ -19,8 +19,8 @@ from robust_deepfake.model.detector import load_trained
 from robust_deepfake.model.device import resolve_device, set_threads
 from robust_deepfake.paths import CamOutputs, ModelKey, TrainOutputs, model_keys
 from robust_deepfake.progress import progress
-from robust_deepfake.robustness import eps as eps_units
-from robust_deepfake.robustness.eps import CLEAN
+from robust_deepfake import units
+from robust_deepfake.units import CLEAN
 
 CSV_COLUMNS = ["variant", "seed", "attack", "eps", "eps_label", "measure", "value", "ci_low", "ci_high", "n"]
 # Bootstrap streams of the per-image intervals: one per measure, so the clean and
@@ -48,7 +48,7 @@ def cam_iinc(params: Params, root: Path, track: bool = True) -> CamMetrics:
     print(
         f"cam_iinc: {len(keys)} models, {len(subset.indices)} test images ({int((subset.labels == 1).sum())} fake, "
         f"{int(subset.has_mask.sum())} with masks), {cfg.method} at {cfg.target_layer} (target: {cfg.target} class), "
-        f"attacks {attacks}, eps {[eps_units.label(e) for e in grid]}",
+        f"attacks {attacks}, eps {[units.label(e) for e in grid]}",
         flush=True,
     )
     outputs = CamOutputs.at(root)
@@ -73,7 +73,7 @@ def cam_iinc(params: Params, root: Path, track: bool = True) -> CamMetrics:
                                   "localization"))
             if result.eps == figure_eps and key.seed == figure_seed:
                 cam_grid(outputs.figures / f"cam_{key.variant}_{result.attack}.png", subset, clean, result,
-                         title=f"{key.name}: Grad-CAM under {result.attack.upper()} eps={eps_units.label(result.eps)} "
+                         title=f"{key.name}: Grad-CAM under {result.attack.upper()} eps={units.label(result.eps)} "
                                f"({cfg.target_layer})", rows=cfg.figure_rows)
             bar.update(1)
     bar.close()
@@ -95,7 +95,7 @@ def _entry(key: ModelKey, attack: str, eps: float, measure: str, per_image: np.n
 
 def _row(entry: CamEntry) -> dict:
     return {"variant": entry.model.variant, "seed": entry.model.seed, "attack": entry.attack, "eps": entry.eps,
-            "eps_label": eps_units.label(entry.eps), "measure": entry.measure, "value": entry.mean,
+            "eps_label": units.label(entry.eps), "measure": entry.measure, "value": entry.mean,
             "ci_low": entry.ci[0], "ci_high": entry.ci[1], "n": entry.n}
 
 
@@ -116,7 +116,7 @@ def format_table(metrics: CamMetrics) -> str:
         lines.append(f"{key.name:14s} clean   localization {clean.mean:.3f}")
         for attack in metrics.attacks:
             cells = "  ".join(
-                f"{eps_units.label(eps)}: stab {metrics.get(key, attack, eps, 'stability').mean:.3f} "
+                f"{units.label(eps)}: stab {metrics.get(key, attack, eps, 'stability').mean:.3f} "
                 f"loc {metrics.get(key, attack, eps, 'localization').mean:.3f}"
                 for eps in metrics.attacked_eps
             )

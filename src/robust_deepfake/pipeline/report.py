@@ -28,8 +28,8 @@ from robust_deepfake.paths import (
 )
 from robust_deepfake.report import document as report_doc
 from robust_deepfake.report import figures as report_figures
-from robust_deepfake.robustness import eps as eps_units
-from robust_deepfake.robustness.eps import CLEAN
+from robust_deepfake import units
+from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import SweepMetrics, SweepPredictions
 from robust_deepfake.robustness.verdict import SeedDifference, choose_champion, iinc_differences, sweep_differences
 
@@ -185,7 +185,7 @@ def headline_metrics(inputs: ReportInputs, differences: list[SeedDifference], at
     verdict = next(d for d in differences if d.attack == attack and d.metric == "accuracy")
     return {
         "seeds": len(seeds),
-        "ref_eps_255": eps_units.grey_levels(eps),
+        "ref_eps_255": units.grey_levels(eps),
         "acc_clean": per_variant(mean_of(CLEAN, 0.0, "accuracy")),
         "auc_clean": per_variant(mean_of(CLEAN, 0.0, "auc")),
         f"acc_{attack}": per_variant(mean_of(attack, eps, "accuracy")),
@@ -230,7 +230,7 @@ def _write_dvc_plots(directory: Path, sweep_rows: pd.DataFrame) -> None:
         wide = frame.pivot_table(index="eps", columns=["variant", "metric"], values="value", aggfunc="mean").sort_index()
         records = []
         for eps, values in wide.iterrows():
-            record = {"eps_255": eps_units.grey_levels(float(eps))}
+            record = {"eps_255": units.grey_levels(float(eps))}
             for (variant, metric), value in values.items():
                 record[f"{variant}_{metric}"] = value
             records.append(record)

@@ -67,7 +67,7 @@ def key_metrics(root: Path, graph: StageGraph | None = None) -> dict[str, float 
     sweep = _load_typed(SweepOutputs.at(root).metrics, "sweep", read)
     if sweep is not None:
         from robust_deepfake.ops.reevaluation import ReevaluationError, score_plan, sweep_curves
-        from robust_deepfake.robustness.eps import CLEAN
+        from robust_deepfake.units import CLEAN
         from robust_deepfake.robustness.verdict import curve_score
 
         try:

@@ -18,8 +18,8 @@ import pandas as pd
 from robust_deepfake.explain.results import CamMetrics
 from robust_deepfake.paths import VARIANTS, ModelKey
 from robust_deepfake.report.page import html_page
-from robust_deepfake.robustness import eps as eps_units
-from robust_deepfake.robustness.eps import CLEAN
+from robust_deepfake import units
+from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import SweepMetrics
 from robust_deepfake.robustness.verdict import ChampionDecision, SeedDifference
 
@@ -128,7 +128,7 @@ def setup_section(params, n_images: int, eps: list[float], attacks: list[str], q
     scale = ("of each sample's ||(μ, σ)|| (relative)" if reg.epsilon_scale == "relative" else "(absolute L2 norm)")
     return (
         f"Seeds {params.train.seeds} per variant. Attacks {', '.join(a.upper() for a in attacks)} at eps "
-        f"{', '.join(eps_units.label(e) for e in eps if e > 0)} on {n_images} test images, "
+        f"{', '.join(units.label(e) for e in eps if e > 0)} on {n_images} test images, "
         + ("adversarial images **rounded to 8 bits** before scoring (`attack.quantize: true`, what survives saving "
            "the image)" if quantized else "float adversarial images (`attack.quantize: false`)")
         + f". Regularization `{reg.mode}` with alpha={reg.alpha}, epsilon={reg.epsilon} {scale}, split after "
@@ -213,7 +213,7 @@ def robustness_section(sweep: SweepMetrics, figures: list[str]) -> str:
     for attack in sweep.attacks:
         rows = []
         for eps in [0.0, *sweep.attacked_eps]:
-            row = [eps_units.label(eps) if eps > 0 else "0 (clean)"]
+            row = [units.label(eps) if eps > 0 else "0 (clean)"]
             for metric in ("accuracy", "auc", "asr"):
                 for variant in VARIANTS:
                     values = [getattr(sweep.get(ModelKey(variant, s), attack, eps), metric) for s in seeds]
@@ -245,7 +245,7 @@ def iinc_section(cam: CamMetrics, cam_figures: list[str]) -> str:
     rows = [["clean", "0", "—", "—"] + [cell(v, CLEAN, 0.0, "localization") for v in VARIANTS]]
     for attack in cam.attacks:
         for eps in cam.attacked_eps:
-            rows.append([attack.upper(), eps_units.label(eps)]
+            rows.append([attack.upper(), units.label(eps)]
                         + [cell(v, attack, eps, "stability") for v in VARIANTS]
                         + [cell(v, attack, eps, "localization") for v in VARIANTS])
     header = ["attack", "eps"] + [f"{v} stability" for v in VARIANTS] + [f"{v} localization" for v in VARIANTS]
@@ -275,7 +275,7 @@ def per_source_section(sweep_rows: pd.DataFrame, attack: str, eps: float) -> str
                 values = mine[(mine.variant == variant) & (mine.attack == name) & ((mine.eps - at).abs() < 1e-9)].value
                 row.append(_mean_sd(values.tolist()) if len(values) else "n/a")
         rows.append(row)
-    label = f"{attack.upper()} {eps_units.label(eps)}"
+    label = f"{attack.upper()} {units.label(eps)}"
     return "\n\n".join([
         "## Per-source generalization",
         "Accuracy per source (seed mean ± sd); *n* = test images of that source.",

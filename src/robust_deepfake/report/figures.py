@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from robust_deepfake.robustness import eps as eps_units
-from robust_deepfake.robustness.eps import CLEAN
+from robust_deepfake import units
+from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import SweepPredictions
 from robust_deepfake.robustness.verdict import t_interval
 
@@ -44,7 +44,7 @@ def save_figure(figure, path: Path) -> Path:
 
 def _eps_axis(axis, eps_values: list[float]) -> None:
     axis.set_xticks([e * 255 for e in eps_values])
-    axis.set_xticklabels([eps_units.label(e).replace("/255", "") for e in eps_values], fontsize=8)
+    axis.set_xticklabels([units.label(e).replace("/255", "") for e in eps_values], fontsize=8)
     axis.set_xlabel("eps (grey levels, x/255)")
     axis.grid(alpha=0.3)
 
@@ -137,7 +137,7 @@ def per_source(sweep: pd.DataFrame, attack: str, eps: float, path: Path) -> Path
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.4), sharey=True)
     width = 0.38
     for axis, (title, name, at_eps) in zip(axes, [("clean", CLEAN, 0.0),
-                                                  (f"{attack.upper()} eps={eps_units.label(eps)}", attack, eps)]):
+                                                  (f"{attack.upper()} eps={units.label(eps)}", attack, eps)]):
         for offset, variant in zip((-width / 2, width / 2), ("baseline", "reg")):
             frame = rows[(rows.variant == variant) & (rows.attack == name) & np.isclose(rows.eps, at_eps)]
             stats = frame.groupby("source").value.agg(["mean", "std"]).reindex(sources)
@@ -167,7 +167,7 @@ def roc_curves(predictions: SweepPredictions, attack: str, eps: float, path: Pat
     plt = pyplot()
     a, e = predictions.attacks.index(attack), _eps_index(predictions, eps)
     figure, axes = plt.subplots(1, 2, figsize=(8, 3.6), sharey=True)
-    for axis, (title, index) in zip(axes, [("clean", 0), (f"{attack.upper()} eps={eps_units.label(predictions.eps[e])}", e)]):
+    for axis, (title, index) in zip(axes, [("clean", 0), (f"{attack.upper()} eps={units.label(predictions.eps[e])}", e)]):
         labelled = set()
         for m, key in enumerate(predictions.models):
             fpr, tpr, _ = roc_curve(predictions.labels, predictions.p_fake[m, a, index])
@@ -202,7 +202,7 @@ def confusion_matrices(predictions: SweepPredictions, attack: str, eps: float, p
         axis.set_xticks([0, 1], ["real", "fake"])
         axis.set_yticks([0, 1], ["real", "fake"])
         axis.set_xlabel("predicted")
-        when = "clean" if idx == 0 else f"{attack.upper()} {eps_units.label(predictions.eps[idx])}"
+        when = "clean" if idx == 0 else f"{attack.upper()} {units.label(predictions.eps[idx])}"
         axis.set_title(f"{LABELS.get(variant, variant)}, {when}\n(summed over {len(members)} seeds)", fontsize=8)
     axes[0][0].set_ylabel("true")
     return save_figure(figure, path)

@@ -31,9 +31,9 @@ from robust_deepfake.errors import MissingInputError
 from robust_deepfake.metrics import classification_metrics
 from robust_deepfake.paths import ModelKey
 from robust_deepfake.progress import progress
-from robust_deepfake.robustness import eps as eps_units
+from robust_deepfake import units
 from robust_deepfake.robustness.attacks import build_attack, gradient_passes, quantize_8bit
-from robust_deepfake.robustness.eps import CLEAN
+from robust_deepfake.units import CLEAN
 
 METRICS = ("accuracy", "f1", "auc")
 
@@ -116,7 +116,7 @@ class SweepEntry:
 
     def as_dict(self) -> dict:
         return {"variant": self.model.variant, "seed": self.model.seed, "attack": self.attack, "eps": self.eps,
-                "eps_label": eps_units.label(self.eps), "accuracy": self.accuracy, "f1": self.f1, "auc": self.auc,
+                "eps_label": units.label(self.eps), "accuracy": self.accuracy, "f1": self.f1, "auc": self.auc,
                 "asr": self.asr, "n": self.n, "ci": {k: list(v) for k, v in self.ci.items()}}
 
     @classmethod
@@ -139,7 +139,7 @@ class SweepMetrics:
         for entry in self.entries:
             if entry.model == model and entry.attack == attack and abs(entry.eps - eps) < 1e-12:
                 return entry
-        raise KeyError(f"no sweep entry for {model.name} {attack} eps={eps_units.label(eps)}")
+        raise KeyError(f"no sweep entry for {model.name} {attack} eps={units.label(eps)}")
 
     @property
     def models(self) -> list[ModelKey]:
@@ -175,7 +175,7 @@ def attack_generator(seed: int, attack: str, eps: float) -> torch.Generator:
     generator from it (attacks.PGD.start), so GPU starts differ from CPU starts but are
     just as reproducible."""
     key = sum(ord(c) * 31**i for i, c in enumerate(attack)) % 100_003
-    return torch.Generator().manual_seed(seed * 1_000_003 + key * 101 + eps_units.rng_offset(eps))
+    return torch.Generator().manual_seed(seed * 1_000_003 + key * 101 + units.rng_offset(eps))
 
 
 @torch.no_grad()
@@ -231,7 +231,7 @@ def run_sweep(
                 adv = adversarial(attacks[m, a, e], images, labels, config.quantize)
                 scores[m, a, e, rows] = _scores(model, adv)
                 bar.update(len(labels) * gradient_passes(name, config.steps))
-                bar.set_postfix(model=key.name, attack=name, eps=eps_units.label(eps), refresh=False)
+                bar.set_postfix(model=key.name, attack=name, eps=units.label(eps), refresh=False)
     bar.close()
     p_fake = scores.cpu().numpy().astype(np.float64)
     labels = dataset.labels[index_tensor].numpy()
@@ -290,6 +290,6 @@ def summarize(predictions: SweepPredictions, config: EvalConfig, holdout: list[s
 def _row(model: ModelKey, attack, eps, metric, value, low, high, source, heldout, n) -> dict:
     return {
         "variant": model.variant, "seed": model.seed, "attack": attack, "eps": eps,
-        "eps_label": eps_units.label(eps), "metric": metric, "value": value, "ci_low": low, "ci_high": high,
+        "eps_label": units.label(eps), "metric": metric, "value": value, "ci_low": low, "ci_high": high,
         "source": source, "heldout": heldout, "n": n,
     }

@@ -32,7 +32,7 @@ from robust_deepfake.config import EvalConfig
 from robust_deepfake.explain.results import IincValues
 from robust_deepfake.metrics import classification_metrics
 from robust_deepfake.paths import ModelKey
-from robust_deepfake.robustness.eps import CLEAN
+from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import SweepMetrics, SweepPredictions
 
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "auc": True, "asr": False, "score": True,

@@ -13,7 +13,7 @@ from robust_deepfake.config import Params
 from robust_deepfake.explain.results import CamMetrics
 from robust_deepfake.metrics import classification_metrics
 from robust_deepfake.paths import ModelKey
-from robust_deepfake.robustness import eps as eps_units
+from robust_deepfake import units
 from robust_deepfake.robustness.sweep import CLEAN, SweepMetrics, SweepPredictions
 
 VARIANTS = ("baseline", "reg")
@@ -60,7 +60,7 @@ def summarize(params: Params, sweep: SweepMetrics, predictions: SweepPredictions
     keys = {variant: ModelKey(variant, seed) for variant in VARIANTS}
     present = set(predictions.sources.tolist())
     return {
-        "ref_eps_255": eps_units.grey_levels(params.report.reference_eps),
+        "ref_eps_255": units.grey_levels(params.report.reference_eps),
         "attacks": list(sweep.attacks),
         "variants": {variant: variant_metrics(params, sweep, cam, key) for variant, key in keys.items()},
         "heldout": {method: {variant: heldout_metrics(params, predictions, key, method)
