@@ -1,6 +1,6 @@
 """A study's cell records -> the numbers its report may claim (pure functions, no I/O).
 
-The unit of evidence is the training seed (ARCHITECTURE.md, "Comparing the variants"), so
+The unit of evidence is the training seed (docs/architecture.md, "Comparing the variants"), so
 every interval here is a Student-t interval over seeds (each seed a separate training).
 This module holds the curves (dose-response, held-out methods), the tidy table and the
 cost tables; the grid points are study/points.py's, the paired comparisons

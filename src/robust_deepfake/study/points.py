@@ -1,6 +1,6 @@
 """A study's cell records gathered by grid point, and how to read a record's metrics.
 
-The unit of evidence is the training seed (ARCHITECTURE.md, "Comparing the variants"): a
+The unit of evidence is the training seed (docs/architecture.md, "Comparing the variants"): a
 cell is one seed at one grid point, and cells of one seed share initial weights and data
 order across settings, so each Point keeps its cell record per seed for the seed-level
 numbers of study/aggregate.py and study/comparisons.py.
