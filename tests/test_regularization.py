@@ -1,4 +1,4 @@
-"""The shallow-statistics regularizer against its definition (ARCHITECTURE.md)."""
+"""The shallow-statistics regularizer against its definition (docs/method.md, "The regularizer")."""
 
 import pytest
 import torch
