@@ -25,7 +25,7 @@ from benchmarks.common import add_device_argument, describe, resolve_device, syn
 
 EPS, ALPHA = 4 / 255, 1 / 255
 TORCHATTACKS_HINT = ("torchattacks is missing: `pip install --no-deps torchattacks==3.5.1` (the Makefile does), "
-                     "or carry its wheel to a GPU machine (README \"Benchmarks\")")
+                     "or carry its wheel to a GPU machine (docs/benchmarks.md, \"The GPU check\")")
 
 
 def load_model(path: Path | None, device: torch.device):

@@ -40,7 +40,7 @@ class NotifyBlockError(StageError):
 
 def load_notifier(ref: str) -> NotificationBlock:
     """The saved notification block `<block-type-slug>/<block-name>` (`prefect block ls`)."""
-    hint = ("create it (README, Orchestration with Prefect: Alerts) or pick one from `prefect block ls`; "
+    hint = ("create it (docs/orchestration.md, Alerts) or pick one from `prefect block ls`; "
             "notify_block takes '<block-type-slug>/<block-name>', e.g. 'slack-webhook/robustness-alerts'")
     if ref.count("/") != 1 or not all(ref.split("/")):
         raise NotifyBlockError(f"notify_block {ref!r}: expected '<block-type-slug>/<block-name>'; {hint}")
@@ -116,7 +116,7 @@ def reevaluate(
         for line in alert.lines:
             logger.error(line)  # what `prefect deployment run ... --watch` shows
         if notifier is None:
-            logger.warning("no notification sent: notify_block is not set (README, Orchestration with Prefect: Alerts)")
+            logger.warning("no notification sent: notify_block is not set (docs/orchestration.md, Alerts)")
         else:
             problem = send_alert(notifier, notify_block, alert, logger)
             if problem:

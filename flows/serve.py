@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     if not get_current_settings().api.url:
         print(
             "error: PREFECT_API_URL is not set. Start a server (`prefect server start --host 127.0.0.1`) "
-            "and export PREFECT_API_URL=http://127.0.0.1:4200/api (see README, Orchestration with Prefect)",
+            "and export PREFECT_API_URL=http://127.0.0.1:4200/api (see docs/orchestration.md)",
             file=sys.stderr,
         )
         raise SystemExit(2)

@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
 
         if not get_current_settings().api.url:
             print("error: --pool needs a Prefect server: export PREFECT_API_URL=http://<host>:4200/api "
-                  "(README, Run a study)", file=sys.stderr)
+                  "(docs/study.md)", file=sys.stderr)
             raise SystemExit(2)
     state = study(args.spec, pool=args.pool, report_dir=args.report_dir, return_state=True)
     result = state.result(raise_on_failure=False)

@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         data_commands, "track", help="record the current data/raw in data.dvc (the `dvc add` step)",
         description="Record the current raw data directory in data.dvc and move it into the DVC cache. Unless "
         "a DVC cache.type is configured, first sets `dvc config --local cache.type hardlink,symlink`, so the "
-        "files are linked into .dvc/cache instead of copied: one copy on disk (see README \"Using DFFD instead\").",
+        "files are linked into .dvc/cache instead of copied: one copy on disk (see docs/data.md, \"One copy on disk\").",
     )
     track.add_argument("raw_dir", nargs="?", default="data/raw", help="the directory to record")
     track.add_argument("--dvc-file", default="data.dvc", help=dvc_file_help)

@@ -30,7 +30,7 @@ def open_store(params: Any, root: Path, shared: bool) -> str:
     uri = require_store(params.tracking, root)
     if shared and not uri.startswith(("http://", "https://")):
         raise StageError(f"a study on a work pool needs an MLflow tracking server shared by every host, got "
-                         f"{uri}; start one (README, Run a study) and export MLFLOW_TRACKING_URI=http://...")
+                         f"{uri}; start one (docs/study.md) and export MLFLOW_TRACKING_URI=http://...")
     return ensure_experiment(params.tracking.experiment, root)
 
 
