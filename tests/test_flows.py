@@ -153,7 +153,7 @@ def _sweep_metrics():
 def test_champion_and_reevaluation_share_one_robustness_definition():
     from robust_deepfake.ops.reevaluation import compare, robustness, sweep_curves
     from robust_deepfake.robustness.sweep import SweepMetrics
-    from robust_deepfake.robustness.verdict import robustness_score
+    from robust_deepfake.verdict.champion import robustness_score
 
     metrics = _sweep_metrics()
     for criterion in ("pgd_accuracy", "pgd_auc", "mean_attack_accuracy"):

@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import stats
 
 from robust_deepfake.config import EvalConfig, validate
-from robust_deepfake.explain.results import CamEntry, CamMetrics, IincValues
+from robust_deepfake.explain.outputs import CamEntry, CamMetrics, IincValues
 from robust_deepfake.io import write_csv, write_json
 from robust_deepfake.paths import (
     CamOutputs,
@@ -27,7 +27,7 @@ from robust_deepfake.paths import (
 from robust_deepfake.pipeline.report import build_report
 from robust_deepfake import units
 from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepEntry, SweepMetrics, SweepPredictions, summarize
-from robust_deepfake.robustness.verdict import choose_champion
+from robust_deepfake.verdict.champion import choose_champion
 
 EPS = [0.0, 1 / 255, 2 / 255]
 ATTACKS = ["fgsm", "pgd"]

@@ -10,7 +10,7 @@ import pytest
 
 from robust_deepfake.config import EvalConfig
 from robust_deepfake.errors import MissingInputError
-from robust_deepfake.explain.results import CamEntry, CamMetrics, IincValues
+from robust_deepfake.explain.outputs import CamEntry, CamMetrics, IincValues
 from robust_deepfake.paths import ModelKey, model_keys
 from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import SweepEntry, SweepMetrics, SweepPredictions, summarize

@@ -1,4 +1,4 @@
-"""The seed-level verdict (robustness/verdict.py): Student-t intervals over training seeds,
+"""The seed-level verdict (the verdict package): Student-t intervals over training seeds,
 the per-row wording, and the champion policy, on synthetic predictions whose per-seed
 differences are known exactly."""
 
@@ -13,13 +13,17 @@ from scipy import stats
 from robust_deepfake.config import EvalConfig
 from robust_deepfake.paths import ModelKey
 from robust_deepfake.robustness.sweep import SweepEntry, SweepMetrics, SweepPredictions, summarize
-from robust_deepfake.robustness.verdict import (
+from robust_deepfake.verdict.champion import (
+    NothingToScore,
     choose_champion,
-    detectable_effect,
     robustness_score,
-    sweep_differences,
-    t_interval,
+    score_drift,
+    score_plan,
+    sweep_curves,
+    watched_score,
 )
+from robust_deepfake.verdict.differences import sweep_differences
+from robust_deepfake.verdict.seeds import detectable_effect, t_interval, two_level_interval
 
 EPS = [0.0, 1 / 255, 2 / 255]
 ATTACKS = ["fgsm", "pgd"]
@@ -272,11 +276,42 @@ def test_identical_seeds_keep_the_test_sampling_width():
 
 
 def test_two_level_interval_resamples_seeds_then_images():
-    from robust_deepfake.robustness.verdict import two_level_interval
-
     rng = np.random.default_rng(0)
     replicates = [rng.normal(loc, 0.01, 2000) for loc in (0.1, 0.2, 0.3)]
     low, high = two_level_interval(replicates, 0.95, seed=1)
     assert 0.1 <= low < 0.2 < high <= 0.3  # seed resampling spans the seeds' means
     flat = two_level_interval([rng.normal(0.2, 0.01, 2000) for _ in range(3)], 0.95, seed=1)
     assert flat[1] - flat[0] < 0.05  # equal seeds: only the image noise is left
+
+
+def test_the_watched_score_falls_back_to_what_the_curves_can_score():
+    assert watched_score({"pgd": {0: 0.9, 1: 0.6, 2: 0.4}, "fgsm": {1: 1.0}}) == (0.5, "pgd")
+    # no PGD configured: pgd_accuracy falls back to the mean over every attack
+    assert watched_score({"fgsm": {0: 1.0, 1: 0.6}, "bim": {1: 0.4}}) == (0.5, "bim+fgsm")
+    assert watched_score({"pgd": {1: 0.6}, "fgsm": {1: 1.0}}, "mean_attack_accuracy") == (0.8, "fgsm+pgd")
+    assert score_plan("pgd_auc", ["fgsm", "pgd"]) == (["pgd"], "auc")
+    assert score_plan("clean_accuracy", ["fgsm", "pgd"]) == (["pgd"], "accuracy")
+    with pytest.raises(NothingToScore, match="attack.attacks is empty"):
+        score_plan("pgd_accuracy", ["clean"])
+
+
+def test_drift_compares_on_the_shared_grid():
+    # a new eps (4) is reported but not read as a drop
+    drift = score_drift({"pgd": {0: 0.9, 1: 0.6, 4: 0.0}}, {"pgd": {0: 0.9, 1: 0.7}})
+    assert drift.eps_steps == [1] and drift.drop == pytest.approx(0.1)
+    assert score_drift({"pgd": {1: 0.6}}, {}).drop is None
+    # PGD is the score: a previous evaluation without it is not compared on another attack
+    assert score_drift({"pgd": {1: 0.6}, "fgsm": {1: 0.9}}, {"fgsm": {1: 1.0}}).previous is None
+
+
+def test_the_watched_score_of_sweep_curves_is_the_champion_score():
+    """The re-evaluation scores MLflow curves keyed by eps step; the champion scores the
+    sweep keyed by eps: both read one model's sweep to the same number."""
+    metrics = summarize(_predictions(), CONFIG, holdout=[])[0]
+    for criterion in ("pgd_accuracy", "pgd_auc", "mean_attack_accuracy"):
+        attacks, metric = score_plan(criterion, metrics.attacks)
+        for key in metrics.models:
+            curves = sweep_curves(metrics, key, attacks, metric)
+            assert set(curves["pgd"]) == {1, 2}  # MLflow steps: grey levels (k of k/255)
+            assert watched_score(curves, criterion)[0] == pytest.approx(robustness_score(metrics, key, criterion))
+            assert score_drift(curves, curves, criterion).drop == 0

@@ -10,7 +10,7 @@ measuring, comparing with the previous evaluation and logging are one workflow w
 pieces are each short.)
 
 "Robustness" is the score that chose @champion: `report.select_by` scored by
-robustness.verdict (criterion_plan, curve_score), e.g. the mean PGD accuracy over eps > 0.
+verdict.champion (criterion_plan, curve_score), e.g. the mean PGD accuracy over eps > 0.
 A criterion the re-evaluation cannot score (clean_*, or pgd_* without PGD in
 attack.attacks) falls back to PGD accuracy, else the mean accuracy over every attack
 (score_plan). The previous evaluation of a version is the run its tag
@@ -67,7 +67,7 @@ def score_plan(select_by: str, attacks: Iterable[str]) -> tuple[list[str], str]:
     (verdict.criterion_plan), so the score that chose @champion is the one watched. A
     criterion it cannot score (clean_*, or pgd_* without PGD in `attacks`) falls back to
     PGD accuracy, else the mean accuracy over every attack."""
-    from robust_deepfake.robustness.verdict import criterion_plan
+    from robust_deepfake.verdict.champion import criterion_plan
 
     attacks = sorted({a for a in attacks if a != CLEAN})
     for criterion in (select_by, "pgd_accuracy", "mean_attack_accuracy"):
@@ -81,7 +81,7 @@ def score_plan(select_by: str, attacks: Iterable[str]) -> tuple[list[str], str]:
 def robustness(curves: Curves, select_by: str = "pgd_accuracy", eps: set | None = None) -> tuple[float, str]:
     """The score of `curves` (of score_plan's metric) and the attacks it averages, joined
     by `+`: verdict.curve_score over eps > 0, restricted to `eps` when given."""
-    from robust_deepfake.robustness.verdict import curve_score
+    from robust_deepfake.verdict.champion import curve_score
 
     attacks, _ = score_plan(select_by, curves)
     return curve_score(curves, attacks, eps), "+".join(attacks)
@@ -107,7 +107,7 @@ def compare(current: Curves, previous: Curves | None, select_by: str = "pgd_accu
     """Score both curves (attack -> eps step -> metric value) the same way on the attacks of
     score_plan that both have and the eps > 0 all of those share; with nothing in common
     (or no previous evaluation) only the current score, over its whole grid."""
-    from robust_deepfake.robustness.verdict import curve_score
+    from robust_deepfake.verdict.champion import curve_score
 
     attacks, metric = score_plan(select_by, current)
     whole = Comparison(curve_score(current, attacks), attacks="+".join(attacks), metric=metric)
@@ -317,7 +317,7 @@ def reevaluate(
     from robust_deepfake.model.device import resolve_device
     from robust_deepfake.ops.tracking import require_store
     from robust_deepfake.robustness.sweep import run_sweep, stratified_subset, summarize
-    from robust_deepfake.robustness.verdict import curve_score
+    from robust_deepfake.verdict.champion import curve_score
 
     attacks, metric = score_plan(params.report.select_by, params.attack.attacks)
     uri = require_store(params.tracking, root)  # unreachable or read-only: one line, in seconds

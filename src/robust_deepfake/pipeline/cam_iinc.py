@@ -13,7 +13,7 @@ from robust_deepfake.config import Params
 from robust_deepfake.data.dataset import load_split
 from robust_deepfake.explain.figures import cam_grid
 from robust_deepfake.explain.measure import CamSubset, cam_grid_plan, measure
-from robust_deepfake.explain.results import CamEntry, CamMetrics, IincValues
+from robust_deepfake.explain.outputs import CamEntry, CamMetrics, IincValues
 from robust_deepfake.io import write_csv
 from robust_deepfake.model.detector import load_trained
 from robust_deepfake.model.device import resolve_device, set_threads

@@ -12,7 +12,7 @@ import pandas as pd
 
 from robust_deepfake.config import Params
 from robust_deepfake.errors import MissingInputError
-from robust_deepfake.explain.results import CamMetrics, IincValues
+from robust_deepfake.explain.outputs import CamMetrics, IincValues
 from robust_deepfake.io import atomic_open, write_csv, write_json
 from robust_deepfake.paths import (
     DOSE_RESPONSE,
@@ -31,7 +31,9 @@ from robust_deepfake.report import figures as report_figures
 from robust_deepfake import units
 from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import SweepMetrics, SweepPredictions
-from robust_deepfake.robustness.verdict import SeedDifference, choose_champion, iinc_differences, sweep_differences
+from robust_deepfake.verdict.champion import choose_champion
+from robust_deepfake.verdict.differences import iinc_differences, sweep_differences
+from robust_deepfake.verdict.seeds import SeedDifference
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def key_metrics(root: Path, graph: StageGraph | None = None) -> dict[str, float 
     if sweep is not None:
         from robust_deepfake.ops.reevaluation import ReevaluationError, score_plan, sweep_curves
         from robust_deepfake.units import CLEAN
-        from robust_deepfake.robustness.verdict import curve_score
+        from robust_deepfake.verdict.champion import curve_score
 
         try:
             attacks, metric = score_plan(params.report.select_by if params else "pgd_accuracy", sweep.attacks)
@@ -125,7 +125,7 @@ def _load_typed(path: Path, kind: str, read: Callable[[Path], dict]) -> Any:
             from robust_deepfake.robustness.sweep import SweepMetrics
 
             return SweepMetrics.load(path)
-        from robust_deepfake.explain.results import CamMetrics
+        from robust_deepfake.explain.outputs import CamMetrics
 
         return CamMetrics.load(path)
     except (StageError, KeyError, TypeError, ValueError):

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from robust_deepfake.explain.results import CamMetrics
+from robust_deepfake.explain.outputs import CamMetrics
 from robust_deepfake.paths import VARIANTS, ModelKey
 from robust_deepfake.report.page import html_page
 from robust_deepfake import units
 from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import SweepMetrics
-from robust_deepfake.robustness.verdict import ChampionDecision, SeedDifference
+from robust_deepfake.verdict.champion import ChampionDecision
+from robust_deepfake.verdict.seeds import SeedDifference
 
 METRIC_NAMES = {"accuracy": "accuracy", "f1": "macro-F1", "auc": "ROC-AUC", "asr": "ASR (both correct)",
                 "score": "champion score", "iinc_stability": "IINC stability",

@@ -14,7 +14,7 @@ import pandas as pd
 from robust_deepfake import units
 from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import SweepPredictions
-from robust_deepfake.robustness.verdict import t_interval
+from robust_deepfake.verdict.seeds import t_interval
 
 COLORS = {"baseline": "#1f77b4", "reg": "#d62728"}
 LABELS = {"baseline": "baseline", "reg": "regularized"}

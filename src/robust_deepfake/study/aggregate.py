@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robust_deepfake.robustness.verdict import t_interval
+from robust_deepfake.verdict.seeds import t_interval
 from robust_deepfake.study.comparisons import (
     Comparison,
     heldout_differences,

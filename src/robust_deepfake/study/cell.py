@@ -134,7 +134,7 @@ def read_outputs(root: Path, ref: str) -> tuple[Params, Any, Any, Any]:
     or the DVC remote when the outputs were computed on another host)."""
     import dvc.api
 
-    from robust_deepfake.explain.results import CamMetrics
+    from robust_deepfake.explain.outputs import CamMetrics
     from robust_deepfake.robustness.sweep import SweepMetrics, SweepPredictions
 
     params_text = dvc.api.read("params.yaml", repo=str(root), rev=ref)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from robust_deepfake.robustness.verdict import SeedInterval, detectable_effect, t_interval
+from robust_deepfake.verdict.seeds import SeedInterval, detectable_effect, t_interval
 from robust_deepfake.study.points import (
     LEVEL,
     TEST,

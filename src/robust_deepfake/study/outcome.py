@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from robust_deepfake.config import Params
-from robust_deepfake.explain.results import CamMetrics
+from robust_deepfake.explain.outputs import CamMetrics
 from robust_deepfake.metrics import classification_metrics
 from robust_deepfake.paths import ModelKey
 from robust_deepfake import units

@@ -1,0 +1,266 @@
+"""The champion: THE robustness score and the choice of @champion / @challenger.
+
+`curve_score` is the one definition of robustness: the mean of a criterion's attack
+curves over eps > 0. The report's champion (`robustness_score`, `choose_champion`) and the
+scheduled re-evaluation (`score_plan`, `watched_score`, `score_drift` on MLflow curves keyed
+by eps steps) all score through it, so the score that chose @champion is the one watched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from robust_deepfake import units
+from robust_deepfake.config import EvalConfig
+from robust_deepfake.errors import StageError
+from robust_deepfake.paths import ModelKey
+from robust_deepfake.robustness.sweep import SweepMetrics
+from robust_deepfake.units import CLEAN
+from robust_deepfake.verdict.seeds import SeedDifference, paired_difference
+
+Curves = Mapping[str, Mapping[Any, float]]  # attack -> eps (or eps step) -> metric value
+
+
+def criterion_plan(criterion: str, attacks: Sequence[str]) -> tuple[list[str], str]:
+    """The attacks and metric an attacked `report.select_by` criterion averages over eps > 0:
+    pgd_accuracy / pgd_auc: PGD's accuracy / AUC; mean_attack_accuracy: every attack's
+    accuracy. ValueError for clean_* (no attack), an unknown criterion, or pgd_* when
+    `attacks` has no PGD."""
+    attacks = [a for a in attacks if a != CLEAN]
+    if criterion.startswith("pgd_"):
+        if "pgd" not in attacks:
+            raise ValueError("report.select_by: pgd_* needs pgd in attack.attacks")
+        return ["pgd"], criterion.removeprefix("pgd_")
+    if criterion == "mean_attack_accuracy":
+        if not attacks:
+            raise ValueError("report.select_by: mean_attack_accuracy needs at least one attack")
+        return attacks, "accuracy"
+    raise ValueError(f"report.select_by: {criterion!r} is not an attacked criterion "
+                     "(pgd_accuracy, pgd_auc, mean_attack_accuracy)")
+
+
+def curve_score(curves: Curves, attacks: Sequence[str],
+                eps: Collection | None = None) -> float:
+    """THE robustness score: the mean of `attacks`' curves (attack -> eps -> value, eps as a
+    float or an MLflow step: only its sign and membership matter) over eps > 0, restricted
+    to `eps` when given. Non-finite values (never logged to MLflow) do not count; NaN when
+    nothing is left. `robustness_score` (the champion) and `watched_score` / `score_drift`
+    (the scheduled re-evaluation) all score through this function."""
+    values = [
+        float(value)
+        for attack in attacks
+        for key, value in curves.get(attack, {}).items()
+        if key > 0 and (eps is None or key in eps) and math.isfinite(value)
+    ]
+    return float(np.mean(values)) if values else math.nan
+
+
+def robustness_score(metrics: SweepMetrics, key: ModelKey, criterion: str) -> float:
+    """One model's score under `report.select_by` (higher is better), from the sweep.
+
+    pgd_accuracy / pgd_auc: mean over eps > 0 of PGD's metric; mean_attack_accuracy: over
+    every attack and eps > 0 (criterion_plan, curve_score); clean_*: the unattacked row.
+    The scheduled re-evaluation watches the same score (score_plan, watched_score)."""
+    if criterion.startswith("clean_"):
+        return float(getattr(metrics.get(key, CLEAN, 0.0), criterion.removeprefix("clean_")))
+    attacks, metric = criterion_plan(criterion, metrics.attacks)
+    if not metrics.attacked_eps:
+        raise ValueError("report.select_by: the sweep has no eps > 0")
+    curves = {attack: {eps: getattr(metrics.get(key, attack, eps), metric) for eps in metrics.attacked_eps}
+              for attack in attacks}
+    return curve_score(curves, attacks)
+
+
+def sweep_curves(metrics: SweepMetrics, key: ModelKey, attacks: Iterable[str], metric: str) -> dict[str, dict[int, float]]:
+    """attack -> eps step -> `metric` of one model, for eps > 0 (the shape of the MLflow
+    curves: the step is eps in grey levels, units.to_step)."""
+    return {attack: {units.to_step(e.eps): float(getattr(e, metric)) for e in metrics.entries
+                     if e.model == key and e.attack == attack and e.eps > 0}
+            for attack in attacks}
+
+
+class NothingToScore(StageError, ValueError):
+    """No attack to score: attack.attacks is empty."""
+
+
+def score_plan(select_by: str, attacks: Iterable[str]) -> tuple[list[str], str]:
+    """The attacks and metric a re-evaluation watches: `report.select_by`'s (criterion_plan),
+    so the score that chose @champion is the one watched. A criterion it cannot score
+    (clean_*, or pgd_* without PGD in `attacks`) falls back to PGD accuracy, else the mean
+    accuracy over every attack. NothingToScore when `attacks` holds no attack."""
+    attacks = sorted({a for a in attacks if a != CLEAN})
+    for criterion in (select_by, "pgd_accuracy", "mean_attack_accuracy"):
+        try:
+            return criterion_plan(criterion, attacks)
+        except ValueError:
+            continue
+    raise NothingToScore("attack.attacks is empty in params.yaml: there is nothing to re-evaluate")
+
+
+def watched_score(curves: Curves, select_by: str = "pgd_accuracy", eps: Collection | None = None) -> tuple[float, str]:
+    """The score of `curves` (of score_plan's metric) and the attacks it averages, joined
+    by `+`: curve_score over eps > 0, restricted to `eps` when given."""
+    attacks, _ = score_plan(select_by, curves)
+    return curve_score(curves, attacks, eps), "+".join(attacks)
+
+
+@dataclass
+class Drift:
+    """One evaluation's score against the previous one's, on the attacks and eps both have."""
+
+    current: float
+    previous: float | None = None
+    attacks: str = ""
+    metric: str = "accuracy"
+    eps_steps: list[int] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def drop(self) -> float | None:
+        """previous - current (positive: less robust now); None without a previous score."""
+        return None if self.previous is None else self.previous - self.current
+
+
+def score_drift(current: Curves, previous: Curves | None, select_by: str = "pgd_accuracy") -> Drift:
+    """Score both curves (attack -> eps step -> metric value) the same way on the attacks of
+    score_plan that both have and the eps > 0 all of those share; with nothing in common
+    (or no previous evaluation) only the current score, over its whole grid."""
+    attacks, metric = score_plan(select_by, current)
+    whole = Drift(curve_score(current, attacks), attacks="+".join(attacks), metric=metric)
+    if not previous:
+        whole.note = "no previous evaluation"
+        return whole
+    common = [attack for attack in attacks if attack in previous]
+    shared: set = set()
+    for position, attack in enumerate(common):
+        steps = {k for k in current[attack] if k > 0} & {k for k in previous[attack] if k > 0}
+        shared = steps if position == 0 else shared & steps
+    if not shared:
+        whole.note = "no attack and eps in common with the previous evaluation"
+        return whole
+    return Drift(curve_score(current, common, shared), curve_score(previous, common, shared),
+                 "+".join(common), metric, sorted(shared))
+
+
+@dataclass(frozen=True)
+class ChampionDecision:
+    """Which registered model becomes @champion, and why."""
+
+    champion: ModelKey  # the winning variant's seed closest to its variant's mean score
+    challenger: ModelKey
+    representatives: dict[str, ModelKey]  # per variant: the seed closest to its mean
+    variant_scores: dict[str, float]  # seed-mean score per variant
+    evidence: SeedDifference  # reg - baseline of the score, over seeds
+    move_champion: bool  # False: the evidence is not enough to change @champion
+    reason: str
+    floor: QualityFloor
+
+    @property
+    def move_challenger(self) -> bool:
+        """@challenger follows @champion, but never onto a model under the quality floor."""
+        return self.move_champion and self.floor.variant_passes(self.challenger.variant)
+
+    def as_dict(self) -> dict:
+        return {"champion": self.champion.name, "challenger": self.challenger.name,
+                "representatives": {v: k.name for v, k in self.representatives.items()},
+                "variant_scores": self.variant_scores, "evidence": self.evidence.as_dict(),
+                "move_champion": self.move_champion, "move_challenger": self.move_challenger,
+                "reason": self.reason, "floor": self.floor.as_dict()}
+
+
+@dataclass(frozen=True)
+class QualityFloor:
+    """Clean test ROC-AUC >= `min_clean_auc` (report.min_clean_auc) per model.
+
+    Robustness scores alone reward degenerate models: a constant p(fake) keeps the class
+    share as its accuracy and AUC 0.5 under any attack, while a real detector pushed past
+    the decision boundary scores below both. A model under the floor can never be
+    @champion/@challenger; a variant passes when every seed passes (a recipe that
+    sometimes trains a useless model does not ship); `predict` refuses a version the
+    report tagged as failing (ops/tracking.py)."""
+
+    min_clean_auc: float
+    clean_auc: dict[ModelKey, float]
+
+    def passes(self, key: ModelKey) -> bool:
+        value = self.clean_auc.get(key, math.nan)
+        return math.isfinite(value) and value >= self.min_clean_auc
+
+    def variant_passes(self, variant: str) -> bool:
+        keys = [k for k in self.clean_auc if k.variant == variant]
+        return bool(keys) and all(self.passes(k) for k in keys)
+
+    def describe(self, key: ModelKey) -> str:
+        """`passed` or `failed: clean AUC 0.500 < 0.75` (the version tag's value)."""
+        verdict = "passed" if self.passes(key) else "failed"
+        sign = ">=" if self.passes(key) else "<"
+        return f"{verdict}: clean AUC {self.clean_auc.get(key, math.nan):.3f} {sign} report.min_clean_auc {self.min_clean_auc:g}"
+
+    def as_dict(self) -> dict:
+        return {"min_clean_auc": self.min_clean_auc,
+                "models": {k.name: {"clean_auc": v, "passes": self.passes(k)} for k, v in sorted(self.clean_auc.items())}}
+
+
+CRITERION_ROWS = {"pgd_accuracy": ("pgd", "accuracy"), "pgd_auc": ("pgd", "auc"),
+                  "clean_accuracy": (CLEAN, "accuracy"), "clean_auc": (CLEAN, "auc")}
+
+
+def choose_champion(metrics: SweepMetrics, criterion: str, config: EvalConfig,
+                    current_champion: str | None = None,
+                    differences: list[SeedDifference] | None = None,
+                    min_clean_auc: float = 0.75) -> ChampionDecision:
+    """Champion by the seed-mean score: the alias follows only a difference whose
+    seed-level interval excludes 0; otherwise the current champion's variant stays (the
+    baseline, the simpler model, when there is none). When `differences` holds the
+    verdict's row for the criterion (e.g. PGD accuracy), that row is the evidence, so the
+    report shows one interval for one question. Over all of it stands the QualityFloor: a
+    variant under it never wins, and when both are under it no alias moves."""
+    keys = metrics.models
+    seeds = sorted({k.seed for k in keys if ModelKey("baseline", k.seed) in keys and ModelKey("reg", k.seed) in keys})
+    scores = {key: robustness_score(metrics, key, criterion) for key in keys}
+    floor = QualityFloor(min_clean_auc, {key: float(metrics.get(key, CLEAN, 0.0).auc)
+                                         for key in keys if key.seed in seeds})
+    variant_scores, representatives = {}, {}
+    for variant in ("baseline", "reg"):
+        members = [ModelKey(variant, s) for s in seeds]
+        mean = float(np.mean([scores[k] for k in members]))
+        variant_scores[variant] = mean
+        representatives[variant] = min(members, key=lambda k: (abs(scores[k] - mean), k.seed))
+    per_seed = [scores[ModelKey("reg", s)] - scores[ModelKey("baseline", s)] for s in seeds]
+    evidence = paired_difference(seeds, per_seed, [], "select_by", "score", config)
+    row = CRITERION_ROWS.get(criterion)
+    matching = [d for d in differences or [] if (d.attack, d.metric) == row and d.seeds == seeds
+                and np.allclose(d.per_seed, per_seed)]
+    if matching:
+        evidence = matching[0]
+    if evidence.excludes_zero:
+        winner = evidence.favours
+        reason = (f"{winner} is better by {criterion} over {len(seeds)} seeds "
+                  f"(reg - baseline {evidence.mean:+.3f}, {config.ci:.0%} CI [{evidence.ci_low:+.3f}, {evidence.ci_high:+.3f}])")
+        move = True
+    else:
+        winner = current_champion if current_champion in ("baseline", "reg") else "baseline"
+        reason = (f"no detectable difference by {criterion} at {len(seeds)} seeds "
+                  f"(reg - baseline {evidence.mean:+.3f}, {config.ci:.0%} CI [{evidence.ci_low:+.3f}, {evidence.ci_high:+.3f}]): "
+                  + ("@champion stays where it is" if current_champion else "the baseline becomes the first champion"))
+        move = current_champion is None
+    if not floor.variant_passes(winner):
+        other = "reg" if winner == "baseline" else "baseline"
+        failing = ", ".join(f"{k.name} {floor.clean_auc[k]:.3f}" for k in sorted(floor.clean_auc)
+                            if k.variant == winner and not floor.passes(k))
+        if floor.variant_passes(other):
+            reason += (f"; but {winner} is under the quality floor (clean AUC {failing} < report.min_clean_auc "
+                       f"{min_clean_auc:g}), so {other} becomes champion")
+            winner, move = other, True
+        else:
+            reason += (f"; but no variant passes the quality floor (clean AUC >= report.min_clean_auc {min_clean_auc:g}): "
+                       "@champion and @challenger stay where they are")
+            move = False
+    loser = "reg" if winner == "baseline" else "baseline"
+    return ChampionDecision(representatives[winner], representatives[loser], representatives, variant_scores,
+                            evidence, move, reason, floor)
