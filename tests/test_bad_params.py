@@ -23,7 +23,7 @@ import yaml
 
 from robust_deepfake.cli import main
 from robust_deepfake.config import MAX_SEED, ConfigError, Params, load_params
-from robust_deepfake.params_files import merge_params_file
+from robust_deepfake.config.merge import merge_params_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = yaml.safe_load((REPO / "params.yaml").read_text())

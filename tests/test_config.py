@@ -22,7 +22,7 @@ def test_shipped_params_are_valid(repo_root):
 
 
 def test_dffd_overrides_apply_cleanly(repo_root, tmp_path):
-    from robust_deepfake.params_files import merge_params_file
+    from robust_deepfake.config.merge import merge_params_file
 
     target = tmp_path / "params.yaml"
     target.write_text((repo_root / "params.yaml").read_text())

@@ -12,7 +12,7 @@ import pytest
 
 from robust_deepfake.cli import build_parser, main
 from robust_deepfake.config import load_params, validate
-from robust_deepfake.params_files import merge_params_file, path_problems
+from robust_deepfake.config.merge import merge_params_file, path_problems
 
 BASE = """\
 data:

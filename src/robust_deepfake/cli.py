@@ -88,7 +88,7 @@ def _params_check(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from robust_deepfake.config import load_params_or_exit
-    from robust_deepfake.params_files import path_problems
+    from robust_deepfake.config.merge import path_problems
 
     from robust_deepfake.explain.layers import target_layer_problem
 
@@ -105,7 +105,7 @@ def _params_check(args: argparse.Namespace) -> None:
 
 def _params_merge(args: argparse.Namespace) -> None:
     from robust_deepfake.config import ConfigError
-    from robust_deepfake.params_files import merge_params_file
+    from robust_deepfake.config.merge import merge_params_file
 
     try:
         changed = merge_params_file(args.overrides, args.into)

@@ -6,9 +6,10 @@ the params layer does not import the model."""
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-from robust_deepfake.config import ModelConfig, Params
+from robust_deepfake.config import DEFAULT_PARAMS, ModelConfig, Params
 from robust_deepfake.errors import StageError
 
 
@@ -66,7 +67,7 @@ def target_layer_problem(model_name: str, path: str) -> str | None:
     return None
 
 
-def require_target_layer(params: Params, source: str = "params.yaml") -> None:
+def require_target_layer(params: Params, source: str | Path = DEFAULT_PARAMS) -> None:
     """StageError `params.yaml: cam.target_layer: <why> (got 'blocks.99')` for a layer
     Grad-CAM cannot use on `model.name`."""
     problem = target_layer_problem(params.model.name, params.cam.target_layer)

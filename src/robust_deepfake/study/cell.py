@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from robust_deepfake.config import Params, parse_yaml, validate
+from robust_deepfake.config import DEFAULT_PARAMS, Params, parse_yaml, validate
 from robust_deepfake.ops.orchestration import error_line, is_transient
 from robust_deepfake.study import outcome
 from robust_deepfake.study.spec import Cell
@@ -137,8 +137,9 @@ def read_outputs(root: Path, ref: str) -> tuple[Params, Any, Any, Any]:
     from robust_deepfake.explain.outputs import CamMetrics
     from robust_deepfake.robustness.sweep import SweepMetrics, SweepPredictions
 
-    params_text = dvc.api.read("params.yaml", repo=str(root), rev=ref)
-    params = validate(parse_yaml(params_text, f"params.yaml@{ref}"), f"params.yaml@{ref}")
+    params_text = dvc.api.read(str(DEFAULT_PARAMS), repo=str(root), rev=ref)
+    source = f"{DEFAULT_PARAMS}@{ref}"
+    params = validate(parse_yaml(params_text, source), source)
     with tempfile.TemporaryDirectory(prefix="study-cell-") as folder:
         local = {}
         for path in OUTPUTS:

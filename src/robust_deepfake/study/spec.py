@@ -23,11 +23,12 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from robust_deepfake.config import (
+    DEFAULT_PARAMS,
     ConfigError,
     Params,
     Seed,
     Strict,
-    _format_errors,
+    format_errors,
     read_yaml,
     validate,
 )
@@ -138,7 +139,7 @@ class Cell:
         return cls(data["study"], int(data["seed"]), tuple((k, v) for k, v in data["setting"]),
                    tuple((k, v) for k, v in data["fixed"]))
 
-    def params(self, base: dict[str, Any], source: str = "params.yaml") -> Params:
+    def params(self, base: dict[str, Any], source: str = str(DEFAULT_PARAMS)) -> Params:
         """params.yaml with this cell's assignments, validated strictly."""
         return validate(apply_assignments(base, self.assignments, source), f"{source} + study cell {self.label!r}")
 
@@ -188,7 +189,7 @@ def load_spec(path: str | Path) -> StudySpec:
     try:
         return StudySpec.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_format_errors(str(path), error)) from None
+        raise ConfigError(format_errors(str(path), error)) from None
 
 
 def with_placebo(spec: StudySpec, base: dict[str, Any]) -> StudySpec:
@@ -206,7 +207,7 @@ def with_placebo(spec: StudySpec, base: dict[str, Any]) -> StudySpec:
     return spec.model_copy(update={"grid": grid})
 
 
-def expand(spec: StudySpec, base: dict[str, Any], source: str = "params.yaml") -> list[Cell]:
+def expand(spec: StudySpec, base: dict[str, Any], source: str = str(DEFAULT_PARAMS)) -> list[Cell]:
     """Every cell of the grid (seeds innermost, so the first cells cover every setting once),
     each validated against params.yaml's schema, plus the checks on the spec's own keys."""
     spec = with_placebo(spec, base)

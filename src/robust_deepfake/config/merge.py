@@ -10,7 +10,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.representer import RoundTripRepresenter
 
-from robust_deepfake.config import ConfigError, Params, parse_yaml, read_yaml, validate
+from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, Params, parse_yaml, read_yaml, validate
 from robust_deepfake.io import atomic_open
 
 
@@ -86,7 +86,7 @@ def _merge(base: Any, overrides: dict, prefix: str, changed: dict, source: str) 
             _replace_eol_comment(base, key, f"merged from {source}" + (f": {why}" if why else ""))
 
 
-def merge_params_file(overrides_path: str | Path, params_path: str | Path = "params.yaml") -> dict:
+def merge_params_file(overrides_path: str | Path, params_path: str | Path = DEFAULT_PARAMS) -> dict:
     """Apply a partial params file onto params.yaml; validate before writing anything.
 
     A changed value's end-of-line comment is replaced by `# merged from <file>[: the

@@ -1,32 +1,20 @@
-"""Typed, strict schema of params.yaml.
+"""The sections of params.yaml and `Params`, the whole file: every key, its type, its
+range and the checks between keys, in the order of params.yaml.
 
-Every stage validates the whole file before it does any work, so a typo in a section
-another stage owns still fails fast and names the key. Unknown keys are errors, not
-silently ignored: `dvc exp run -S reg.alpah=0.3` must not run an experiment that
-quietly uses the default. The defaults equal params.yaml's demo values (a test compares).
-
-Validated to the end: every value a later stage would crash on, or quietly read another
-way, is refused here, when params.yaml is loaded (by every stage and `robust-deepfake
-params check`), not hours later. Floats are finite, ints and booleans are strict (`true`
-is not 1 epoch), seeds fit numpy and torch, `report.reference_eps` is one of the swept
-budgets, the cron expression is parsed by Prefect's own parser, and the YAML itself is
-plain data with no duplicate keys (DVC refuses those; PyYAML would silently keep the
-last). `cam.target_layer` needs the model's architecture, which this bottom layer does not
-import: explain/layers.py checks it in `params check` and before the first training.
-
-One file on purpose (over 300 lines): the whole schema reads top to bottom in the
-order of params.yaml, and splitting it would scatter one contract over several files.
+Unknown keys are errors; floats are finite, ints and booleans are strict (`true` is not 1
+epoch), seeds fit numpy and torch, attack budgets are whole grey levels and
+`report.reference_eps` is one of them. `validate` turns every problem into one line naming
+its dotted key: `<source>: <dotted.key>: <what is wrong> (got <value>)`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-import sys
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -38,29 +26,11 @@ from pydantic import (
     model_validator,
 )
 
-from robust_deepfake.errors import StageError
+from robust_deepfake.config.cron import cron_problem
+from robust_deepfake.config.problems import ConfigError, format_errors, raise_problems
 from robust_deepfake.units import label, parse_pixel_value, require_whole_grey_levels
 
 DEFAULT_PARAMS = Path("params.yaml")
-
-
-class ConfigError(StageError, ValueError):
-    """params.yaml is unreadable or invalid; str() is one line per problem, each naming the key."""
-
-
-class Problems(ValueError):
-    """Raised by a validator that checks several keys at once: one (key, message, got) per
-    problem, the key relative to the validator's model (`eps`, `report.reference_eps`);
-    _format_errors turns each into its own line naming the full dotted key."""
-
-    def __init__(self, problems: list[tuple[str, str, str | None]]) -> None:
-        super().__init__("; ".join(f"{key}: {message}" for key, message, _ in problems))
-        self.problems = problems
-
-
-def _raise_problems(problems: list[tuple[str, str, str | None]]) -> None:
-    if problems:
-        raise Problems(problems)
 
 
 PixelValue = Annotated[float, BeforeValidator(parse_pixel_value)]
@@ -191,7 +161,7 @@ class TrainConfig(Strict):
         # AdamW multiplies every weight by 1 - lr * weight_decay each step: at >= 1 the
         # weights flip sign and grow until the loss is NaN (the stage dies epochs later)
         if self.lr * self.weight_decay >= 1:
-            _raise_problems([("weight_decay", f"lr x weight_decay must be < 1 (AdamW scales every weight by "
+            raise_problems([("weight_decay", f"lr x weight_decay must be < 1 (AdamW scales every weight by "
                               f"1 - lr x weight_decay each step; lr is {self.lr:g})", f"{self.weight_decay:g}")])
         return self
 
@@ -314,46 +284,6 @@ class TrackingConfig(Strict):
         return value
 
 
-@lru_cache(maxsize=1)
-def _croniter() -> Any:
-    """Prefect's own cron parser: the croniter it vendors and checks `serve(cron=...)` with.
-    Loaded from its file: importing it through the prefect package costs ~2 s, and every
-    stage validates params. Falls back to the regular import if Prefect moves it."""
-    import importlib
-    import importlib.util
-
-    spec = importlib.util.find_spec("prefect")
-    path = Path(spec.origin).parent / "_vendor" / "croniter" / "croniter.py" if spec and spec.origin else None
-    if path is not None and path.is_file():
-        module_spec = importlib.util.spec_from_file_location("robust_deepfake._prefect_croniter", path)
-        if module_spec is not None and module_spec.loader is not None:
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-            return module
-    return importlib.import_module("prefect._vendor.croniter.croniter")
-
-
-def cron_problem(value: str) -> str | None:
-    """Why Prefect would refuse the cron expression or never run it, or None. The rules of
-    prefect's validate_cron_string (croniter.is_valid; no R or H fields), a 5-field
-    expression, and at least one date on which it fires (`0 3 30 2 *` never does)."""
-    import datetime
-
-    fields = value.split()
-    if len(fields) != 5:
-        return "expected a 5-field cron expression: minute hour day-of-month month day-of-week"
-    if any(field.casefold() in {"r", "h"} for field in fields):
-        return "random (R) and hashed (H) fields are not supported by Prefect"
-    cron = _croniter()
-    if not cron.croniter.is_valid(value):
-        return "not a valid cron expression: minute hour day-of-month month day-of-week"
-    try:
-        cron.croniter(value, datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)).get_next(datetime.datetime)
-    except cron.CroniterBadDateError:
-        return "never fires: no date matches it"
-    return None
-
-
 _ALIAS = re.compile(r"^[\w\-]+$")
 
 
@@ -418,40 +348,12 @@ class Params(Strict):
                 "are drawn at it (or set cam.eps to null: all of attack.eps)",
                 label(self.report.reference_eps),
             ))
-        _raise_problems(problems)
+        raise_problems(problems)
         return self
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _format_errors(source: str, error: ValidationError) -> str:
-    """One line per problem: `<source>: <dotted.key>: <what is wrong> (got <value>)`."""
-    lines = []
-    for item in error.errors():
-        loc = [str(part) for part in item["loc"]]
-        cause = (item.get("ctx") or {}).get("error")
-        if isinstance(cause, Problems):
-            for key, message, got in cause.problems:
-                suffix = f" (got {got})" if got is not None else ""
-                lines.append(f"{source}: {'.'.join([*loc, key])}: {message}{suffix}")
-            continue
-        key = ".".join(loc) or "<root>"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif message.startswith("Value error, "):
-            message = message.removeprefix("Value error, ")
-        got = item.get("input")
-        quiet = item["type"] in {"extra_forbidden", "missing"} or (
-            item["type"] == "value_error" and ("got " in message or isinstance(got, dict)))
-        lines.append(f"{source}: {key}: {message}" + ("" if quiet else f" (got {_shown(got)})"))
-    return "\n".join(lines)
-
-
-def validate(raw: Any, source: str = "params.yaml") -> Params:
+def validate(raw: Any, source: str = str(DEFAULT_PARAMS)) -> Params:
+    """The Params of parsed YAML; ConfigError naming `source` and each bad key."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -459,112 +361,11 @@ def validate(raw: Any, source: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_format_errors(source, error)) from None
-
-
-# --- YAML: plain data only, no duplicate keys ---------------------------------------------
-
-_PLAIN_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float", "str", "seq", "map",
-                                                          "timestamp")}
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class _ParamsLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading floats with an exponent and no dot (`5e-05`, which
-    DVC writes for `dvc exp run -S train.weight_decay=5e-5`, and `1e3`) as YAML 1.2 does:
-    floats, not strings."""
-
-
-_ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def _structure_problems(node: yaml.Node, source: str, path: tuple[str, ...] = (),
-                        seen: set[int] | None = None) -> list[str]:
-    """Duplicate keys (DVC refuses the file; PyYAML would keep the last silently) and tags
-    other than plain data (`!!python/...`), one line each with the dotted key and line.
-    A node reached again through an alias is checked once (no recursion on `&a [*a]`)."""
-    seen = set() if seen is None else seen
-    if id(node) in seen:
-        return []
-    seen.add(id(node))
-    key = ".".join(path) or "<root>"
-    if node.tag not in _PLAIN_TAGS:
-        return [f"{source}: {key}: YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')!r} on line "
-                f"{node.start_mark.line + 1} is not allowed: params are plain values"]
-    problems = []
-    if isinstance(node, yaml.MappingNode):
-        first_line: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == _MERGE_TAG:
-                continue
-            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else f"<{key_node.tag}>"
-            line = key_node.start_mark.line + 1
-            if name in first_line:
-                problems.append(f"{source}: {'.'.join([*path, str(name)])}: duplicate key on lines "
-                                f"{first_line[name]} and {line} (DVC refuses the file; keep one)")
-            else:
-                first_line[name] = line
-            problems += _structure_problems(value_node, source, (*path, str(name)), seen)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            problems += _structure_problems(item, source, (*path, str(index)), seen)
-    return problems
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    """The plain data of a params file; ConfigError (one line per problem, with the line
-    number) for a syntax error, a duplicate key or a non-plain tag."""
-    loader = _ParamsLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        problems = _structure_problems(node, source)
-        if problems:
-            raise ConfigError("\n".join(problems))
-        return loader.construct_document(node)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}:{where}: invalid YAML: {getattr(error, 'problem', None) or error}") from None
-    finally:
-        loader.dispose()
-
-
-def read_yaml(path: str | Path) -> Any:
-    """parse_yaml of a file; ConfigError when it cannot be read."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read: {error}") from None
-    return parse_yaml(text, str(path))
-
-
-def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
-    return validate(read_yaml(path), str(Path(path)))
-
-
-def load_params_or_exit(path: str | Path = DEFAULT_PARAMS) -> Params:
-    """For CLIs: print the problems, one line each, and exit 2 instead of a traceback."""
-    try:
-        return load_params(path)
-    except ConfigError as error:
-        print(f"error: {error}".replace("\n", "\nerror: "), file=sys.stderr)
-        raise SystemExit(2) from None
+        raise ConfigError(format_errors(source, error)) from None
 
 
 def params_hash(params: Params) -> str:
     """sha256 of the resolved params (canonical JSON): provenance in reports and model cards."""
-    import hashlib
-    import json
-
     return hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
