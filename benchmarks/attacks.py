@@ -98,14 +98,14 @@ def paired_seconds(model, images, labels, steps: int, repeats: int, budget_s: fl
 def sweep_throughput(model, images, labels, amp: bool = False, steps: int = 5) -> float:
     """Forward-backward images/s of run_sweep (FGSM + PGD-`steps` at 1/255 and 2/255)."""
     from robust_deepfake.config import AttackConfig
-    from robust_deepfake.data.dataset import ImageSet, Sample
+    from robust_deepfake.data.dataset import ImageSet, SplitRow
     from robust_deepfake.paths import ModelKey
     from robust_deepfake.robustness.sweep import run_sweep
 
     device = images.device
     config = AttackConfig(attacks=["fgsm", "pgd"], eps=["1/255", "2/255"], steps=steps, batch_size=len(labels),
                           amp=amp)
-    samples = [Sample("", int(label), "synthetic", "", "") for label in labels.tolist()]
+    samples = [SplitRow("", int(label), "synthetic", "", "") for label in labels.tolist()]
     dataset = ImageSet(samples, images.shape[-1], cache=False)
     dataset.pixels = (images.cpu() * 255).round().to(torch.uint8)
     indices = np.arange(len(labels))
@@ -175,7 +175,7 @@ def tiny_trained_detector(device: torch.device, epochs: int = 12, image_size: in
     import sys
 
     from robust_deepfake.config import ModelConfig, TrainConfig
-    from robust_deepfake.data.dataset import ImageSet, Sample
+    from robust_deepfake.data.dataset import ImageSet, SplitRow
     from robust_deepfake.data.sample import SampleSpec, iter_sample
     from robust_deepfake.model.detector import build_detector
     from robust_deepfake.model.training import fit
@@ -183,7 +183,7 @@ def tiny_trained_detector(device: torch.device, epochs: int = 12, image_size: in
     spec = SampleSpec(seed=7, image_size=image_size, real_per_source=n_per_source,
                       fakes_per_method=max(1, n_per_source // 2))
     items = list(iter_sample(spec))
-    samples = [Sample("", int(item.relpath.startswith("fake/")), item.relpath.split("/")[1], f"g{i}", "")
+    samples = [SplitRow("", int(item.relpath.startswith("fake/")), item.relpath.split("/")[1], f"g{i}", "")
                for i, item in enumerate(items)]
     dataset = ImageSet(samples, image_size, cache=False)
     dataset.pixels = torch.from_numpy(np.stack([item.pixels for item in items])).permute(0, 3, 1, 2).contiguous()

@@ -90,10 +90,10 @@ def synthetic_images(n: int, image_size: int, seed: int = 0) -> tuple[torch.Tens
 def in_memory_set(n: int, image_size: int, seed: int = 0):
     """An ImageSet whose pixels are already decoded in RAM: the stages' cached path
     (data.cache_max_mb) without files on disk."""
-    from robust_deepfake.data.dataset import ImageSet, Sample
+    from robust_deepfake.data.dataset import ImageSet, SplitRow
 
     pixels, labels = synthetic_images(n, image_size, seed)
-    samples = [Sample("", int(label), "synthetic", f"g{i}", "") for i, label in enumerate(labels)]
+    samples = [SplitRow("", int(label), "synthetic", f"g{i}", "") for i, label in enumerate(labels)]
     dataset = ImageSet(samples, image_size, cache=False)
     dataset.pixels = pixels
     return dataset

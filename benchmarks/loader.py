@@ -68,12 +68,12 @@ def decode_rate(paths: list[Path], image_size: int, batch_size: int, num_workers
     """Images/s of the first and of the second pass of a `BatchLoader` over `paths`."""
     import torch
 
-    from robust_deepfake.data.dataset import ImageSet, Sample
+    from robust_deepfake.data.dataset import ImageSet, SplitRow
     from robust_deepfake.data.loader import BatchLoader
 
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
-    samples = [Sample(str(p), i % 2, "synthetic", f"g{i}", "") for i, p in enumerate(paths)]
+    samples = [SplitRow(str(p), i % 2, "synthetic", f"g{i}", "") for i, p in enumerate(paths)]
     dataset = ImageSet(samples, image_size, cache=False)
     rates = []
     with BatchLoader(dataset, batch_size, num_workers=num_workers, pin_memory=pin_memory) as loader:

@@ -82,7 +82,7 @@ def bound_throughput(train, device: torch.device, batch_size: int, steps: int, a
     """Images/s of the loop's step alone: `training_step`, optimizer and scheduler as `fit`
     sets them up, on batches already on the device (the loop's upper bound)."""
     from robust_deepfake.config import TrainConfig
-    from robust_deepfake.data.dataset import iterate
+    from robust_deepfake.data.loader import iterate
     from robust_deepfake.model.device import Amp
     from robust_deepfake.model.training import class_weights, train_subset, training_step
 

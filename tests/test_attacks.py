@@ -278,12 +278,12 @@ def _trained_tiny_detector(device):
     import numpy as np
 
     from robust_deepfake.config import TrainConfig
-    from robust_deepfake.data.dataset import ImageSet, Sample
+    from robust_deepfake.data.dataset import ImageSet, SplitRow
     from robust_deepfake.data.sample import SampleSpec, iter_sample
     from robust_deepfake.model.training import fit
 
     items = list(iter_sample(SampleSpec(seed=7, image_size=32, real_per_source=48, fakes_per_method=24)))
-    samples = [Sample("", int(item.relpath.startswith("fake/")), item.relpath.split("/")[1], f"g{i}", "")
+    samples = [SplitRow("", int(item.relpath.startswith("fake/")), item.relpath.split("/")[1], f"g{i}", "")
                for i, item in enumerate(items)]
     dataset = ImageSet(samples, 32, cache=False)
     dataset.pixels = torch.from_numpy(np.stack([item.pixels for item in items])).permute(0, 3, 1, 2).contiguous()

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from robust_deepfake.config import AttackConfig, CamConfig, ModelConfig, Params
-from robust_deepfake.data.dataset import ImageSet, Sample
+from robust_deepfake.data.dataset import ImageSet, SplitRow
 from robust_deepfake.explain.figures import cam_grid, pick_rows
 from robust_deepfake.explain.gradcam import compute_cams, feature_map_size, iinc, resolve_layer
 from robust_deepfake.explain.measure import CamSubset, cam_grid_plan, measure
@@ -130,7 +130,7 @@ def cam_split(tmp_path_factory) -> ImageSet:
             mask[8:20, 10:24] = 255
             mask_path = str(folder / f"{i}_mask.png")
             Image.fromarray(mask).save(mask_path)
-        samples.append(Sample(str(path), label, source, f"id{i}", mask_path))
+        samples.append(SplitRow(str(path), label, source, f"id{i}", mask_path))
     return ImageSet(samples, 32, cache=True)
 
 

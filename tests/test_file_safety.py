@@ -270,11 +270,11 @@ def test_the_split_refuses_a_mismatched_mask_or_skips_it_when_told(raw_copy):
 
 
 def test_the_cam_subset_refuses_a_mismatched_mask(raw_copy):
-    from robust_deepfake.data.dataset import ImageSet, Sample
+    from robust_deepfake.data.dataset import ImageSet, SplitRow
     from robust_deepfake.data.images import MaskSizeError
 
     image, mask = _mask_for_first_fake(raw_copy)
     Image.fromarray(np.full((10, 10), 255, np.uint8)).save(mask)
-    images = ImageSet([Sample(str(image), 1, "x", "g", str(mask))], image_size=16, cache=False)
+    images = ImageSet([SplitRow(str(image), 1, "x", "g", str(mask))], image_size=16, cache=False)
     with pytest.raises(MaskSizeError, match="10x10"):
         images.masks(torch.tensor([0]))

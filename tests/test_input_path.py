@@ -1,23 +1,29 @@
-"""The input path (data/loader.py, training.to_device): uint8 batches made ahead of the
-step and made float and flipped on the device give the step the very tensors the old
-host-side float path gave it, in the same order, from the same random draws.
+"""The input path (data/loader.py, data.images.unit_float, training.to_device): batches
+come in a seeded permutation of the split, hold the dataset's images at those positions
+whether cached, streamed, prefetched or decoded by worker processes, turn uint8 into the
+correctly rounded float32 of k/255, and reach the training step flipped by the epoch
+generator's draws; the trained weights do not depend on the loader.
 
-Machine-independent: every comparison is between two computations on this machine (the
-old path is written out here), never against stored hashes."""
+Machine-independent: every comparison is between two computations on this machine (or an
+exact rational oracle), never against stored hashes."""
 
 from __future__ import annotations
 
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
 
 from robust_deepfake.config import RegConfig, TrainConfig, validate
 from robust_deepfake.data import loader as loader_module
-from robust_deepfake.data.dataset import ImageSet, iterate, load_split
-from robust_deepfake.data.loader import BatchLoader, batch_order, by_table, prefetched, split_batches, unit_float
+from robust_deepfake.data.dataset import ImageSet, load_split
+from robust_deepfake.data.images import by_table, unit_float
+from robust_deepfake.data.loader import BatchLoader, batch_order, iterate, prefetched, split_batches
 from robust_deepfake.model import training
 from robust_deepfake.model.detector import build_detector
 from robust_deepfake.model.device import seed_everything
@@ -54,50 +60,44 @@ def streamed(splits: Path) -> ImageSet:
     return dataset
 
 
-def _old_batches(dataset: ImageSet, batch_size: int, shuffle: bool, seed: int, indices=None, drop_last=False):
-    """The loader before uint8 batches, written out: float [0, 1] made on the host."""
-    order = indices if indices is not None else torch.arange(len(dataset))
-    if shuffle:
-        order = order[torch.randperm(len(order), generator=torch.Generator().manual_seed(seed))]
-    stop = len(order) - (len(order) % batch_size if drop_last else 0)
-    for start in range(0, stop, batch_size):
-        chunk = order[start : start + batch_size]
-        pixels = dataset.pixels[chunk] if dataset.pixels is not None else torch.stack(
-            [dataset[int(i)][0] for i in chunk])
-        yield pixels.float().div_(255), dataset.labels[chunk], chunk
+def _expected_batches(dataset: ImageSet, batch_size: int, shuffle: bool, seed: int, indices=None, drop_last=False):
+    """(float images, labels, positions) of each batch: the dataset's own images at
+    batch_order's positions, cut by split_batches."""
+    for chunk in split_batches(batch_order(len(dataset), shuffle, seed, indices), batch_size, drop_last):
+        yield dataset.images(chunk), dataset.labels[chunk], chunk
+
+
+def _nearest_float32(numerator: int, denominator: int) -> float:
+    """The float32 nearest to numerator/denominator (ties to even), from exact rationals."""
+    exact = Fraction(numerator, denominator)
+    guess = np.float32(numerator / denominator)
+    candidates = [np.nextafter(guess, np.float32(-1)), guess, np.nextafter(guess, np.float32(2))]
+    best = min(candidates, key=lambda c: (abs(Fraction(float(c)) - exact), int(c.view(np.uint32)) % 2))
+    return float(best)
 
 
 # --- uint8 -> float ------------------------------------------------------------------
 
 
-def test_unit_float_equals_the_old_host_conversion_bit_for_bit():
+def test_unit_float_is_the_correctly_rounded_k_over_255_for_every_value():
     every_value = torch.arange(256, dtype=torch.uint8)
-    old = every_value.float().div_(255)
-    assert torch.equal(unit_float(every_value), old)
-    assert torch.equal(by_table(every_value), old), "the table other devices look up holds the CPU's values"
+    exact = torch.tensor([_nearest_float32(k, 255) for k in range(256)], dtype=torch.float32)
+    for convert in (unit_float, by_table):  # by_table: the lookup every device but the CPU uses
+        out = convert(every_value)
+        assert out.dtype == torch.float32 and torch.equal(out, exact)
     images = torch.randint(0, 256, (5, 3, 7, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    for convert in (unit_float, by_table):
-        out = convert(images)
-        assert out.dtype == torch.float32 and out.shape == images.shape
-        assert torch.equal(out, images.float() / 255)
-
-
-def test_a_reciprocal_multiply_would_not_do():
-    """Why a table: x * (1/255), what CUDA computes for `x / 255`, is off in the last bit
-    for many values; the table keeps every device on the CPU's bits."""
-    values = torch.arange(256).float()
-    assert (values * (torch.tensor(1.0) / 255) != values / 255).any()
+    assert torch.equal(unit_float(images), exact[images.long()])
 
 
 def test_flipping_the_uint8_pixels_then_converting_is_exact(cached):
     chunk = torch.arange(12)
     flip = torch.rand(12, generator=torch.Generator().manual_seed(3)) < 0.5
     assert flip.any() and not flip.all()
-    old = cached.images(chunk)
-    old = torch.where(flip[:, None, None, None], old.flip(3), old)
+    expected = cached.images(chunk)
+    expected = torch.where(flip[:, None, None, None], expected.flip(3), expected)
     batch = next(BatchLoader(cached, 12, prefetch=0).batches())
     images, labels = to_device(batch, torch.device("cpu"), flip)
-    assert torch.equal(images, old) and torch.equal(labels, cached.labels[chunk])
+    assert torch.equal(images, expected) and torch.equal(labels, cached.labels[chunk])
     assert batch.images.dtype == torch.uint8 and torch.equal(batch.images, cached.pixels[chunk]), \
         "the cache is never flipped in place"
 
@@ -105,62 +105,83 @@ def test_flipping_the_uint8_pixels_then_converting_is_exact(cached):
 # --- order and batches ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shuffle, drop_last", [(False, False), (True, False), (True, True)])
-def test_batch_order_is_the_old_order(shuffle, drop_last):
-    indices = torch.tensor([3, 5, 8, 13, 21, 34, 55])
-    for seed in (0, 1, 10007):
-        order = indices
-        if shuffle:
-            order = order[torch.randperm(len(order), generator=torch.Generator().manual_seed(seed))]
-        stop = len(order) - (len(order) % 3 if drop_last else 0)
-        old = [order[s : s + 3] for s in range(0, stop, 3)]
-        new = split_batches(batch_order(100, shuffle, seed, indices), 3, drop_last)
-        assert [c.tolist() for c in new] == [c.tolist() for c in old]
+def test_batch_order_is_a_permutation_seeded_by_the_epoch_seed():
+    indices = torch.tensor([3, 5, 8, 13, 21, 34, 55, 89, 144, 233])
+    assert torch.equal(batch_order(100, False, 7, indices), indices)
+    assert torch.equal(batch_order(6), torch.arange(6))
+    orders = {seed: batch_order(100, True, seed, indices) for seed in (0, 1, 10007)}
+    for seed, order in orders.items():
+        assert sorted(order.tolist()) == indices.tolist()
+        assert torch.equal(batch_order(100, True, seed, indices), order)  # the seed alone fixes it
+    assert len({tuple(order.tolist()) for order in orders.values()}) == len(orders)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_split_batches_cuts_the_order_in_turn(drop_last):
+    order = torch.tensor([9, 2, 7, 4, 1, 8, 3])
+    chunks = split_batches(order, 3, drop_last)
+    assert [c.tolist() for c in chunks] == [[9, 2, 7], [4, 1, 8]] + ([] if drop_last else [[3]])
 
 
 @pytest.mark.parametrize("which", ["cached", "streamed"])
 @pytest.mark.parametrize("prefetch", [0, 2])
-def test_batches_are_the_old_batches_with_or_without_prefetching(request, which, prefetch):
+def test_batches_hold_the_images_at_the_batch_order_with_or_without_prefetching(request, which, prefetch):
     dataset = request.getfixturevalue(which)
     indices = train_subset(len(dataset), TrainConfig(max_train_samples=29), 0)
-    old = list(_old_batches(dataset, 8, True, 5, indices))
-    new = list(BatchLoader(dataset, 8, prefetch=prefetch).batches(shuffle=True, seed=5, indices=indices))
-    assert len(new) == len(old) == 4
-    for batch, (images, labels, chunk) in zip(new, old, strict=True):
+    expected = list(_expected_batches(dataset, 8, True, 5, indices))
+    batches = list(BatchLoader(dataset, 8, prefetch=prefetch).batches(shuffle=True, seed=5, indices=indices))
+    assert len(batches) == len(expected) == 4
+    for batch, (images, labels, chunk) in zip(batches, expected, strict=True):
         assert batch.images.dtype == torch.uint8
         assert torch.equal(unit_float(batch.images), images)
         assert torch.equal(batch.labels, labels) and torch.equal(batch.indices, chunk)
 
 
-def test_iterate_still_gives_the_old_float_batches(cached):
-    old = list(_old_batches(cached, 10, True, 2))
-    new = list(iterate(cached, 10, shuffle=True, seed=2))
+def test_iterate_gives_float_batches_or_the_same_images_as_uint8(cached):
+    expected = list(_expected_batches(cached, 10, True, 2))
+    floats = list(iterate(cached, 10, shuffle=True, seed=2))
     raw = list(iterate(cached, 10, shuffle=True, seed=2, uint8=True))
-    for batch, as_uint8, (images, labels, chunk) in zip(new, raw, old, strict=True):
+    for batch, as_uint8, (images, labels, chunk) in zip(floats, raw, expected, strict=True):
         assert torch.equal(batch.images, images) and torch.equal(batch.indices, chunk)
         assert as_uint8.images.dtype == torch.uint8 and torch.equal(unit_float(as_uint8.images), images)
 
 
-def test_worker_processes_decode_the_same_batches_pass_after_pass(streamed):
-    """data.num_workers > 0 on a streamed split: the same batches as decoding in this
-    process, on every pass of the persistent workers, and the global RNG (dropout's) is
-    not touched by the DataLoader."""
+def _recording_data_loaders(monkeypatch) -> list[dict]:
+    """Record the keyword arguments of every DataLoader the loader module makes."""
+    made = []
+    real = loader_module.DataLoader
+
+    def recording(*args, **kwargs):
+        made.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loader_module, "DataLoader", recording)
+    return made
+
+
+def test_worker_processes_decode_the_same_batches_pass_after_pass(streamed, monkeypatch):
+    """data.num_workers > 0 on a streamed split: worker processes decode the batches of
+    the batch order, on every pass of the persistent workers, and the global RNG
+    (dropout's) is not touched by the DataLoader."""
+    made = _recording_data_loaders(monkeypatch)
     with BatchLoader(streamed, 8, num_workers=2) as loader:
-        assert loader.uses_workers
+        assert [kwargs["num_workers"] for kwargs in made] == [2]
         for seed in (0, 1):
             torch.manual_seed(123)
             state = torch.get_rng_state()
-            new = list(loader.batches(shuffle=True, seed=seed))
+            batches = list(loader.batches(shuffle=True, seed=seed))
             assert torch.equal(torch.get_rng_state(), state), "the DataLoader drew from the global RNG"
-            old = list(_old_batches(streamed, 8, True, seed))
-            assert len(new) == len(old)
-            for batch, (images, labels, chunk) in zip(new, old, strict=True):
+            expected = list(_expected_batches(streamed, 8, True, seed))
+            assert len(batches) == len(expected)
+            for batch, (images, labels, chunk) in zip(batches, expected, strict=True):
                 assert torch.equal(unit_float(batch.images), images)
                 assert torch.equal(batch.labels, labels) and torch.equal(batch.indices, chunk)
 
 
-def test_a_cached_split_is_gathered_in_process_whatever_num_workers(cached):
-    assert not BatchLoader(cached, 8, num_workers=2).uses_workers
+def test_a_cached_split_is_gathered_in_process_whatever_num_workers(cached, monkeypatch):
+    made = _recording_data_loaders(monkeypatch)
+    batches = list(BatchLoader(cached, 8, num_workers=2).batches())
+    assert made == [] and len(batches) == -(-len(cached) // 8)
 
 
 def test_pinning_is_applied_where_the_batch_is_made(cached, monkeypatch):
@@ -233,11 +254,12 @@ def _tiny_fit(splits: Path, reg: RegConfig | None, cache_mb: int = 64, num_worke
 
 
 @pytest.mark.parametrize("reg", [None, RegConfig(epsilon=0.2, mode="random")], ids=["baseline", "reg"])
-def test_the_step_gets_the_old_images_and_flips_from_the_old_draws(splits, monkeypatch, reg):
+def test_each_step_gets_its_batch_flipped_by_the_epoch_generators_next_draw(splits, monkeypatch, reg):
     """37 images in batches of 12: three steps, and a batch of one that is skipped
-    without a draw. Each step sees exactly the float images the old host path made
-    (same order, same flips), and each flip mask is the generator's next draw after the
-    previous step's own draws (on the CPU the perturbation shares the generator)."""
+    without a draw. Each step sees exactly the dataset's float images at the batch
+    order's positions, flipped where the flip mask says, and each flip mask is the epoch
+    generator's next draw after the previous step's own draws (on the CPU the
+    perturbation shares the generator)."""
     real_step = training.training_step
     steps = []
 
@@ -260,18 +282,19 @@ def test_the_step_gets_the_old_images_and_flips_from_the_old_draws(splits, monke
     flips = flips[: len(steps)]  # then the validation pass (no flips)
 
     epoch_seed = 0 * EPOCH_SEED_STRIDE + 0
-    old = [b for b in _old_batches(train_set, 12, True, epoch_seed, train_subset(len(train_set), config, 0))
-           if len(b[1]) >= 2]
-    assert len(steps) == len(old) == 3
+    expected = [b for b in _expected_batches(train_set, 12, True, epoch_seed,
+                                             train_subset(len(train_set), config, 0))
+                if len(b[1]) >= 2]
+    assert len(steps) == len(expected) == 3
     generator = torch.Generator().manual_seed(epoch_seed)
-    for (images, labels, state_before, state_after), flip, (old_images, old_labels, _) in zip(
-            steps, flips, old, strict=True):
-        expected_flip = torch.rand(len(old_labels), generator=generator) < 0.5
+    for (images, labels, state_before, state_after), flip, (batch_images, batch_labels, _) in zip(
+            steps, flips, expected, strict=True):
+        expected_flip = torch.rand(len(batch_labels), generator=generator) < 0.5
         assert torch.equal(flip, expected_flip)
         assert torch.equal(generator.get_state(), state_before), "the flip draw is the only draw before the step"
-        expected = torch.where(expected_flip[:, None, None, None], old_images.flip(3), old_images)
-        assert torch.equal(images, expected) and torch.equal(labels, old_labels)
-        generator.set_state(state_after)  # the step's own draws (reg), as the old loop made them
+        flipped = torch.where(expected_flip[:, None, None, None], batch_images.flip(3), batch_images)
+        assert torch.equal(images, flipped) and torch.equal(labels, batch_labels)
+        generator.set_state(state_after)  # then the step's own draws (reg)
     assert len(result.history) == 1
 
 

@@ -26,7 +26,7 @@ from robust_deepfake.paths import (
 )
 from robust_deepfake.pipeline.report import build_report
 from robust_deepfake import units
-from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepEntry, SweepMetrics, SweepPredictions, summarize
+from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepEntry, SweepMetrics, SweepPredictions, summarize_sweep
 from robust_deepfake.verdict.champion import choose_champion
 
 EPS = [0.0, 1 / 255, 2 / 255]
@@ -52,7 +52,7 @@ def _synthetic_outputs(root, params) -> SweepMetrics:
     sweep = SweepOutputs.at(root)
     sweep.predictions.parent.mkdir(parents=True)
     predictions.save(sweep.predictions)
-    metrics, rows = summarize(predictions, params.eval, holdout=["fake_y"])
+    metrics, rows = summarize_sweep(predictions, params.eval, holdout=["fake_y"])
     metrics.save(sweep.metrics)
     write_csv(sweep.plot, CSV_COLUMNS, rows)
 

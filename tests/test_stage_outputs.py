@@ -13,7 +13,7 @@ from robust_deepfake.errors import MissingInputError
 from robust_deepfake.explain.outputs import CamEntry, CamMetrics, IincValues
 from robust_deepfake.paths import ModelKey, model_keys
 from robust_deepfake.units import CLEAN
-from robust_deepfake.robustness.sweep import SweepEntry, SweepMetrics, SweepPredictions, summarize
+from robust_deepfake.robustness.sweep import SweepEntry, SweepMetrics, SweepPredictions, summarize_sweep
 
 KEYS = model_keys([0, 3])  # baseline-seed0, baseline-seed3, reg-seed0, reg-seed3
 NAN = float("nan")
@@ -71,7 +71,7 @@ def test_sweep_predictions_round_trip(tmp_path, quantized):
 
 def test_sweep_metrics_round_trip_from_summarize(tmp_path):
     predictions = _predictions()
-    original, _ = summarize(predictions, EvalConfig(n_bootstrap=25, ci=0.9), holdout=["faceswap_like"])
+    original, _ = summarize_sweep(predictions, EvalConfig(n_bootstrap=25, ci=0.9), holdout=["faceswap_like"])
     assert len(original.entries) == len(KEYS) * (1 + 3 * 3)
     path = tmp_path / "attack_sweep.json"
     original.save(path)

@@ -14,7 +14,7 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from robust_deepfake.config import EvalConfig, read_yaml, validate
 from robust_deepfake.ops.gpu_slots import gpu_slot, visible_gpus
 from robust_deepfake.paths import ModelKey
-from robust_deepfake.robustness.sweep import SweepPredictions, summarize
+from robust_deepfake.robustness.sweep import SweepPredictions, summarize_sweep
 from robust_deepfake.study import outcome
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +42,8 @@ def _predictions(seed: int = 0) -> SweepPredictions:
 def test_a_cell_reports_its_sweep_and_the_held_out_method_against_every_real():
     params = _params(train__seeds=[0], split__holdout_methods=["stylegan_like"])
     predictions = _predictions()
-    sweep, _ = summarize(predictions, EvalConfig(n_bootstrap=0), ["stylegan_like"])
-    measured = outcome.summarize(params, sweep, predictions, cam=None)
+    sweep, _ = summarize_sweep(predictions, EvalConfig(n_bootstrap=0), ["stylegan_like"])
+    measured = outcome.cell_measurements(params, sweep, predictions, cam=None)
     assert measured["attacks"] == ["fgsm", "pgd"] and measured["ref_eps_255"] == 1
     for m, variant in enumerate(("baseline", "reg")):
         clean, pgd = predictions.p_fake[m, 0, 0], predictions.p_fake[m, 1, 1]

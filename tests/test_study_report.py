@@ -176,7 +176,7 @@ def test_iinc_lower_is_better() -> None:
     c = find(cmp.reg_vs_baseline(spec, make_records()), group=NO_HOLDOUT, line="gradient", dose=0.5)
     assert c.mean < 0 and c.ci_high < 0
     assert c.favours == "reg" and "favours reg" in c.wording() and c.as_dict()["lower_is_better"]
-    worse = cmp.Comparison("reg_vs_baseline", "iinc_stab", "", None, 0.5, "test", ("reg", "baseline"), [0, 1, 2],
+    worse = cmp.PairedDifference("reg_vs_baseline", "iinc_stab", "", None, 0.5, "test", ("reg", "baseline"), [0, 1, 2],
                            [0.1, 0.12, 0.11], 0.11, 0.08, 0.14, 0.95, math.nan)
     assert worse.favours == "baseline"
 

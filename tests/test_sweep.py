@@ -16,7 +16,7 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from torch import nn
 
 from robust_deepfake.config import AttackConfig, EvalConfig
-from robust_deepfake.data.dataset import ImageSet, Sample, load_split
+from robust_deepfake.data.dataset import ImageSet, SplitRow, load_split
 from robust_deepfake.model.detector import load_trained
 from robust_deepfake.paths import ModelKey, TrainOutputs
 from robust_deepfake import units
@@ -30,7 +30,7 @@ from robust_deepfake.robustness.sweep import (
     attack_generator,
     run_sweep,
     stratified_subset,
-    summarize,
+    summarize_sweep,
 )
 
 BASELINE = ModelKey("baseline", 0)
@@ -49,7 +49,7 @@ def sweep(micro_repo):
                           step_size_relative=0.5, batch_size=64)
     indices = stratified_subset([s.source for s in test.samples], None, 0)
     predictions = run_sweep({BASELINE: model}, test, indices, config, CPU, show_progress=False)
-    metrics, rows = summarize(predictions, EvalConfig(n_bootstrap=50), holdout=[])
+    metrics, rows = summarize_sweep(predictions, EvalConfig(n_bootstrap=50), holdout=[])
     return predictions, metrics, rows
 
 
@@ -132,7 +132,7 @@ def images_on_disk(tmp_path_factory) -> ImageSet:
     for i, source in enumerate(SOURCES):
         path = folder / f"{i}.png"
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
-        samples.append(Sample(str(path), int(source != "ffhq_like"), source, f"g{i}", ""))
+        samples.append(SplitRow(str(path), int(source != "ffhq_like"), source, f"g{i}", ""))
     return ImageSet(samples, 32, cache=True)
 
 
@@ -320,7 +320,7 @@ ROW_SOURCES = ["ffhq_like"] * 3 + ["pggan_like", "pggan_like", "faceswap_like"]
 @pytest.mark.parametrize("score", [0.8, 0.2, 0.5])
 def test_asr_of_a_constant_classifier_is_zero(score):
     predictions = _predictions(np.full((1, 2, 3, 6), score), LABELS, ROW_SOURCES)
-    metrics, rows = summarize(predictions, EvalConfig(n_bootstrap=20), holdout=[])
+    metrics, rows = summarize_sweep(predictions, EvalConfig(n_bootstrap=20), holdout=[])
     assert len(metrics.entries) == 1 + 2 * 2
     assert all(entry.asr == 0.0 for entry in metrics.entries)
     assert all(row["value"] == 0.0 for row in rows if row["metric"] == "asr")
@@ -338,7 +338,7 @@ def test_asr_counts_flips_of_correctly_classified_clean_images_only():
     p_fake = np.array([[[clean, attacked]]])  # [model, attack, eps, image]
     predictions = _predictions(p_fake, labels, ["ffhq_like"] * 2 + ["pggan_like"] * 2, attacks=["pgd"],
                                eps=[0.0, 2 / 255])
-    metrics, _ = summarize(predictions, EvalConfig(n_bootstrap=0), holdout=[])
+    metrics, _ = summarize_sweep(predictions, EvalConfig(n_bootstrap=0), holdout=[])
     assert metrics.get(BASELINE, "pgd", 2 / 255).asr == pytest.approx(2 / 3)
     assert metrics.get(BASELINE, CLEAN, 0.0).asr == 0.0
 
@@ -350,7 +350,7 @@ def test_metrics_match_scikit_learn_overall_and_per_source():
     p_fake = rng.random((2, 2, 3, 12))
     p_fake[:, :, 0] = p_fake[:, :1, 0]  # one clean row per model, as run_sweep writes it
     predictions = _predictions(p_fake, labels, sources, models=(BASELINE, REG))
-    metrics, rows = summarize(predictions, EvalConfig(n_bootstrap=30, seed=1), holdout=["faceswap_like"])
+    metrics, rows = summarize_sweep(predictions, EvalConfig(n_bootstrap=30, seed=1), holdout=["faceswap_like"])
     assert metrics.models == [BASELINE, REG]
     assert metrics.attacks == ["fgsm", "pgd"]
     assert metrics.attacked_eps == [1 / 255, 2 / 255]
@@ -390,7 +390,7 @@ def test_metrics_match_scikit_learn_overall_and_per_source():
 
 def test_get_of_a_missing_cell_names_the_model():
     predictions = _predictions(np.full((1, 2, 3, 6), 0.7), LABELS, ROW_SOURCES)
-    metrics, _ = summarize(predictions, EvalConfig(n_bootstrap=0), holdout=[])
+    metrics, _ = summarize_sweep(predictions, EvalConfig(n_bootstrap=0), holdout=[])
     with pytest.raises(KeyError, match="reg-seed0"):
         metrics.get(REG, "pgd", 1 / 255)
     with pytest.raises(KeyError, match="baseline-seed0.*4/255"):
@@ -404,6 +404,6 @@ def test_summarize_keeps_the_quantized_flag_and_nan_auc_for_one_class():
     predictions = _predictions(np.full((1, 1, 2, 3), 0.7), [1, 1, 1], ["pggan_like"] * 3, attacks=["fgsm"],
                                eps=[0.0, 1 / 255])
     predictions.quantized = False
-    metrics, _ = summarize(predictions, EvalConfig(n_bootstrap=5), holdout=[])
+    metrics, _ = summarize_sweep(predictions, EvalConfig(n_bootstrap=5), holdout=[])
     assert isinstance(metrics, SweepMetrics) and metrics.quantized is False
     assert math.isnan(metrics.get(BASELINE, "fgsm", 1 / 255).auc)

@@ -12,7 +12,7 @@ from scipy import stats
 
 from robust_deepfake.config import EvalConfig
 from robust_deepfake.paths import ModelKey
-from robust_deepfake.robustness.sweep import SweepEntry, SweepMetrics, SweepPredictions, summarize
+from robust_deepfake.robustness.sweep import SweepEntry, SweepMetrics, SweepPredictions, summarize_sweep
 from robust_deepfake.verdict.champion import (
     NothingToScore,
     choose_champion,
@@ -229,7 +229,7 @@ def _with_constant_reg(constant_baseline: bool = False) -> SweepMetrics:
                 p[m, :, e] = np.clip(1 - clean + rng.normal(0, 0.15 / e, N), 0, 1)  # mostly flipped
     predictions = SweepPredictions(models, ATTACKS, EPS, np.arange(N), LABELS,
                                    np.where(LABELS == 1, "fake_x", "real_a"), p)
-    return summarize(predictions, CONFIG, holdout=[])[0]
+    return summarize_sweep(predictions, CONFIG, holdout=[])[0]
 
 
 @pytest.mark.parametrize("criterion", ["pgd_auc", "pgd_accuracy", "mean_attack_accuracy"])
@@ -307,7 +307,7 @@ def test_drift_compares_on_the_shared_grid():
 def test_the_watched_score_of_sweep_curves_is_the_champion_score():
     """The re-evaluation scores MLflow curves keyed by eps step; the champion scores the
     sweep keyed by eps: both read one model's sweep to the same number."""
-    metrics = summarize(_predictions(), CONFIG, holdout=[])[0]
+    metrics = summarize_sweep(_predictions(), CONFIG, holdout=[])[0]
     for criterion in ("pgd_accuracy", "pgd_auc", "mean_attack_accuracy"):
         attacks, metric = score_plan(criterion, metrics.attacks)
         for key in metrics.models:

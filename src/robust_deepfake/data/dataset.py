@@ -5,13 +5,12 @@ work in pixel space. Small sets (the bundled sample: ~30 MB at 64 px) are decode
 into one uint8 tensor and batched by indexing, which keeps a 2-core CPU busy with the
 model instead of PNG decoding; sets over `data.cache_max_mb` stream from disk, decoded
 in `data.num_workers` DataLoader worker processes (or one background thread with 0).
-Training moves batches as uint8 and makes them float on the device (data/loader.py).
+Batches are made by data/loader.py.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,15 +18,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from robust_deepfake.data.images import load_mask_array, load_rgb_array
-from robust_deepfake.data.loader import Batch, BatchLoader, unit_float
+from robust_deepfake.data.images import load_mask_array, load_rgb_array, unit_float
 from robust_deepfake.errors import MissingInputError
 
 SPLIT_COLUMNS = ["path", "label", "source", "group", "mask_path"]
 
 
 @dataclass(frozen=True)
-class Sample:
+class SplitRow:
+    """One row of a split CSV: an image, its label (1 = fake), its source (generator or
+    real set), its identity group and its mask file ('' when there is none)."""
+
     path: str
     label: int
     source: str
@@ -35,7 +36,7 @@ class Sample:
     mask_path: str
 
 
-def read_split(csv_path: str | Path, root: str | Path | None = None) -> list[Sample]:
+def read_split(csv_path: str | Path, root: str | Path | None = None) -> list[SplitRow]:
     """Rows of a split CSV. Paths in it are relative to the repository root (where DVC
     runs the stages); pass `root` to read them from elsewhere."""
     csv_path = Path(csv_path)
@@ -50,7 +51,7 @@ def read_split(csv_path: str | Path, root: str | Path | None = None) -> list[Sam
             return path if not path or root is None or Path(path).is_absolute() else str(Path(root) / path)
 
         return [
-            Sample(resolve(row["path"]), int(row["label"]), row["source"], row["group"], resolve(row["mask_path"]))
+            SplitRow(resolve(row["path"]), int(row["label"]), row["source"], row["group"], resolve(row["mask_path"]))
             for row in reader
         ]
 
@@ -58,7 +59,7 @@ def read_split(csv_path: str | Path, root: str | Path | None = None) -> list[Sam
 class ImageSet(Dataset):
     """One split at one image size; decoded lazily, or all at once when `cache`."""
 
-    def __init__(self, samples: list[Sample], image_size: int, cache: bool) -> None:
+    def __init__(self, samples: list[SplitRow], image_size: int, cache: bool) -> None:
         self.samples = samples
         self.image_size = image_size
         self.labels = torch.tensor([s.label for s in samples], dtype=torch.int64)
@@ -109,23 +110,3 @@ def load_split(
 ) -> ImageSet:
     samples = read_split(Path(splits_dir) / f"{split}.csv", root)
     return ImageSet(samples, image_size, cache=cache_fits(len(samples), image_size, cache_max_mb))
-
-
-def iterate(
-    dataset: ImageSet,
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int = 0,
-    indices: torch.Tensor | None = None,
-    num_workers: int = 0,
-    drop_last: bool = False,
-    uint8: bool = False,
-) -> Iterator[Batch]:
-    """Batches in a seeded order; the same (seed, indices) always gives the same batches.
-    Images are float [0, 1], or uint8 with `uint8` (make them float with `unit_float`).
-    Made in the caller's thread (or by `num_workers` processes when streaming); the
-    training loop's `BatchLoader` also makes them ahead, pinned for CUDA."""
-    loader = BatchLoader(dataset, batch_size, num_workers=num_workers, prefetch=2 if num_workers else 0,
-                         drop_last=drop_last, persistent=False)
-    for batch in loader.batches(shuffle, seed, indices):
-        yield batch if uint8 else Batch(unit_float(batch.images), batch.labels, batch.indices)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from robust_deepfake.errors import StageError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -106,3 +111,26 @@ def load_mask_array(path: str | Path | None, size: int, whole_image: bool = Fals
     if grey.size != (size, size):
         grey = grey.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(grey, dtype=np.float32) / 255.0
+
+
+def unit_float(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [0, 1], bit-identical on every device.
+
+    On the CPU this is `x.float() / 255`. Elsewhere a 256-entry table with the CPU's bits
+    is looked up: CUDA divides by a scalar as a multiplication by its reciprocal, which
+    differs from `/ 255` in the last bit for 126 of the 256 values."""
+    if pixels.device.type == "cpu":
+        return pixels.float().div_(255)
+    return by_table(pixels)
+
+
+def by_table(pixels: torch.Tensor) -> torch.Tensor:
+    """`unit_float` by table lookup (what every device but the CPU uses)."""
+    return _unit_table(pixels.device)[pixels.int()]
+
+
+@lru_cache(maxsize=None)
+def _unit_table(device: torch.device) -> torch.Tensor:
+    import torch  # deferred: image decoding (the split check, the DFFD ingest) needs no torch
+
+    return torch.arange(256, dtype=torch.float32).div_(255).to(device)

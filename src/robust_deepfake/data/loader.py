@@ -1,20 +1,20 @@
 """Batches on their way to the model: uint8 on the host, float only on the device.
 
-A float32 batch is four times the bytes of its uint8 pixels, and converting it on the
-host, then copying it from pageable memory, blocked the training loop for most of a
-step on a GPU (issue #15: 21.9 ms per 128 x 224 px batch, against 4.3 ms for a pinned
-uint8 copy converted on the GPU). So:
+A float32 batch is four times the bytes of its uint8 pixels; converting on the host and
+copying from pageable memory stalls a GPU's training loop (measured: 21.9 ms per 128 x
+224 px batch, against 4.3 ms for a pinned uint8 copy converted on the GPU). So:
 
 - host side: uint8 batches, gathered from the in-RAM cache or decoded from disk (in
   `num_workers` DataLoader worker processes when the split streams), pinned when the
   device is CUDA so that `.to(device, non_blocking=True)` is an asynchronous copy;
 - overlap: the next `prefetch` batches are made while the current one trains (a
   background thread, or the workers' own prefetching);
-- device side: `unit_float` turns uint8 into float [0, 1] with the same bits on every
-  device (`to_device` in model/training.py also applies the flips there).
+- device side: `data.images.unit_float` turns uint8 into float [0, 1] with the same bits
+  on every device (`to_device` in model/training.py also applies the flips there).
 
-The batch order is `batch_order`'s, the same draws as ever; the images are the same
-bytes whichever way they travel (tests/test_input_path.py).
+The batch order is `batch_order`'s: a permutation drawn from a generator seeded with the
+epoch's seed, whatever the worker count or device; the images are the same bytes
+whichever way they travel (tests/test_input_path.py).
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-if TYPE_CHECKING:
-    from robust_deepfake.data.dataset import ImageSet
+from robust_deepfake.data.dataset import ImageSet
+from robust_deepfake.data.images import unit_float
 
 T = TypeVar("T")
 
@@ -40,27 +39,6 @@ class Batch:
     images: torch.Tensor  # float32 (N, 3, S, S) in [0, 1]; uint8 in [0, 255] where asked for
     labels: torch.Tensor  # int64 (N,)
     indices: torch.Tensor  # int64 (N,) positions in the split
-
-
-def unit_float(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [0, 1], bit-identical on every device.
-
-    On the CPU this is `x.float() / 255`, as it always was. Elsewhere a 256-entry table
-    made on the CPU is looked up: CUDA divides by a scalar as a multiplication by its
-    reciprocal, which differs from `/ 255` in the last bit for 126 of the 256 values."""
-    if pixels.device.type == "cpu":
-        return pixels.float().div_(255)
-    return by_table(pixels)
-
-
-def by_table(pixels: torch.Tensor) -> torch.Tensor:
-    """`unit_float` by table lookup (what every device but the CPU uses)."""
-    return _unit_table(pixels.device)[pixels.int()]
-
-
-@lru_cache(maxsize=None)
-def _unit_table(device: torch.device) -> torch.Tensor:
-    return torch.arange(256, dtype=torch.float32).div_(255).to(device)
 
 
 def batch_order(n: int, shuffle: bool = False, seed: int = 0, indices: torch.Tensor | None = None) -> torch.Tensor:
@@ -177,10 +155,6 @@ class BatchLoader:
                 generator=torch.Generator().manual_seed(0),
             )
 
-    @property
-    def uses_workers(self) -> bool:
-        return self._loader is not None
-
     def batches(self, shuffle: bool = False, seed: int = 0, indices: torch.Tensor | None = None) -> Iterator[Batch]:
         """One pass in `batch_order(shuffle, seed, indices)`; images uint8 (N, 3, S, S)."""
         chunks = split_batches(batch_order(len(self.dataset), shuffle, seed, indices), self.batch_size,
@@ -213,3 +187,23 @@ class BatchLoader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def iterate(
+    dataset: ImageSet,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    indices: torch.Tensor | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    uint8: bool = False,
+) -> Iterator[Batch]:
+    """Batches in a seeded order; the same (seed, indices) always gives the same batches.
+    Images are float [0, 1], or uint8 with `uint8` (make them float with `unit_float`).
+    Made in the caller's thread (or by `num_workers` processes when streaming); the
+    training loop's `BatchLoader` also makes them ahead, pinned for CUDA."""
+    loader = BatchLoader(dataset, batch_size, num_workers=num_workers, prefetch=2 if num_workers else 0,
+                         drop_last=drop_last, persistent=False)
+    for batch in loader.batches(shuffle, seed, indices):
+        yield batch if uint8 else Batch(unit_float(batch.images), batch.labels, batch.indices)

@@ -34,7 +34,8 @@ from torch import nn
 
 from robust_deepfake.config import RegConfig, TrainConfig
 from robust_deepfake.data.dataset import ImageSet
-from robust_deepfake.data.loader import Batch, BatchLoader, unit_float
+from robust_deepfake.data.images import unit_float
+from robust_deepfake.data.loader import Batch, BatchLoader
 from robust_deepfake.io import atomic_path
 from robust_deepfake.metrics import classification_metrics
 from robust_deepfake.model.device import NO_AMP, Amp, seed_everything

@@ -13,7 +13,7 @@ from robust_deepfake.model.device import resolve_device, set_threads
 from robust_deepfake.paths import SweepOutputs, TrainOutputs, model_keys
 from robust_deepfake import units
 from robust_deepfake.units import CLEAN
-from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepMetrics, run_sweep, stratified_subset, summarize
+from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepMetrics, run_sweep, stratified_subset, summarize_sweep
 
 
 def attack_sweep(params: Params, root: Path, track: bool = True) -> SweepMetrics:
@@ -34,7 +34,7 @@ def attack_sweep(params: Params, root: Path, track: bool = True) -> SweepMetrics
         flush=True,
     )
     predictions = run_sweep({key: model for key, (model, _) in loaded.items()}, test, indices, params.attack, device)
-    metrics, rows = summarize(predictions, params.eval, params.split.holdout_methods)
+    metrics, rows = summarize_sweep(predictions, params.eval, params.split.holdout_methods)
     outputs = SweepOutputs.at(root)
     predictions.save(outputs.predictions)
     metrics.save(outputs.metrics)

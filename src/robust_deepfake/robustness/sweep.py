@@ -25,8 +25,9 @@ from torch import nn
 
 from robust_deepfake.bootstrap import bootstrap_counts, metric_replicates, percentile_ci, weighted_accuracy
 from robust_deepfake.config import AttackConfig, EvalConfig
-from robust_deepfake.data.dataset import ImageSet, iterate
-from robust_deepfake.data.loader import unit_float
+from robust_deepfake.data.dataset import ImageSet
+from robust_deepfake.data.images import unit_float
+from robust_deepfake.data.loader import iterate
 from robust_deepfake.errors import MissingInputError
 from robust_deepfake.metrics import classification_metrics
 from robust_deepfake.paths import ModelKey
@@ -201,7 +202,7 @@ def run_sweep(
     """p(fake) of every model under every attack and eps (and clean) on `indices`.
 
     Batch by batch: each batch is decoded and moved to `device` once (as uint8, made
-    float there with the CPU's bits: data.loader.unit_float), then every model,
+    float there with the CPU's bits: data.images.unit_float), then every model,
     attack and eps runs on it there; scores stay on the device until the end. Device
     memory holds one batch, not the subset. Each (model, attack, eps) has one attack
     object for the whole sweep, so its random starts continue from batch to batch exactly
@@ -244,7 +245,7 @@ CSV_COLUMNS = ["variant", "seed", "attack", "eps", "eps_label", "metric", "value
                "heldout", "n"]
 
 
-def summarize(predictions: SweepPredictions, config: EvalConfig, holdout: list[str]) -> tuple[SweepMetrics, list[dict]]:
+def summarize_sweep(predictions: SweepPredictions, config: EvalConfig, holdout: list[str]) -> tuple[SweepMetrics, list[dict]]:
     """Typed metrics (eval/attack_sweep.json) and long rows, per source too (plots/attack_sweep.csv)."""
     labels, sources = predictions.labels, predictions.sources
     weights = bootstrap_counts(len(labels), config.n_bootstrap, config.seed) if config.n_bootstrap else None

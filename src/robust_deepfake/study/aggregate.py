@@ -19,7 +19,7 @@ import pandas as pd
 
 from robust_deepfake.verdict.seeds import t_interval
 from robust_deepfake.study.comparisons import (
-    Comparison,
+    PairedDifference,
     heldout_differences,
     reg_vs_baseline,
     reg_vs_placebo,
@@ -62,7 +62,7 @@ def dose_metrics(attacks: Sequence[str]) -> list[str]:
     return ["acc_clean", "auc_clean", *(f"{k}_{a}" for a in attacks for k in ("acc", "auc")), "iinc_stab"]
 
 
-def heldout_metrics(attacks: Sequence[str]) -> list[str]:
+def heldout_metric_names(attacks: Sequence[str]) -> list[str]:
     """What a cell reports per held-out method (no IINC: no CAMs are made on those images)."""
     return ["auc_clean", "acc_clean", *(f"{k}_{a}" for a in attacks for k in ("auc", "acc"))]
 
@@ -70,7 +70,7 @@ def heldout_metrics(attacks: Sequence[str]) -> list[str]:
 # --- seed-level summaries ---------------------------------------------------------------
 
 
-def summarize(by_seed: Mapping[int, float], level: float = LEVEL) -> dict[str, Any]:
+def seed_summary(by_seed: Mapping[int, float], level: float = LEVEL) -> dict[str, Any]:
     """Seed mean and t-interval over the seeds with a finite value (NaN bounds below 2)."""
     finite = {s: float(v) for s, v in sorted(by_seed.items()) if math.isfinite(v)}
     mean, low, high = t_interval(np.array(list(finite.values())), level)
@@ -91,14 +91,14 @@ def _curve_rows(members: Sequence[Point], metrics: Sequence[str], get: Getter, s
             for point in at:
                 values = {s: get(r, "reg", metric) for s, r in point.cells.items()}
                 rows.append({**head, "line": point.line, "variant": "reg", "metric": metric,
-                             **summarize(values, level)})
+                             **seed_summary(values, level)})
             pooled: dict[int, list[float]] = {}
             for point in at:
                 for seed, record in point.cells.items():
                     pooled.setdefault(seed, []).append(get(record, "baseline", metric))
             means = {s: float(np.mean(f)) if (f := [v for v in vs if math.isfinite(v)]) else math.nan
                      for s, vs in pooled.items()}
-            rows.append({**head, "line": None, "variant": "baseline", "metric": metric, **summarize(means, level)})
+            rows.append({**head, "line": None, "variant": "baseline", "metric": metric, **seed_summary(means, level)})
     return rows
 
 
@@ -116,7 +116,7 @@ def dose_response(spec: StudySpec, records: Sequence[Mapping[str, Any]], level: 
 def generalization(spec: StudySpec, records: Sequence[Mapping[str, Any]], level: float = LEVEL,
                    metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Per held-out method: its metrics vs the dose, rows as dose_response's (subset = method)."""
-    metrics = list(metrics or heldout_metrics(attacks_of(records)))
+    metrics = list(metrics or heldout_metric_names(attacks_of(records)))
     points = grid_points(spec, records)
     rows = []
     for method in dict.fromkeys(m for p in points for m in p.held_out):
@@ -197,9 +197,9 @@ class StudyAggregate:
     points: list[Point]
     primary: list[tuple]  # the groups the headline answers read (primary_groups)
     dose: list[dict[str, Any]]
-    vs_baseline: list[Comparison]
-    vs_placebo: list[Comparison]
-    heldout: list[Comparison]
+    vs_baseline: list[PairedDifference]
+    vs_placebo: list[PairedDifference]
+    heldout: list[PairedDifference]
     generalization: list[dict[str, Any]]
     cost: list[dict[str, Any]]
     totals: dict[str, Any]

@@ -181,7 +181,7 @@ def execute(root: Path, cell: Cell, cell_hash: str, git_remote: str | None, dvc_
         "checkout": str(root), "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
         "device": torch_device(env) if seconds else None, "device_seconds": round(seconds, 1),
         "git_remote": git_remote, "dvc_experiment": name, "experiment_ref": ref,
-        **outcome.summarize(params, sweep, predictions, cam),
+        **outcome.cell_measurements(params, sweep, predictions, cam),
     }
 
 

@@ -37,7 +37,7 @@ def lower_is_better(metric: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Comparison(SeedInterval):
+class PairedDifference(SeedInterval):
     """sides[0] − sides[1] in one metric at one grid point, paired by seed. The wording
     follows verdict.SeedDifference: a side is favoured only when the interval excludes 0."""
 
@@ -88,7 +88,7 @@ class Comparison(SeedInterval):
 
 
 def paired(question: str, metric: str, point: Point, subset: str, sides: tuple[str, str],
-           first: Mapping[int, float], second: Mapping[int, float], level: float = LEVEL) -> Comparison:
+           first: Mapping[int, float], second: Mapping[int, float], level: float = LEVEL) -> PairedDifference:
     """first − second over the seeds where both are finite, with its t-interval."""
     seeds = sorted(s for s in first if s in second and math.isfinite(first[s]) and math.isfinite(second[s]))
     diffs = np.array([first[s] - second[s] for s in seeds], dtype=float)
@@ -97,7 +97,7 @@ def paired(question: str, metric: str, point: Point, subset: str, sides: tuple[s
         # identical non-zero differences (accuracy moves in steps of 1/n images): a
         # zero-width t-interval is an artefact, not evidence; the spread is unknown
         low = high = math.nan
-    return Comparison(question, metric, point.group_label, point.line, point.dose, subset, sides, seeds,
+    return PairedDifference(question, metric, point.group_label, point.line, point.dose, subset, sides, seeds,
                       [float(d) for d in diffs], mean, low, high, level, detectable_effect(diffs, level),
                       is_placebo(point))
 
@@ -107,7 +107,7 @@ def _by_seed(point: Point, variant: str, metric: str, get: Getter = test_value) 
 
 
 def reg_vs_baseline(spec: StudySpec, records: Sequence[Mapping[str, Any]], metric: str | None = None,
-                    level: float = LEVEL) -> list[Comparison]:
+                    level: float = LEVEL) -> list[PairedDifference]:
     """reg − baseline inside the same cells, at every grid point (the placebo's flagged)."""
     metric = metric or spec.metric
     return [paired("reg_vs_baseline", metric, p, TEST, ("reg", "baseline"), _by_seed(p, "reg", metric),
@@ -115,7 +115,7 @@ def reg_vs_baseline(spec: StudySpec, records: Sequence[Mapping[str, Any]], metri
 
 
 def reg_vs_placebo(spec: StudySpec, records: Sequence[Mapping[str, Any]], metric: str | None = None,
-                   level: float = LEVEL) -> list[Comparison]:
+                   level: float = LEVEL) -> list[PairedDifference]:
     """reg at each epsilon > 0 − reg at epsilon = 0, same seed and every other setting equal:
     what the perturbation adds over the loss reweighting alone. [] without placebo cells."""
     metric = metric or spec.metric
@@ -133,7 +133,7 @@ def reg_vs_placebo(spec: StudySpec, records: Sequence[Mapping[str, Any]], metric
 
 
 def heldout_differences(spec: StudySpec, records: Sequence[Mapping[str, Any]],
-                        metrics: Sequence[str] | None = None, level: float = LEVEL) -> list[Comparison]:
+                        metrics: Sequence[str] | None = None, level: float = LEVEL) -> list[PairedDifference]:
     """reg − baseline per held-out method and grid point, on held-out AUC (clean and under
     each attack at the reference eps) unless `metrics` says otherwise."""
     attacks = attacks_of(records)

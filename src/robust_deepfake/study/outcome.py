@@ -53,7 +53,7 @@ def heldout_metrics(params: Params, predictions: SweepPredictions, key: ModelKey
     return {name: _number(value) for name, value in out.items()}
 
 
-def summarize(params: Params, sweep: SweepMetrics, predictions: SweepPredictions,
+def cell_measurements(params: Params, sweep: SweepMetrics, predictions: SweepPredictions,
               cam: CamMetrics | None) -> dict[str, Any]:
     """The measured part of a cell record (study/cell.py adds who ran it, where, how long)."""
     seed = params.train.seeds[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from robust_deepfake.study.aggregate import StudyAggregate
-from robust_deepfake.study.comparisons import Comparison, lower_is_better
+from robust_deepfake.study.comparisons import PairedDifference, lower_is_better
 from robust_deepfake.study.document import Block, Bullets, Figure, Heading, Para, Table
 from robust_deepfake.study.points import group_label, groups_of, shown
 from robust_deepfake.study.spec import PLACEBO_KEY, StudySpec
@@ -117,7 +117,7 @@ def _curve_table(rows: list[dict], metrics: list[str], spec: StudySpec, subset: 
     return Table(header, body)
 
 
-def _comparison_table(comparisons: Sequence[Comparison], spec: StudySpec) -> Table:
+def _comparison_table(comparisons: Sequence[PairedDifference], spec: StudySpec) -> Table:
     groups = any(c.group for c in comparisons)
     held = any(c.subset != "test" for c in comparisons)
     header = [*(["group"] if groups else []), *(["held-out method", "metric"] if held else []),

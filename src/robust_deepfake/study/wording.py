@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from robust_deepfake.study.aggregate import StudyAggregate
-from robust_deepfake.study.comparisons import Comparison
+from robust_deepfake.study.comparisons import PairedDifference
 from robust_deepfake.study.points import HOLDOUT_KEY, shown
 from robust_deepfake.study.spec import StudySpec
 
@@ -34,7 +34,7 @@ def estimate(row: dict[str, Any] | None, seeds: int) -> str:
     return text + (f" (n={row['n']})" if row["n"] != seeds else "")
 
 
-def interval(c: Comparison) -> str:
+def interval(c: PairedDifference) -> str:
     """A comparison's interval as `[-0.012, +0.034]`; `undefined` below 2 seeds."""
     return "undefined" if math.isnan(c.ci_low) else f"[{fmt(c.ci_low, True)}, {fmt(c.ci_high, True)}]"
 
@@ -65,7 +65,7 @@ def beside_holdout(group: str) -> str:
     return " ".join(t for t in group.split(" ") if not t.startswith(f"{HOLDOUT_KEY}="))
 
 
-def _where(c: Comparison, spec: StudySpec, with_group: bool) -> str:
+def _where(c: PairedDifference, spec: StudySpec, with_group: bool) -> str:
     parts = []
     if c.subset != "test":
         parts.append(f"held-out {c.subset}")
@@ -79,13 +79,13 @@ def _where(c: Comparison, spec: StudySpec, with_group: bool) -> str:
     return ", ".join(parts)
 
 
-def claim(c: Comparison, spec: StudySpec, with_group: bool) -> str:
+def claim(c: PairedDifference, spec: StudySpec, with_group: bool) -> str:
     """One bullet: where, which difference, its interval over seeds and what it says."""
     return (f"{_where(c, spec, with_group)}: {c.sides[0]} − {c.sides[1]} in {c.metric} = {fmt(c.mean, True)}, "
             f"{c.level:.0%} CI {interval(c)} over {c.n_seeds} seed(s): {c.wording()}")
 
 
-def answer(comparisons: Sequence[Comparison], first: str, second: str) -> str:
+def answer(comparisons: Sequence[PairedDifference], first: str, second: str) -> str:
     """One sentence over a question's comparisons: where each side is favoured, where not."""
     if not comparisons:
         return "Nothing to compare in this study."
