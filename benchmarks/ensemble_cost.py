@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> None:
         for name, probe in probes_at.items():
             with timed({**base, "part": f"probe_{name}"}) as record:
                 out = probe()
-                if name == "pgd_strong":
+                if name == "pgd_strong":  # p(fake): the extra runs alone, without the sweep's PGD run
                     record["accuracy"] = round(float(((out >= 0.5).astype(int) == labels.numpy()).mean()), 4)
                 else:
                     record["accuracy"] = _accuracy(target, out, labels)

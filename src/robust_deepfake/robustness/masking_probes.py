@@ -4,8 +4,8 @@
 scoring when `quantize`) and `checks` turns them into masking.CheckRow's:
 
 * clean, fgsm, pgd: as the sweep runs them (pass the sweep's p(fake) in `known` to skip);
-* pgd_strong: PGD with `strong_factor` x the steps from `strong_runs` random starts, the
-  worst run per image;
+* pgd_strong: per image the worst of the pgd probe and `strong_runs` further PGD runs with
+  `strong_factor` x the steps, each from a new random start (doubled steps + restarts);
 * pgd_large: PGD at `large_eps` (step size relative to it);
 * apgd, square: the ensemble's accuracy after its white-box members (APGD, FAB) and after
   Square on their survivors (pass a finished `ensemble` result to skip);
@@ -30,7 +30,7 @@ from robust_deepfake import units
 from robust_deepfake.metrics import evasion_rate
 from robust_deepfake.robustness import masking
 from robust_deepfake.robustness.attacks import FGSM, PGD, quantize_8bit
-from robust_deepfake.robustness.ensemble import EnsembleBudget, EnsembleResult, WorstCase, run_ensemble, score
+from robust_deepfake.robustness.ensemble import EnsembleBudget, EnsembleResult, run_ensemble, score
 from robust_deepfake.robustness.sweep import attack_generator
 
 WHITE_BOX_MEMBERS = ("clean", "apgd", "fab")  # fooled_by values of images a white-box member fooled
@@ -43,7 +43,7 @@ class ProbeBudget:
     steps: int = 3
     step_size_relative: float = 0.5
     strong_factor: int = 2
-    strong_runs: int = 2
+    strong_runs: int = 1
     large_eps: float = 16 / 255
     large_steps: int = 5
     ensemble: EnsembleBudget = field(default_factory=lambda: EnsembleBudget(apgd_steps=10, square_queries=100))
@@ -75,18 +75,23 @@ def pgd_images(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps
     return quantize_8bit(adv) if quantize else adv
 
 
+def worst_p_fake(labels: torch.Tensor, *p_fake: np.ndarray) -> np.ndarray:
+    """Per image the score farthest toward the wrong class: min p(fake) for fakes, max for reals."""
+    fake = labels.cpu().numpy() == 1
+    stacked = np.stack(p_fake)
+    return np.where(fake, stacked.min(axis=0), stacked.max(axis=0))
+
+
 def strong_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, budget: ProbeBudget,
                seed: int = 0, quantize: bool = True) -> np.ndarray:
-    """p(fake) of the worst of `strong_runs` PGD runs with `strong_factor` x the steps, per image."""
+    """p(fake) per image of the worst of `strong_runs` PGD runs with `strong_factor` x the
+    steps, their random starts drawn one after another from one seeded generator."""
     generator = attack_generator(seed, "pgd_strong", eps)
     steps = budget.steps * budget.strong_factor
-    runs = [pgd_images(model, images, labels, eps, budget, seed, quantize, steps=steps, start=generator)]
-    worst = WorstCase(model, images, labels, quantize, start=runs[0])
-    rows = torch.arange(len(labels), device=images.device)
-    for _ in range(budget.strong_runs - 1):
-        worst.offer(rows, pgd_images(model, images, labels, eps, budget, seed, quantize, steps=steps,
-                                     start=generator), eps)
-    return worst.p_fake.cpu().numpy().astype(np.float64)
+    return worst_p_fake(labels, *(
+        _scored(model, pgd_images(model, images, labels, eps, budget, seed, quantize, steps=steps, start=generator),
+                labels, False)
+        for _ in range(budget.strong_runs)))
 
 
 def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
@@ -106,7 +111,7 @@ def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: f
         p["fgsm"] = _scored(model, FGSM(model, eps)(images, labels), labels, quantize)
     if "pgd" not in p:
         p["pgd"] = _scored(model, pgd_images(model, images, labels, eps, budget, seed, quantize), labels, False)
-    p["pgd_strong"] = strong_pgd(model, images, labels, eps, budget, seed, quantize)
+    p["pgd_strong"] = worst_p_fake(labels, p["pgd"], strong_pgd(model, images, labels, eps, budget, seed, quantize))
     p["pgd_large"] = _scored(model, pgd_images(model, images, labels, budget.large_eps, budget, seed, quantize,
                                                probe="pgd_large", steps=budget.large_steps), labels, False)
     if transfer_images is not None:
