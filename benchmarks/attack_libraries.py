@@ -1,9 +1,12 @@
 """torchattacks 3.5.1 vs adversarial-robustness-toolbox (ART) for the ensemble's members.
 
 APGD-CE (10 steps, 1 run) and Square (100 queries) from each library on the same model,
-images and eps, on the CPU: CPU and wall seconds, robust accuracy after 8-bit rounding,
-the eps-ball, whether two seeded runs give the same bytes, and whether the call changes
-the caller's global RNG state (torch's for torchattacks, numpy's for ART). The project
+images and eps, on the CPU, in alternating rounds: median CPU and wall seconds, robust
+accuracy after 8-bit rounding, the eps-ball, whether every seeded round gives the same
+bytes, and whether the call changes the caller's global RNG state (torch's for
+torchattacks, numpy's for ART). One thread by default: then CPU seconds measure the work
+even on a shared machine (with two, a thread spin-waiting for a descheduled partner
+burns CPU time too). The project
 uses torchattacks (docs/attacks.md says why); ART is not a dependency: install it into a
 scratch folder to run this, never into the project's venv:
 
@@ -17,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eps", type=units.parse_pixel_value, default=1 / 255)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--queries", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="1: CPU seconds count work, not spin-waits")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians; >= 2 checks bytes)")
     args = parser.parse_args(argv)
     _art()  # fail before the model is built
     torch.set_num_threads(args.threads)
@@ -92,22 +97,29 @@ def main(argv: list[str] | None = None) -> None:
                                                                       labels).float().mean()), 4),
                       "loadavg_start": os.getloadavg()}), flush=True)
     attacks = _attacks(model, args.eps, args.steps, args.queries, tuple(images.shape[1:]), len(labels))
-    for name, (attack, rng_state) in attacks.items():
-        outputs, changed = [], []
-        for _ in range(2):
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in attacks}
+    times: dict[str, list[dict]] = {name: [] for name in attacks}
+    changed: dict[str, bool] = {}
+    for _ in range(args.rounds):  # alternate the libraries so that a shared machine's load hits all alike
+        for name, (attack, rng_state) in attacks.items():
             before = rng_state()
-            with attack_mode(model), timed({"library_member": name}) as record:
-                outputs.append(attack(images, labels).float())
-            changed.append(rng_state() != before)
-        record["changes_global_rng"] = changed[0]  # the second run may start from the state the first left
-        adv = quantize_8bit(outputs[0])
-        record.update(
-            robust_accuracy=round(1 - float(misclassified(score(model, adv, labels)[0], labels).float().mean()), 4),
-            max_linf_255=round(float((outputs[0] - images).abs().max()) * 255, 4),
-            in_box=bool(outputs[0].min() >= 0 and outputs[0].max() <= 1),
-            same_bytes_twice=bool(torch.equal(outputs[0], outputs[1])),
-        )
-        print(json.dumps(record), flush=True)
+            with attack_mode(model), timed({}) as record:
+                outputs[name].append(attack(images, labels).detach().float())
+            changed.setdefault(name, rng_state() != before)  # the first call; later ones start from its state
+            times[name].append(record)
+    for name in attacks:
+        first = outputs[name][0]
+        adv = quantize_8bit(first)
+        print(json.dumps({
+            "library_member": name,
+            "cpu_s": statistics.median(r["cpu_s"] for r in times[name]),
+            "wall_s": statistics.median(r["wall_s"] for r in times[name]),
+            "robust_accuracy": round(1 - float(misclassified(score(model, adv, labels)[0], labels).float().mean()), 4),
+            "max_linf_255": round(float((first - images).abs().max()) * 255, 4),
+            "in_box": bool(first.min() >= 0 and first.max() <= 1),
+            "same_bytes_every_round": all(torch.equal(first, other) for other in outputs[name][1:]),
+            "changes_global_rng": changed[name],
+        }), flush=True)
     print(json.dumps({"loadavg_end": os.getloadavg()}), flush=True)
 
 

@@ -167,3 +167,4 @@ def test_an_empty_batch_is_an_empty_result(toy):
     model, images, labels = toy
     result = run_ensemble(model, images[:0], labels[:0], 2 / 255, BUDGET)
     assert result.adversarial.shape == (0, *images.shape[1:]) and result.fooled_by == []
+    assert result.robust.dtype == torch.bool and images[:0][result.robust].shape[0] == 0  # usable as a mask

@@ -117,7 +117,7 @@ class EnsembleResult:
 
     @property
     def robust(self) -> torch.Tensor:
-        return torch.tensor([name == "" for name in self.fooled_by])
+        return torch.tensor([name == "" for name in self.fooled_by], dtype=torch.bool)
 
 
 def member_seed(seed: int, member: str, eps: float) -> int:
@@ -157,7 +157,8 @@ class WorstCase:
         self.fooled_by = [start_name if bad else "" for bad in misclassified(self.p_fake, labels).tolist()]
 
     def todo(self) -> torch.Tensor:
-        return torch.tensor([name == "" for name in self.fooled_by], device=self.images.device).nonzero()[:, 0]
+        return torch.tensor([name == "" for name in self.fooled_by], dtype=torch.bool,
+                            device=self.images.device).nonzero()[:, 0]
 
     def offer(self, rows: torch.Tensor, candidate: torch.Tensor, eps: float) -> None:
         candidate = project(candidate, self.images[rows], eps)
