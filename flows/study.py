@@ -226,7 +226,7 @@ def study(spec_path: str = "configs/study_demo.yaml", pool: str | None = None, r
     reused = {hashes[cell.label] for cell in grid if done[cell.label] is not None}
     for record in complete:
         record["reused"] = record["cell_hash"] in reused
-    outputs = build_study_report(with_placebo(spec, base), complete, root / report_dir)
+    outputs = build_study_report(with_placebo(spec, base), complete, root / report_dir, level=params.eval.ci)
     summary = {"cells": len(grid), "computed": len(complete) - len(reused), "reused": len(reused),
                "missing": len(grid) - len(complete)}
     records.finish_study_run(parent, [p for p in outputs.values() if p.is_file()], summary, bool(failures))

@@ -9,7 +9,7 @@ from PIL import Image
 from robust_deepfake.config import AttackConfig, CamConfig, ModelConfig, Params
 from robust_deepfake.data.dataset import ImageSet, SplitRow
 from robust_deepfake.explain.figures import cam_grid, pick_rows
-from robust_deepfake.explain.gradcam import compute_cams, feature_map_size, iinc, resolve_layer
+from robust_deepfake.explain.gradcam import compute_cams, iinc, resolve_layer
 from robust_deepfake.explain.measure import CamSubset, cam_grid_plan, measure
 from robust_deepfake.model.detector import build_detector
 from robust_deepfake.robustness.attacks import build_attack, quantize_8bit
@@ -98,12 +98,6 @@ def test_gradcam_plus_plus_is_selectable(model):
     images = torch.rand(2, 3, 64, 64)
     maps = compute_cams(model, images, "conv_head", [1, 1], method="gradcam++")
     assert maps.shape == (2, 64, 64)
-
-
-def test_feature_map_size_explains_the_default_layer(model):
-    assert feature_map_size(model, "blocks.4", 64) == (4, 4)
-    assert feature_map_size(model, "conv_head", 64) == (2, 2)
-    assert feature_map_size(model, "conv_head", 224) == (7, 7)
 
 
 def test_unknown_layer_names_the_key(model):

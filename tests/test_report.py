@@ -4,6 +4,7 @@ report.select_by."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -282,7 +283,11 @@ def test_the_verdict_states_the_quality_floor_and_each_model_is_judged(rendered)
 
 
 def test_identical_bim_and_pgd_rows_are_pointed_out():
+    from robust_deepfake.report.blocks import to_markdown
     from robust_deepfake.report.document import robustness_section
+
+    def text(metrics: SweepMetrics) -> str:
+        return to_markdown(robustness_section(metrics, []), Path("."))
 
     entries = []
     for key in model_keys(SEEDS):
@@ -290,9 +295,9 @@ def test_identical_bim_and_pgd_rows_are_pointed_out():
         for attack in ("bim", "pgd"):
             entries.append(SweepEntry(key, attack, 1 / 255, 0.3, 0.3, 0.2, 0.6, 10))
     same = SweepMetrics(entries, 0.95, True)
-    assert "BIM and PGD gave identical numbers" in robustness_section(same, [])
+    assert "BIM and PGD gave identical numbers" in text(same)
     entries[-1] = SweepEntry(entries[-1].model, "pgd", 1 / 255, 0.25, 0.25, 0.2, 0.6, 10)
-    assert "BIM and PGD gave identical numbers" not in robustness_section(SweepMetrics(entries, 0.95, True), [])
+    assert "BIM and PGD gave identical numbers" not in text(SweepMetrics(entries, 0.95, True))
 
 
 def test_aliases_move_only_after_every_out_is_written(tmp_path, monkeypatch):

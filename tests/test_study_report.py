@@ -32,6 +32,7 @@ SEEDS = [0, 1, 2]
 EPS = [0.0, 0.25, 0.5]
 MODES = ["random", "gradient"]
 HELD = "stylegan_like"
+CI = 0.9  # eval.ci of the base params: the level of every interval over seeds
 # Per-seed noise of reg's acc_pgd around its planted effect; the random mode's crosses 0.
 NOISE = {"gradient": [0.01, -0.01, 0.005], "random": [0.02, -0.03, 0.01]}
 PLACEBO_NOISE = [0.004, -0.002, 0.001]
@@ -89,7 +90,7 @@ def make_spec(**update: object) -> StudySpec:
     return StudySpec.model_validate({**raw, **update})
 
 
-def scipy_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+def scipy_interval(values: list[float], level: float = CI) -> tuple[float, float]:
     values = np.asarray(values)
     return stats.t.interval(level, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
 
@@ -128,39 +129,27 @@ def test_int_and_float_settings_are_one_point() -> None:
     assert len(pts.grid_points(make_spec(), records)) == 6
 
 
-def test_tidy_table_has_one_row_per_cell_variant_metric() -> None:
-    records = make_records()
-    table = agg.tidy_table(make_spec(), records)
-    test_rows = table[table.subset == "test"]
-    assert len(test_rows) == len(records) * 2 * 8
-    assert len(table[table.subset == HELD]) == 18 * 2 * 6
-    assert {"reg.epsilon", "reg.mode", "split.holdout_methods"} <= set(table.columns)
-    row = test_rows[(test_rows.cell == records[4]["cell"]) & (test_rows.variant == "reg")
-                    & (test_rows.metric == "acc_pgd")]
-    assert row.value.item() == pytest.approx(records[4]["variants"]["reg"]["acc_pgd"])
-
-
 def test_reg_vs_baseline_interval_is_the_scipy_t_interval() -> None:
-    comparisons = cmp.reg_vs_baseline(make_spec(), make_records())
+    comparisons = cmp.reg_vs_baseline(make_spec(), make_records(), level=CI)
     c = find(comparisons, group=NO_HOLDOUT, line="gradient", dose=0.5)
     diffs = [reg_metrics(s, 0.5, "gradient")["acc_pgd"] - baseline_metrics(s)["acc_pgd"] for s in SEEDS]
     low, high = scipy_interval(diffs)
     assert c.seeds == SEEDS and c.per_seed == pytest.approx(diffs)
     assert (c.mean, c.ci_low, c.ci_high) == pytest.approx((np.mean(diffs), low, high))
     sd, n = np.std(diffs, ddof=1), len(diffs)
-    assert c.detectable == pytest.approx((stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n))
+    assert c.detectable == pytest.approx((stats.t.ppf(0.5 + CI / 2, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n))
     assert c.favours == "reg" and c.wording() == "favours reg (3 seeds)"
 
 
 def test_null_effect_crossing_zero_is_no_detectable_difference() -> None:
-    c = find(cmp.reg_vs_baseline(make_spec(), make_records()), group=NO_HOLDOUT, line="random", dose=0.25)
+    c = find(cmp.reg_vs_baseline(make_spec(), make_records(), level=CI), group=NO_HOLDOUT, line="random", dose=0.25)
     assert c.ci_low < 0 < c.ci_high and c.favours == "neither"
     assert c.wording().startswith("no detectable difference at 3 seeds (could detect about")
-    assert find(cmp.reg_vs_baseline(make_spec(), make_records()), group=NO_HOLDOUT, line="random", dose=0.0).placebo
+    assert find(cmp.reg_vs_baseline(make_spec(), make_records(), level=CI), group=NO_HOLDOUT, line="random", dose=0.0).placebo
 
 
 def test_reg_vs_placebo_pairs_same_seed_and_setting() -> None:
-    comparisons = cmp.reg_vs_placebo(make_spec(), make_records())
+    comparisons = cmp.reg_vs_placebo(make_spec(), make_records(), level=CI)
     assert len(comparisons) == 8  # 2 groups x 2 modes x 2 strengths
     c = find(comparisons, group=NO_HOLDOUT, line="gradient", dose=0.25)
     diffs = [reg_metrics(s, 0.25, "gradient")["acc_pgd"] - reg_metrics(s, 0.0, "gradient")["acc_pgd"] for s in SEEDS]
@@ -173,7 +162,7 @@ def test_reg_vs_placebo_pairs_same_seed_and_setting() -> None:
 
 def test_iinc_lower_is_better() -> None:
     spec = make_spec(metric="iinc_stab")
-    c = find(cmp.reg_vs_baseline(spec, make_records()), group=NO_HOLDOUT, line="gradient", dose=0.5)
+    c = find(cmp.reg_vs_baseline(spec, make_records(), level=CI), group=NO_HOLDOUT, line="gradient", dose=0.5)
     assert c.mean < 0 and c.ci_high < 0
     assert c.favours == "reg" and "favours reg" in c.wording() and c.as_dict()["lower_is_better"]
     worse = cmp.PairedDifference("reg_vs_baseline", "iinc_stab", "", None, 0.5, "test", ("reg", "baseline"), [0, 1, 2],
@@ -182,7 +171,7 @@ def test_iinc_lower_is_better() -> None:
 
 
 def test_dose_response_means_and_pooled_baseline() -> None:
-    rows = agg.dose_response(make_spec(), make_records())
+    rows = agg.dose_response(make_spec(), make_records(), level=CI)
     reg = [r for r in rows if r["group"] == NO_HOLDOUT and r["variant"] == "reg" and r["metric"] == "acc_pgd"
            and r["line"] == "gradient" and r["dose"] == 0.25]
     values = [reg_metrics(s, 0.25, "gradient")["acc_pgd"] for s in SEEDS]
@@ -198,13 +187,13 @@ def test_dose_response_means_and_pooled_baseline() -> None:
 
 def test_generalization_and_heldout_difference() -> None:
     spec, records = make_spec(), make_records()
-    rows = agg.generalization(spec, records)
+    rows = agg.generalization(spec, records, level=CI)
     assert {r["subset"] for r in rows} == {HELD} and {r["group"] for r in rows} == {WITH_HOLDOUT}
     reg = [r for r in rows if r["variant"] == "reg" and r["metric"] == "auc_clean" and r["line"] == "gradient"
            and r["dose"] == 0.5]
     values = [heldout_metrics(s, "reg", 0.5, "gradient")["auc_clean"] for s in SEEDS]
     assert reg[0]["mean"] == pytest.approx(np.mean(values))
-    diffs = cmp.heldout_differences(spec, records)
+    diffs = cmp.heldout_differences(spec, records, level=CI)
     c = find(diffs, metric="auc_clean", line="gradient", dose=0.5)
     assert c.subset == HELD and c.per_seed == pytest.approx([0.05, 0.06, 0.07]) and c.favours == "reg"
     assert {d.metric for d in diffs} == {"auc_clean", "auc_fgsm", "auc_pgd"}
@@ -256,7 +245,7 @@ def full_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
     out = tmp_path_factory.mktemp("study")
     records = make_records()
     records[0]["worker"] = "<script>alert('x')</script>"
-    return out, build_study_report(make_spec(), records, out)
+    return out, build_study_report(make_spec(), records, out, level=CI)
 
 
 def test_report_files_figures_and_json(full_report: tuple[Path, dict[str, Path]]) -> None:
@@ -293,10 +282,10 @@ def test_html_escapes_interpolated_strings(full_report: tuple[Path, dict[str, Pa
 def test_single_seed_says_undefined(tmp_path: Path) -> None:
     spec = make_spec(seeds=[0])
     records = make_records(seeds=[0])
-    c = find(cmp.reg_vs_baseline(spec, records), group=NO_HOLDOUT, line="gradient", dose=0.5)
+    c = find(cmp.reg_vs_baseline(spec, records, level=CI), group=NO_HOLDOUT, line="gradient", dose=0.5)
     assert math.isnan(c.ci_low) and c.favours == "neither"
     assert c.wording() == "interval undefined with 1 seed (at least 2 are needed): no claim"
-    summary = check_report(tmp_path, build_study_report(spec, records, tmp_path))
+    summary = check_report(tmp_path, build_study_report(spec, records, tmp_path, level=CI))
     md = (tmp_path / "study.md").read_text(encoding="utf-8")
     assert "No claim: with 1 seed(s) per point the interval over seeds is undefined" in md
     assert summary["verdicts"]["reg_vs_baseline"][0]["ci"] == [None, None]
@@ -308,11 +297,11 @@ def test_nan_iinc_is_left_out_not_propagated(tmp_path: Path) -> None:
         r["variants"]["reg"]["iinc_stab"] = math.nan if r["seed"] == 0 else r["variants"]["reg"]["iinc_stab"]
         r["variants"]["baseline"]["iinc_stab"] = None if r["seed"] == 1 else r["variants"]["baseline"]["iinc_stab"]
     spec = make_spec(grid={"reg.epsilon": EPS, "reg.mode": MODES}, metric="iinc_stab")
-    c = find(cmp.reg_vs_baseline(spec, records), line="gradient", dose=0.5)
+    c = find(cmp.reg_vs_baseline(spec, records, level=CI), line="gradient", dose=0.5)
     assert c.seeds == [2] and c.wording().startswith("interval undefined with 1 seed")
-    rows = [r for r in agg.dose_response(spec, records) if r["metric"] == "iinc_stab"]
+    rows = [r for r in agg.dose_response(spec, records, level=CI) if r["metric"] == "iinc_stab"]
     assert {r["n"] for r in rows if r["variant"] == "reg"} == {2}
-    check_report(tmp_path, build_study_report(spec, records, tmp_path))
+    check_report(tmp_path, build_study_report(spec, records, tmp_path, level=CI))
 
 
 def test_all_nan_metric_still_reports(tmp_path: Path) -> None:
@@ -320,14 +309,14 @@ def test_all_nan_metric_still_reports(tmp_path: Path) -> None:
     for r in records:
         r["variants"]["reg"]["iinc_stab"] = r["variants"]["baseline"]["iinc_stab"] = math.nan
     spec = make_spec(seeds=[0, 1], grid={"reg.epsilon": EPS, "reg.mode": MODES}, metric="iinc_stab")
-    assert find(cmp.reg_vs_baseline(spec, records), line="random", dose=0.25).wording() == \
+    assert find(cmp.reg_vs_baseline(spec, records, level=CI), line="random", dose=0.25).wording() == \
         "no seed has both values: no claim"
-    check_report(tmp_path, build_study_report(spec, records, tmp_path))
+    check_report(tmp_path, build_study_report(spec, records, tmp_path, level=CI))
 
 
 def test_no_heldout_cells(tmp_path: Path) -> None:
     spec = make_spec(grid={"reg.epsilon": EPS, "reg.mode": MODES})
-    written = build_study_report(spec, make_records(holdouts=([],)), tmp_path)
+    written = build_study_report(spec, make_records(holdouts=([],)), tmp_path, level=CI)
     summary = check_report(tmp_path, written)
     assert summary["figures"] == ["study_figures/dose_response.png"] and summary["generalization"] == []
     assert "No cell held a method out" in (tmp_path / "study.md").read_text(encoding="utf-8")
@@ -335,7 +324,7 @@ def test_no_heldout_cells(tmp_path: Path) -> None:
 
 def test_only_heldout_cells(tmp_path: Path) -> None:
     spec = make_spec(grid={"reg.epsilon": EPS, "reg.mode": MODES, "split.holdout_methods": [[HELD]]})
-    summary = check_report(tmp_path, build_study_report(spec, make_records(holdouts=([HELD],)), tmp_path))
+    summary = check_report(tmp_path, build_study_report(spec, make_records(holdouts=([HELD],)), tmp_path, level=CI))
     assert summary["primary_groups"] == [WITH_HOLDOUT] and len(summary["figures"]) == 2
     md = (tmp_path / "study.md").read_text(encoding="utf-8")
     assert "Every cell holds a method out" in md
@@ -344,14 +333,14 @@ def test_only_heldout_cells(tmp_path: Path) -> None:
 def test_one_line_value_and_no_lines_key(tmp_path: Path) -> None:
     one = make_spec(grid={"reg.epsilon": EPS, "reg.mode": ["gradient"]})
     check_report(tmp_path / "one", build_study_report(one, make_records(modes=["gradient"], holdouts=([],)),
-                                                      tmp_path / "one"))
+                                                      tmp_path / "one", level=CI))
     none = make_spec(grid={"reg.epsilon": EPS}, lines=None)
     records = make_records(modes=[None], holdouts=([],))
     for r in records:
         del r["setting"]["split.holdout_methods"]
-    c = find(cmp.reg_vs_baseline(none, records), dose=0.25)
+    c = find(cmp.reg_vs_baseline(none, records, level=CI), dose=0.25)
     assert c.line is None and c.favours == "reg"
-    summary = check_report(tmp_path / "none", build_study_report(none, records, tmp_path / "none"))
+    summary = check_report(tmp_path / "none", build_study_report(none, records, tmp_path / "none", level=CI))
     assert len(summary["verdicts"]["reg_vs_placebo"]) == 2
 
 
@@ -361,9 +350,9 @@ def test_grid_key_that_is_not_a_line_splits_the_figures(tmp_path: Path) -> None:
     records = make_records(holdouts=([],))
     for r in records:
         del r["setting"]["split.holdout_methods"]
-    c = find(cmp.reg_vs_baseline(spec, records), group="reg.mode=gradient", dose=0.5)
+    c = find(cmp.reg_vs_baseline(spec, records, level=CI), group="reg.mode=gradient", dose=0.5)
     assert c.line is None and c.favours == "reg"
-    summary = check_report(tmp_path, build_study_report(spec, records, tmp_path))
+    summary = check_report(tmp_path, build_study_report(spec, records, tmp_path, level=CI))
     assert summary["figures"] == ["study_figures/dose_response_1.png", "study_figures/dose_response_2.png"]
     assert summary["primary_groups"] == ["reg.mode=random", "reg.mode=gradient"]
     assert "reg.mode=gradient, reg.epsilon=0.5: reg − baseline in acc_pgd = +0.102" in \
@@ -418,8 +407,8 @@ def test_identical_nonzero_differences_make_no_claim():
 
     point = Point(setting=(("reg.epsilon", 0.25),), group=(), line=None, dose=0.25, held_out=(), cells={})
     same = paired("q", "acc_pgd", point, "test", ("reg", "baseline"), {0: 0.5 + 1 / 128, 1: 0.25 + 1 / 128},
-                  {0: 0.5, 1: 0.25})
+                  {0: 0.5, 1: 0.25}, CI)
     assert math.isnan(same.ci_low) and same.favours == "neither"
     assert "no spread over seeds" in same.wording() and "no claim" in same.wording()
-    zero = paired("q", "acc_pgd", point, "test", ("reg", "baseline"), {0: 0.5, 1: 0.25}, {0: 0.5, 1: 0.25})
+    zero = paired("q", "acc_pgd", point, "test", ("reg", "baseline"), {0: 0.5, 1: 0.25}, {0: 0.5, 1: 0.25}, CI)
     assert zero.ci_low == zero.ci_high == 0 and "no detectable difference" in zero.wording()

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written output behind.
+"""Atomic file writes: a crash or Ctrl-C never leaves a half-written output behind; and
+the numbers JSON and MLflow can hold (`finite_number`, `jsonable`).
 
 Every output of the project is written through `atomic_path` and so gets the mode a
 plain `open()` would give it: 0o666 minus the process umask (0644 under umask 022),
@@ -17,6 +18,8 @@ import contextlib
 import csv
 import errno
 import json
+import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -139,13 +142,33 @@ def write_npz(path: str | Path, **arrays: Any) -> None:
         np.savez_compressed(handle, **arrays)
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
 def write_csv(path: str | Path, fieldnames: list[str], rows: Iterable[dict[str, Any]]) -> None:
     with atomic_open(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fieldnames, lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
+
+
+def finite_number(value: Any) -> float | None:
+    """`value` as a float when it is a finite real number (numpy scalars included), else
+    None: NaN, infinities, booleans, None and non-numbers have no place in JSON numbers
+    or MLflow metrics."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def jsonable(value: Any) -> Any:
+    """Strict JSON: non-finite floats become null (json.dump would write the invalid
+    `NaN`), numpy scalars Python ones, tuples lists; mappings get string keys."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", None) == 0:
+        value = value.item()  # a numpy scalar
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

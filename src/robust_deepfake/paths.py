@@ -160,8 +160,3 @@ def read_run_record(root: Path, key: ModelKey) -> dict:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
-
-
-def read_meta(root: Path, key: ModelKey) -> dict:
-    """models/<variant>/seed<k>/meta.json as the train stage wrote it."""
-    return read_json_file(TrainOutputs.of(root, key).meta, f"run `dvc repro train_{key.variant}@{key.seed}` first")

@@ -1,16 +1,19 @@
-"""The strict YAML reader of params files: plain data only (no `!!python/...` tags), no
-duplicate keys (DVC refuses those; PyYAML would silently keep the last), and floats such
-as `5e-05` read as YAML 1.2 does."""
+"""The project's YAML: the strict reader of params files (plain data only, no
+`!!python/...` tags, no duplicate keys, which DVC refuses and PyYAML would silently keep
+the last of; floats such as `5e-05` read as YAML 1.2 does), and plain safe loading and
+dumping of the files DVC itself writes and checks (dvc.yaml, *.dvc)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
 from robust_deepfake.config.problems import ConfigError
+
+YAMLError = yaml.YAMLError
 
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float", "str", "seq", "map",
                                                           "timestamp")}
@@ -93,3 +96,14 @@ def read_yaml(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read: {error}") from None
     return parse_yaml(text, str(path))
+
+
+def load_yaml(text: str) -> Any:
+    """PyYAML's safe load, for files DVC writes and validates itself (dvc.yaml, *.dvc);
+    YAMLError when the text is not YAML."""
+    return yaml.safe_load(text)
+
+
+def dump_yaml(data: Any, handle: IO[str]) -> None:
+    """PyYAML's safe dump, keys in the order given (a .dvc file DVC reads back)."""
+    yaml.safe_dump(data, handle, sort_keys=False)

@@ -20,10 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
-from robust_deepfake.data.sample import spec_from_meta, write_sample
+from robust_deepfake.config.yaml import YAMLError, dump_yaml, load_yaml
+from robust_deepfake.data.sample import spec_from_meta, spec_to_meta, write_sample
 from robust_deepfake.errors import StageError
+from robust_deepfake.io import atomic_open, write_json
 
 DVC_FILE = "data.dvc"
 
@@ -43,11 +44,11 @@ class TrackedData:
 def read_dvc_file(dvc_file: str | Path = DVC_FILE) -> TrackedData:
     dvc_file = Path(dvc_file)
     try:
-        content = yaml.safe_load(dvc_file.read_text()) or {}
+        content = load_yaml(dvc_file.read_text()) or {}
         out = content["outs"][0]
     except FileNotFoundError:
         raise DataStateError(f"{dvc_file}: not found (run from the repository root)") from None
-    except (KeyError, IndexError, TypeError, yaml.YAMLError) as error:
+    except (KeyError, IndexError, TypeError, YAMLError) as error:
         raise DataStateError(f"{dvc_file}: not a DVC file with one out ({error})") from None
     meta = content.get("meta") or {}
     return TrackedData(
@@ -182,7 +183,6 @@ def regenerate_sample(dvc_file: str | Path = DVC_FILE, spec_meta: dict | None = 
         backup = target.with_name(f"{target.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
         target.rename(backup)
     write_sample(spec, target)
-    from robust_deepfake.data.sample import spec_to_meta
 
     _record(dvc_file, target, {"sample": spec_to_meta(spec)}, "robust-deepfake data generate")
     return f"wrote {spec.n_images} images to {target} and recorded them in {dvc_file}"
@@ -191,11 +191,9 @@ def regenerate_sample(dvc_file: str | Path = DVC_FILE, spec_meta: dict | None = 
 def _record(dvc_file: Path, directory: Path, meta: dict, by: str) -> None:
     """Write data.dvc for `directory` with `meta`, then hash it into the DVC cache and
     note that this content was accepted (`by` names the command; see the data guard)."""
-    from robust_deepfake.io import atomic_open
-
     content = {"outs": [{"path": os.path.relpath(directory, dvc_file.parent).replace(os.sep, "/")}], "meta": meta}
     with atomic_open(dvc_file) as handle:
-        yaml.safe_dump(content, handle, sort_keys=False)
+        dump_yaml(content, handle)
     result = _dvc("commit", "-f", "-q", dvc_file.name, cwd=dvc_file.parent.resolve())
     if result.returncode != 0:
         raise DataStateError(f"dvc commit {dvc_file} failed: {(result.stderr or result.stdout).strip()}")
@@ -292,8 +290,8 @@ def committed_md5(dvc_file: str | Path = DVC_FILE) -> str | None:
     if shown.returncode != 0:
         return None
     try:
-        return (yaml.safe_load(shown.stdout) or {})["outs"][0].get("md5")
-    except (KeyError, IndexError, TypeError, AttributeError, yaml.YAMLError):
+        return (load_yaml(shown.stdout) or {})["outs"][0].get("md5")
+    except (KeyError, IndexError, TypeError, AttributeError, YAMLError):
         return None
 
 
@@ -313,8 +311,6 @@ def is_accepted(dvc_file: str | Path, md5: str | None) -> bool:
 
 def record_acceptance(dvc_file: str | Path, md5: str | None, by: str) -> None:
     """Note that `md5` was recorded in `dvc_file` on purpose (by `data track/generate`)."""
-    from robust_deepfake.io import write_json
-
     dvc_file = Path(dvc_file)
     path = _acceptance_path(dvc_file)
     try:

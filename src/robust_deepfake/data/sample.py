@@ -44,6 +44,7 @@ from robust_deepfake.data.raster import (
     resize_bilinear,
     to_uint8,
 )
+from robust_deepfake.progress import progress as bar
 
 REAL_SOURCES = {"ffhq_like": "portrait", "celeba_like": "crop"}
 FAKE_METHODS = {
@@ -269,8 +270,6 @@ def write_sample(spec: SampleSpec, out_dir: str | Path, progress: bool = True) -
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        from robust_deepfake.progress import progress as bar
-
         for item in bar(iter_sample(spec), total=spec.n_images, desc="sample", disable=not progress, unit="img"):
             path = tmp / item.relpath
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,9 @@ import numpy as np
 from robust_deepfake.config import SplitConfig
 from robust_deepfake.data.layout import SPLITS, Record
 from robust_deepfake.errors import StageError
+from robust_deepfake.data.images import MASK_SIZE_HINT, BadImageError, MaskSizeError, mask_size_problem, open_rgb
+from robust_deepfake.data.layout import scan
+from robust_deepfake.progress import progress as bar
 
 
 class SplitError(StageError, ValueError):
@@ -153,10 +156,6 @@ def build_splits(raw_dir: str, config: SplitConfig, on_bad_file: str, progress: 
     Bad files raise BadDataError listing all of them when on_bad_file == 'error'; with
     'skip' they are left out and counted.
     """
-    from robust_deepfake.data.images import MASK_SIZE_HINT, BadImageError, MaskSizeError, mask_size_problem, open_rgb
-    from robust_deepfake.data.layout import scan
-    from robust_deepfake.progress import progress as bar
-
     records, hidden = scan(raw_dir)
     good: list[Record] = []
     bad: list[str] = []

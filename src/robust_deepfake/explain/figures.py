@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from robust_deepfake.io import atomic_path
+
 if TYPE_CHECKING:
     from robust_deepfake.explain.measure import AttackedCams, Cams, CamSubset
 
@@ -32,8 +34,6 @@ def cam_grid(path: Path, subset: CamSubset, clean: Cams, attacked: AttackedCams,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from robust_deepfake.io import atomic_path
 
     labels = subset.labels.numpy()
     images, adversarial, masks = subset.images, attacked.cams.inputs, subset.masks

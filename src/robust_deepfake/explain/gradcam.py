@@ -73,16 +73,3 @@ def compute_cams(
             chunk_targets = [ClassifierOutputTarget(int(t)) for t in targets[start : start + batch_size]]
             maps.append(cam(input_tensor=chunk, targets=chunk_targets))
     return np.concatenate(maps).astype(np.float32)
-
-
-def feature_map_size(model: nn.Module, target_layer: str, image_size: int) -> tuple[int, int]:
-    """Spatial size of the target layer's output for an image_size input."""
-    layer = resolve_layer(model, target_layer)
-    shapes = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape[-2:])))
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, image_size, image_size))
-    finally:
-        handle.remove()
-    return shapes[0]

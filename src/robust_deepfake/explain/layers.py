@@ -11,6 +11,8 @@ from typing import Any
 
 from robust_deepfake.config import DEFAULT_PARAMS, ModelConfig, Params
 from robust_deepfake.errors import StageError
+from robust_deepfake.explain.gradcam import resolve_layer
+from robust_deepfake.model.detector import build_detector
 
 
 @lru_cache(maxsize=2)
@@ -19,8 +21,6 @@ def _layer_outputs(model_name: str) -> tuple[Any, dict[Any, tuple[int, ...]]]:
     calls: one pass of an untrained model on the meta device (no weights, no download, no
     arithmetic; ~0.2 s once per process, on top of importing timm)."""
     import torch
-
-    from robust_deepfake.model.detector import build_detector
 
     with torch.device("meta"):
         model = build_detector(ModelConfig(name=model_name, channels_last=False), split_at=1, for_inference=True)
@@ -45,8 +45,6 @@ def target_layer_problem(model_name: str, path: str) -> str | None:
     as `blocks.4`, or the detector's own path), and the layer must output a feature map
     (N, C, H, W) during the forward pass: `classifier` or `global_pool` do not, and `blocks`
     is never called as a whole (the detector runs its stages one by one)."""
-    from robust_deepfake.explain.gradcam import resolve_layer
-
     model, shapes = _layer_outputs(model_name)
     # examples: the body's own layers and, for a container never called whole (blocks),
     # its children (blocks.0 ...)

@@ -13,6 +13,7 @@ from robust_deepfake.errors import MissingInputError
 from robust_deepfake.paths import ModelKey, read_json_file
 from robust_deepfake import units
 from robust_deepfake.units import CLEAN
+from robust_deepfake.io import write_json, write_npz
 
 MEASURES = ("stability", "localization")
 
@@ -37,8 +38,6 @@ class IincValues:
         return self.models.index(key)
 
     def save(self, path: Path) -> None:
-        from robust_deepfake.io import write_npz
-
         write_npz(
             path, variants=np.array([k.variant for k in self.models]), seeds=np.array([k.seed for k in self.models]),
             attacks=np.array(self.attacks), eps=np.array(self.eps), indices=self.indices, has_mask=self.has_mask,
@@ -104,8 +103,6 @@ class CamMetrics:
         return sorted({e.eps for e in self.entries if e.eps > 0})
 
     def save(self, path: Path) -> None:
-        from robust_deepfake.io import write_json
-
         write_json(path, {"method": self.method, "target_layer": self.target_layer,
                           "entries": [e.as_dict() for e in self.entries]})
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from robust_deepfake.config import ModelConfig
 from robust_deepfake.errors import MissingInputError, StageError
+from robust_deepfake.io import atomic_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -158,8 +159,6 @@ def weights_bytes(model: nn.Module) -> bytes:
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
     """State dict only (no pickled code), byte-stable, written atomically."""
-    from robust_deepfake.io import atomic_path
-
     data = weights_bytes(model)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -27,6 +27,7 @@ from robust_deepfake.paths import (
     read_json_file,
 )
 from robust_deepfake.report import document as report_doc
+from robust_deepfake.report.blocks import Heading, to_html, to_markdown
 from robust_deepfake.report import figures as report_figures
 from robust_deepfake import units
 from robust_deepfake.units import CLEAN
@@ -117,26 +118,26 @@ def build_report(params: Params, root: Path, track: bool = True) -> dict:
                                min_clean_auc=params.report.min_clean_auc)
     provenance = _provenance(params, root)
 
-    document = "\n\n".join(part for part in [
-        "# Robust deepfake detection: baseline vs regularized",
-        report_doc.setup_section(params, len(inputs.predictions.labels), inputs.predictions.eps,
-                                 inputs.predictions.attacks, inputs.predictions.quantized),
-        report_doc.headline(differences, attack, len(params.train.seeds)),
-        report_doc.verdict_section(differences, decision, params.report.select_by, level),
-        report_doc.per_seed_section(differences, level),
-        report_doc.dose_response_section(inputs.dose_response),
-        report_doc.data_section(inputs.split),
-        report_doc.training_section(inputs.train, inputs.sweep),
-        report_doc.robustness_section(inputs.sweep, robustness_figures),
-        report_doc.iinc_section(inputs.cam, inputs.cam_figures),
-        report_doc.per_source_section(inputs.sweep_rows, attack, ref_eps),
-        report_doc.provenance_section(provenance),
-        report_doc.reading_guide(),
-    ] if part) + "\n"
+    blocks = [
+        Heading(report_doc.TITLE, 1),
+        *report_doc.setup_section(params, len(inputs.predictions.labels), inputs.predictions.eps,
+                                  inputs.predictions.attacks, inputs.predictions.quantized),
+        *report_doc.headline(differences, attack, len(params.train.seeds)),
+        *report_doc.verdict_section(differences, decision, params.report.select_by, level),
+        *report_doc.per_seed_section(differences, level),
+        *report_doc.dose_response_section(inputs.dose_response),
+        *report_doc.data_section(inputs.split),
+        *report_doc.training_section(inputs.train, inputs.sweep),
+        *report_doc.robustness_section(inputs.sweep, robustness_figures),
+        *report_doc.iinc_section(inputs.cam, inputs.cam_figures),
+        *report_doc.per_source_section(inputs.sweep_rows, attack, ref_eps),
+        *report_doc.provenance_section(provenance),
+        *report_doc.how_to_read(),
+    ]
     with atomic_open(outputs.markdown) as handle:
-        handle.write(document)
+        handle.write(to_markdown(blocks, outputs.markdown.parent))
     with atomic_open(outputs.html) as handle:
-        handle.write(report_doc.to_html(document, outputs.markdown.parent, "Robust deepfake detection report"))
+        handle.write(to_html(blocks, "Robust deepfake detection report", outputs.markdown.parent))
     _write_dvc_plots(outputs.plots, inputs.sweep_rows)
     _write_training_plots(outputs.training, inputs.history)
     write_json(outputs.verdict, {"differences": [d.as_dict() for d in differences], "decision": decision.as_dict(),

@@ -1,32 +1,26 @@
-"""report.md and a self-contained report.html (figures embedded) from the stage outputs.
-
-Every number in the document is read from the metrics files: nothing is hand-written.
-Over 300 lines: one small function per report section, in reading order; splitting the
-sections over files would only make the document harder to follow.
-"""
+"""The sections of report.md / report.html, in reading order, as document blocks
+(report/blocks.py renders them). Every number is read from the stage outputs: nothing is
+hand-written."""
 
 from __future__ import annotations
 
-import base64
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from robust_deepfake import units
 from robust_deepfake.explain.outputs import CamMetrics
 from robust_deepfake.paths import VARIANTS, ModelKey
-from robust_deepfake.report.page import html_page
-from robust_deepfake import units
-from robust_deepfake.units import CLEAN
+from robust_deepfake.report.blocks import Block, Bullets, Figure, Heading, Para, Table
+from robust_deepfake.report.names import METRIC_NAMES
 from robust_deepfake.robustness.sweep import SweepMetrics
+from robust_deepfake.units import CLEAN
 from robust_deepfake.verdict.champion import ChampionDecision
 from robust_deepfake.verdict.seeds import SeedDifference
 
-METRIC_NAMES = {"accuracy": "accuracy", "f1": "macro-F1", "auc": "ROC-AUC", "asr": "ASR (both correct)",
-                "score": "champion score", "iinc_stability": "IINC stability",
-                "iinc_localization": "IINC localization"}
+TITLE = "Robust deepfake detection: baseline vs regularized"
 
 
 def _f(value: float, digits: int = 3) -> str:
@@ -42,70 +36,69 @@ def _signed(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:+.3f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+def _figure(folder: str, name: str, alt: str | None = None) -> Figure:
+    """A figure of the report by its path relative to reports/."""
+    return Figure(Path(folder) / name, alt if alt is not None else name)
 
 
 def _pct(level: float) -> str:
     return f"{level:.0%}"
 
 
-def headline(differences: list[SeedDifference], attack: str, n_seeds: int) -> str:
+def headline(differences: list[SeedDifference], attack: str, n_seeds: int) -> list[Block]:
     """One sentence: does the regularizer help against `attack`, by accuracy, at n seeds?"""
     row = next((d for d in differences if d.attack == attack and d.metric == "accuracy"), None)
     clean = next((d for d in differences if d.attack == CLEAN and d.metric == "accuracy"), None)
     if row is None:
-        return "No attack rows: nothing to conclude."
-    text = (f"**Conclusion:** under {attack.upper()}, regularized − baseline accuracy is {_signed(row.mean)} "
+        return [Para("No attack rows: nothing to conclude.")]
+    text = (f"under {attack.upper()}, regularized − baseline accuracy is {_signed(row.mean)} "
             f"({_pct(row.level)} CI over {n_seeds} seeds {_ci((row.ci_low, row.ci_high))}): {row.wording()}.")
     if clean is not None:
         text += f" On clean images: {_signed(clean.mean)} {_ci((clean.ci_low, clean.ci_high))}."
-    return text
+    return [Para(text, lead="Conclusion:")]
 
 
 def verdict_section(differences: list[SeedDifference], decision: ChampionDecision, criterion: str,
-                    level: float) -> str:
+                    level: float) -> list[Block]:
     rows = []
     for d in differences:
         counts = d.seeds_favouring
         rows.append([d.attack.upper(), METRIC_NAMES[d.metric], _signed(d.mean), _ci((d.ci_low, d.ci_high)),
                      f"{counts['reg']} / {counts['baseline']}", _f(d.detectable), d.wording()])
     champion = decision.champion
-    return "\n\n".join([
-        "## Verdict",
-        f"Per training seed s, d_s = metric(regularized_s) − metric(baseline_s) on the same test images (both "
-        f"variants of a seed share initial weights and data order); per attack it is averaged over the attacked "
-        f"eps. The table gives the mean of d_s and a {_pct(level)} interval **over seeds** that includes both "
-        "training variance and test sampling: the wider of a Student-t interval over the seeds and a two-level "
-        "bootstrap (seeds, then test images). *ASR (both correct)* compares attack success on the images both models of a "
-        "seed classify correctly when clean (lower is better); for IINC lower is better too. A side is favoured "
-        "only when the interval excludes 0; otherwise the row says what effect these seeds could have detected "
-        "(80% power at the observed seed spread).",
-        _table(["attack", "metric", "reg − baseline (seed mean)", f"{_pct(level)} CI over seeds",
-                "seeds favouring reg / baseline", "detectable effect", "reading"], rows),
-        f"**Champion** by `report.select_by: {criterion}` (seed-mean score: baseline "
-        f"{_f(decision.variant_scores['baseline'])}, regularized {_f(decision.variant_scores['reg'])}): "
-        f"{decision.reason}. Registered as `@champion`: **{champion.name}**, the {champion.variant} seed whose "
-        f"score is closest to its variant's mean; `@challenger`: {decision.challenger.name}."
-        + ("" if decision.move_champion else " The aliases were not moved by this run."),
+    return [
+        Heading("Verdict"),
+        Para(f"Per training seed s, d_s = metric(regularized_s) − metric(baseline_s) on the same test images "
+             f"(both variants of a seed share initial weights and data order); per attack it is averaged over the "
+             f"attacked eps. The table gives the mean of d_s and a {_pct(level)} interval **over seeds** that "
+             "includes both training variance and test sampling: the wider of a Student-t interval over the seeds "
+             "and a two-level bootstrap (seeds, then test images). The *attack success rate* rows compare attack "
+             "success on the images both models of a seed classify correctly when clean (lower is better); for IINC "
+             "lower is better too. A side is favoured only when the interval excludes 0; otherwise the row says "
+             "what effect these seeds could have detected (80% power at the observed seed spread)."),
+        Table(["attack", "metric", "reg − baseline (seed mean)", f"{_pct(level)} CI over seeds",
+               "seeds favouring reg / baseline", "detectable effect", "reading"], rows),
+        Para(f"by `report.select_by: {criterion}` (seed-mean score: baseline "
+             f"{_f(decision.variant_scores['baseline'])}, regularized {_f(decision.variant_scores['reg'])}): "
+             f"{decision.reason}. Registered as `@champion`: **{champion.name}**, the {champion.variant} seed whose "
+             f"score is closest to its variant's mean; `@challenger`: {decision.challenger.name}."
+             + ("" if decision.move_champion else " The aliases were not moved by this run."), lead="Champion"),
         floor_paragraph(decision),
-    ])
+    ]
 
 
-def floor_paragraph(decision: ChampionDecision) -> str:
+def floor_paragraph(decision: ChampionDecision) -> Para:
     """Which models pass the quality floor (clean ROC-AUC >= report.min_clean_auc)."""
     floor = decision.floor
     failing = [k for k in sorted(floor.clean_auc) if not floor.passes(k)]
     text = (f"**Quality floor**: clean test ROC-AUC ≥ {floor.min_clean_auc:g} (`report.min_clean_auc`); a model "
             "under it is never `@champion`/`@challenger` and `robust-deepfake predict` refuses it. ")
     if not failing:
-        return text + f"All {len(floor.clean_auc)} models pass."
-    return text + "Under the floor: " + ", ".join(f"{k.name} ({_f(floor.clean_auc[k])})" for k in failing) + "."
+        return Para(text + f"All {len(floor.clean_auc)} models pass.")
+    return Para(text + "Under the floor: " + ", ".join(f"{k.name} ({_f(floor.clean_auc[k])})" for k in failing) + ".")
 
 
-def per_seed_section(differences: list[SeedDifference], level: float) -> str:
+def per_seed_section(differences: list[SeedDifference], level: float) -> list[Block]:
     """Per-seed differences with per-image intervals (test sampling only)."""
     rows = []
     for d in differences:
@@ -114,47 +107,47 @@ def per_seed_section(differences: list[SeedDifference], level: float) -> str:
         for seed, value, ci in zip(d.seeds, d.per_seed, d.per_image_ci):
             rows.append([d.attack.upper(), str(seed), _signed(value), _ci(ci)])
     if not rows:
-        return ""
-    return "\n\n".join([
-        "### Per seed (test sampling only)",
-        f"Accuracy difference of each seed with a paired bootstrap {_pct(level)} interval over test images. These "
-        "intervals ignore training variance: two seeds of the *same* variant often differ by more than they "
-        "suggest. Read the seed-level table above for the verdict.",
-        _table(["attack", "seed", "reg − baseline", f"{_pct(level)} CI (images)"], rows),
-    ])
+        return []
+    return [
+        Heading("Per seed (test sampling only)", 3),
+        Para(f"Accuracy difference of each seed with a paired bootstrap {_pct(level)} interval over test images. These "
+             "intervals ignore training variance: two seeds of the *same* variant often differ by more than they "
+             "suggest. Read the seed-level table above for the verdict."),
+        Table(["attack", "seed", "reg − baseline", f"{_pct(level)} CI (images)"], rows),
+    ]
 
 
-def setup_section(params, n_images: int, eps: list[float], attacks: list[str], quantized: bool) -> str:
+def setup_section(params, n_images: int, eps: list[float], attacks: list[str], quantized: bool) -> list[Block]:
     reg = params.reg
     scale = ("of each sample's ||(μ, σ)|| (relative)" if reg.epsilon_scale == "relative" else "(absolute L2 norm)")
-    return (
+    return [Para(
         f"Seeds {params.train.seeds} per variant. Attacks {', '.join(a.upper() for a in attacks)} at eps "
         f"{', '.join(units.label(e) for e in eps if e > 0)} on {n_images} test images, "
         + ("adversarial images **rounded to 8 bits** before scoring (`attack.quantize: true`, what survives saving "
            "the image)" if quantized else "float adversarial images (`attack.quantize: false`)")
         + f". Regularization `{reg.mode}` with alpha={reg.alpha}, epsilon={reg.epsilon} {scale}, split after "
         f"block {reg.split_at}; {params.train.epochs} epochs, {params.train.num_threads} torch thread(s)."
-    )
+    )]
 
 
-def dose_response_section(dose: dict | None) -> str:
+def dose_response_section(dose: dict | None) -> list[Block]:
     """The measured dose-response behind the demo's reg.epsilon (benchmarks/dose_response.py)."""
     if not dose:
-        return ""
+        return []
     rows = [[str(r["epsilon"]), _f(r["loss_gap"], 4), _f(r["relative"], 3), _f(r["clean_accuracy"]),
              _f(r["attacked_accuracy"]), str(r["seeds"])] for r in dose["rows"]]
-    return "\n\n".join([
-        "## Why this reg.epsilon",
-        dose.get("description", ""),
-        _table(["reg.epsilon (relative)", "mean |L_pert − L_clean|", "measured relative size", "clean accuracy",
-                f"accuracy under {dose.get('attack', 'attack')}", "seeds"], rows),
-        f"Measured with `{dose.get('command', 'python -m benchmarks.dose_response')}` on {dose.get('device', 'n/a')} "
-        f"(torch {dose.get('torch', 'n/a')}). The demo uses the smallest epsilon whose loss gap is at least twice the "
-        "placebo's (epsilon 0), a rule that looks at the loss only, never at the attacked accuracy.",
-    ])
+    return [
+        Heading("Why this reg.epsilon"),
+        *([Para(dose["description"])] if dose.get("description") else []),
+        Table(["reg.epsilon (relative)", "mean |L_pert − L_clean|", "measured relative size", "clean accuracy",
+               f"accuracy under {dose.get('attack', 'attack')}", "seeds"], rows),
+        Para(f"Measured with `{dose.get('command', 'python -m benchmarks.dose_response')}` on {dose.get('device', 'n/a')} "
+             f"(torch {dose.get('torch', 'n/a')}). The demo uses the smallest epsilon whose loss gap is at least twice the "
+             "placebo's (epsilon 0), a rule that looks at the loss only, never at the attacked accuracy."),
+    ]
 
 
-def data_section(split: dict) -> str:
+def data_section(split: dict) -> list[Block]:
     rows = []
     for name in ("train", "val", "test"):
         entry = split[name]
@@ -163,15 +156,15 @@ def data_section(split: dict) -> str:
     per_source = [[s] + [str(split[name]["by_source"].get(s, 0)) for name in ("train", "val", "test")] for s in sources]
     holdout = ", ".join(split.get("holdout_methods") or []) or "none"
     notes = f"Held-out methods (test only): {holdout}. Skipped unreadable files: {split.get('skipped_bad_files', 0)}."
-    return "\n\n".join([
-        "## Data",
-        _table(["split", "real", "fake", "total", "identities"], rows),
-        _table(["source", "train", "val", "test"], per_source),
-        notes,
-    ])
+    return [
+        Heading("Data"),
+        Table(["split", "real", "fake", "total", "identities"], rows),
+        Table(["source", "train", "val", "test"], per_source),
+        Para(notes),
+    ]
 
 
-def training_section(train: dict[ModelKey, dict], sweep: SweepMetrics) -> str:
+def training_section(train: dict[ModelKey, dict], sweep: SweepMetrics) -> list[Block]:
     rows = []
     for key, m in train.items():
         test = sweep.get(key, CLEAN, 0.0)
@@ -188,16 +181,16 @@ def training_section(train: dict[ModelKey, dict], sweep: SweepMetrics) -> str:
                      mean([train[k]["val_accuracy"] for k in members]), mean([train[k]["val_auc"] for k in members]),
                      mean([sweep.get(k, CLEAN, 0.0).accuracy for k in members]),
                      mean([sweep.get(k, CLEAN, 0.0).auc for k in members]), "", ""])
-    return "\n\n".join([
-        "## Training",
-        "Validation metrics are those of the best epoch (the epoch was chosen on them, so they are optimistic); "
-        "the test columns are the clean row of the attacked test subset. *|L_pert − L_clean|* and *relative size* "
-        "show how much the regularizer's perturbation does at the best epoch (≈ 0 means a no-op). Speeds are "
-        "machine facts: they are in each training's MLflow run, not in this (reproducible) report.",
-        _table(["variant", "seed", "best epoch", "epochs run", "val accuracy", "val ROC-AUC", "test accuracy",
-                "test ROC-AUC", "|L_pert − L_clean|", "relative size"], rows),
-        "![training curves](figures/training_curves.png)",
-    ])
+    return [
+        Heading("Training"),
+        Para("Validation metrics are those of the best epoch (the epoch was chosen on them, so they are optimistic); "
+             "the test columns are the clean row of the attacked test subset. *|L_pert − L_clean|* and *relative size* "
+             "show how much the regularizer's perturbation does at the best epoch (≈ 0 means a no-op). Speeds are "
+             "machine facts: they are in each training's MLflow run, not in this (reproducible) report."),
+        Table(["variant", "seed", "best epoch", "epochs run", "val accuracy", "val ROC-AUC", "test accuracy",
+               "test ROC-AUC", "|L_pert − L_clean|", "relative size"], rows),
+        _figure("figures", "training_curves.png", "training curves"),
+    ]
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -206,10 +199,11 @@ def _mean_sd(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
-def robustness_section(sweep: SweepMetrics, figures: list[str]) -> str:
-    parts = ["## Robustness",
-             "Seed mean ± sd over seeds per variant (every model attacked on the same test images); ASR = share of "
-             "a model's correctly classified clean images the attack flips."]
+def robustness_section(sweep: SweepMetrics, figures: list[str]) -> list[Block]:
+    parts: list[Block] = [
+        Heading("Robustness"),
+        Para("Seed mean ± sd over seeds per variant (every model attacked on the same test images); ASR = share of "
+             "a model's correctly classified clean images the attack flips.")]
     seeds = sorted({k.seed for k in sweep.models})
     for attack in sweep.attacks:
         rows = []
@@ -221,13 +215,13 @@ def robustness_section(sweep: SweepMetrics, figures: list[str]) -> str:
                     row.append(_mean_sd(values))
             rows.append(row)
         header = ["eps"] + [f"{v} {name}" for name in ("acc", "AUC", "ASR") for v in VARIANTS]
-        parts += [f"### {attack.upper()}", _table(header, rows)]
+        parts += [Heading(attack.upper(), 3), Table(header, rows)]
     if _same_rows(sweep, "bim", "pgd"):
-        parts.append("**BIM and PGD gave identical numbers** for every model and eps at these settings (PGD's random "
-                     "start did not change any prediction): read them as one attack, or raise `attack.steps` / "
-                     "`attack.step_size_relative` to separate them.")
-    parts += [f"![{name}](figures/{name})" for name in figures]
-    return "\n\n".join(parts)
+        parts.append(Para("for every model and eps at these settings (PGD's random start did not change any "
+                          "prediction): read them as one attack, or raise `attack.steps` / "
+                          "`attack.step_size_relative` to separate them.", lead="BIM and PGD gave identical numbers"))
+    parts += [_figure("figures", name) for name in figures]
+    return parts
 
 
 def _same_rows(sweep: SweepMetrics, a: str, b: str) -> bool:
@@ -237,7 +231,7 @@ def _same_rows(sweep: SweepMetrics, a: str, b: str) -> bool:
                for k in sweep.models for e in sweep.attacked_eps)
 
 
-def iinc_section(cam: CamMetrics, cam_figures: list[str]) -> str:
+def iinc_section(cam: CamMetrics, cam_figures: list[str]) -> list[Block]:
     seeds = sorted({k.seed for k in cam.models})
 
     def cell(variant: str, attack: str, eps: float, measure: str) -> str:
@@ -251,20 +245,20 @@ def iinc_section(cam: CamMetrics, cam_figures: list[str]) -> str:
                         + [cell(v, attack, eps, "localization") for v in VARIANTS])
     header = ["attack", "eps"] + [f"{v} stability" for v in VARIANTS] + [f"{v} localization" for v in VARIANTS]
     n = cam.get(cam.models[0], CLEAN, 0.0, "localization").n
-    return "\n\n".join([
-        "## Explanations: Grad-CAM and IINC",
-        f"IINC (Dang et al., CVPR 2020) between two maps: 0 = identical, 1 = disjoint; seed mean ± sd. *Stability*: "
-        f"clean CAM vs adversarial CAM ({cam.method} at `{cam.target_layer}`), how far the explanation moves under "
-        f"attack. *Localization*: CAM vs the ground-truth manipulation mask, on the {n} fakes with masks. Lower is "
-        "better for both. An empty (all-zero) CAM against a non-empty map scores 1/(3 − |U|) ≤ 0.5, so a model "
-        "that stops explaining anything can look 'stable': read stability with the accuracy under attack.",
-        _table(header, rows),
-        "![IINC vs eps](figures/iinc.png)",
-        *[f"![{name}](cam/{name})" for name in cam_figures],
-    ])
+    return [
+        Heading("Explanations: Grad-CAM and IINC"),
+        Para(f"IINC (Dang et al., CVPR 2020) between two maps: 0 = identical, 1 = disjoint; seed mean ± sd. *Stability*: "
+             f"clean CAM vs adversarial CAM ({cam.method} at `{cam.target_layer}`), how far the explanation moves under "
+             f"attack. *Localization*: CAM vs the ground-truth manipulation mask, on the {n} fakes with masks. Lower is "
+             "better for both. An empty (all-zero) CAM against a non-empty map scores 1/(3 − |U|) ≤ 0.5, so a model "
+             "that stops explaining anything can look 'stable': read stability with the accuracy under attack."),
+        Table(header, rows),
+        _figure("figures", "iinc.png", "IINC vs eps"),
+        *[_figure("cam", name) for name in cam_figures],
+    ]
 
 
-def per_source_section(sweep_rows: pd.DataFrame, attack: str, eps: float) -> str:
+def per_source_section(sweep_rows: pd.DataFrame, attack: str, eps: float) -> list[Block]:
     frame = sweep_rows[(sweep_rows.metric == "accuracy") & (sweep_rows.source != "all")]
     rows = []
     for source in sorted(set(frame.source)):
@@ -277,48 +271,33 @@ def per_source_section(sweep_rows: pd.DataFrame, attack: str, eps: float) -> str
                 row.append(_mean_sd(values.tolist()) if len(values) else "n/a")
         rows.append(row)
     label = f"{attack.upper()} {units.label(eps)}"
-    return "\n\n".join([
-        "## Per-source generalization",
-        "Accuracy per source (seed mean ± sd); *n* = test images of that source.",
-        _table(["source", "held out", "n", "baseline clean", "reg clean", f"baseline {label}", f"reg {label}"], rows),
-        "![per-source accuracy](figures/per_source.png)",
-        "## ROC curves and confusion matrices",
-        "![ROC](figures/roc.png)",
-        "![confusion matrices](figures/confusion.png)",
-    ])
+    return [
+        Heading("Per-source generalization"),
+        Para("Accuracy per source (seed mean ± sd); *n* = test images of that source."),
+        Table(["source", "held out", "n", "baseline clean", "reg clean", f"baseline {label}", f"reg {label}"], rows),
+        _figure("figures", "per_source.png", "per-source accuracy"),
+        Heading("ROC curves and confusion matrices"),
+        _figure("figures", "roc.png", "ROC"),
+        _figure("figures", "confusion.png", "confusion matrices"),
+    ]
 
 
-def provenance_section(provenance: dict[str, str]) -> str:
-    return "\n\n".join(["## Provenance", _table(["what", "value"], [[k, f"`{v}`"] for k, v in provenance.items()])])
+def provenance_section(provenance: dict[str, str]) -> list[Block]:
+    return [Heading("Provenance"), Table(["what", "value"], [[k, f"`{v}`"] for k, v in provenance.items()])]
 
 
-def reading_guide() -> str:
-    return "\n\n".join([
-        "## How to read this report",
-        "- The verdict's unit is the training seed: an interval over seeds contains the seed-to-seed spread that "
-        "per-image intervals leave out. More seeds narrow it (`train.seeds` in params.yaml).",
-        "- Compare each attack row with the *clean* row: if the regularized model is better under attack by about "
-        "as much as it is better on clean images, the gain is accuracy, not robustness.",
-        "- \"No detectable difference\" is a statement about these seeds and this data, not proof of equality: the "
-        "*detectable effect* column says how large a difference they could have shown.",
-        "- The sample data are synthetic and small: the figures show the pipeline works, not how DFFD behaves. "
-        "Run on DFFD (README: *Using DFFD instead*) for real conclusions.",
-        "- Regenerate with `dvc repro`; compare parameter variants with `dvc exp run -S ...` and `dvc exp show`.",
-    ])
-
-
-def to_html(markdown_text: str, base: Path, title: str) -> str:
-    """Self-contained HTML: markdown tables rendered, PNGs embedded as data URIs."""
-    import markdown
-
-    body = markdown.markdown(markdown_text, extensions=["tables"])
-
-    def embed(match: re.Match) -> str:
-        path = base / match.group(2)
-        if not path.exists():
-            return match.group(0)
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        return f'{match.group(1)}data:image/png;base64,{data}"'
-
-    body = re.sub(r'(<img alt="[^"]*" src=")([^"]+)"', embed, body)
-    return html_page(title, body, extra_css="code { background: #f5f5f5; padding: 0 3px; }")
+def how_to_read() -> list[Block]:
+    return [
+        Heading("How to read this report"),
+        Bullets([
+            "The verdict's unit is the training seed: an interval over seeds contains the seed-to-seed spread that "
+            "per-image intervals leave out. More seeds narrow it (`train.seeds` in params.yaml).",
+            "Compare each attack row with the *clean* row: if the regularized model is better under attack by about "
+            "as much as it is better on clean images, the gain is accuracy, not robustness.",
+            "\"No detectable difference\" is a statement about these seeds and this data, not proof of equality: the "
+            "*detectable effect* column says how large a difference they could have shown.",
+            "The sample data are synthetic and small: the figures show the pipeline works, not how DFFD behaves. "
+            "Run on DFFD (README: *Using DFFD instead*) for real conclusions.",
+            "Regenerate with `dvc repro`; compare parameter variants with `dvc exp run -S ...` and `dvc exp show`.",
+        ]),
+    ]

@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 
 from robust_deepfake import units
-from robust_deepfake.units import CLEAN
+from robust_deepfake.io import atomic_path
+from robust_deepfake.report.names import metric_name
 from robust_deepfake.robustness.sweep import SweepPredictions
+from robust_deepfake.units import CLEAN
 from robust_deepfake.verdict.seeds import t_interval
 
 COLORS = {"baseline": "#1f77b4", "reg": "#d62728"}
 LABELS = {"baseline": "baseline", "reg": "regularized"}
-METRIC_TITLES = {"accuracy": "accuracy", "f1": "macro-F1", "auc": "ROC-AUC", "asr": "attack success rate"}
 
 
 def pyplot():
@@ -33,8 +34,6 @@ def pyplot():
 
 def save_figure(figure, path: Path) -> Path:
     """Write `figure` to `path` as PNG atomically (no half-written file), then close it."""
-    from robust_deepfake.io import atomic_path
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
@@ -79,9 +78,9 @@ def robustness_curves(sweep: pd.DataFrame, metric: str, level: float, path: Path
             _seed_curves(axis, frame, variant, level)
         axis.set_title(attack.upper())
         _eps_axis(axis, sorted(set(rows.eps)))
-    axes[0][0].set_ylabel(METRIC_TITLES.get(metric, metric))
+    axes[0][0].set_ylabel(metric_name(metric))
     axes[0][0].legend(fontsize=7)
-    figure.suptitle(f"{METRIC_TITLES.get(metric, metric)} under attack: seeds (thin), seed mean (thick), "
+    figure.suptitle(f"{metric_name(metric)} under attack: seeds (thin), seed mean (thick), "
                     f"{level:.0%} t-interval over seeds (band)", fontsize=10)
     return save_figure(figure, path)
 

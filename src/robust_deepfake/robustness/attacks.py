@@ -10,8 +10,7 @@ Speed: during an attack the model's parameters are frozen (requires_grad=False),
 autograd computes gradients for the input only. PGD's random start is drawn where the
 images are: on a GPU from a device generator seeded by one draw from the (CPU) generator
 it was given, so no CPU tensor is copied per batch. CPU and GPU draws therefore differ;
-each is reproducible per seed, and on the CPU the draw is the plain CPU generator's, as it
-always was. With `amp` (params.yaml `attack.amp`), the forward and backward passes of
+each is reproducible per seed, and on the CPU the draw is the plain CPU generator's. With `amp` (params.yaml `attack.amp`), the forward and backward passes of
 the attacks run under bf16 autocast on CUDA (ignored elsewhere); the loss, the gradient
 sign and the projections stay in float32.
 """
@@ -98,6 +97,12 @@ class Attack:
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def from_config(cls, model: nn.Module, eps: float, config, generator: torch.Generator | None,
+                    **amp) -> Attack:
+        """This attack at budget eps from params.yaml's `attack` section (`amp`: Attack's)."""
+        return cls(model, eps, **amp)
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v}" for k, v in vars(self).items() if k != "model" and not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
@@ -129,6 +134,10 @@ class BIM(Attack):
         super().__init__(model, eps, **amp)
         self.alpha, self.steps = float(alpha), int(steps)
 
+    @classmethod
+    def from_config(cls, model, eps, config, generator, **amp) -> BIM:
+        return cls(model, eps, config.step_size_for(eps), config.steps, **amp)
+
     def perturb(self, images, labels):
         adv = images.clone()
         lower = torch.clamp(images - self.eps, min=0)
@@ -155,10 +164,14 @@ class PGD(Attack):
         self._generator = generator
         self._device_generators: dict[torch.device, torch.Generator] = {}
 
+    @classmethod
+    def from_config(cls, model, eps, config, generator, **amp) -> PGD:
+        return cls(model, eps, config.step_size_for(eps), config.steps, config.random_start, generator, **amp)
+
     def start(self, images: torch.Tensor) -> torch.Tensor:
         """The random start, drawn on the images' device.
 
-        CPU images: from the given generator (or torch's global one), as before. Other
+        CPU images: from the given generator (or torch's global one). Other
         devices: from a generator on that device, seeded once by one draw from the given
         generator and then continued batch after batch (None: the device's global
         generator, which torch.manual_seed seeds). So a GPU start is reproducible per
@@ -203,6 +216,10 @@ class MIFGSM(Attack):
         super().__init__(model, eps, **amp)
         self.alpha, self.steps, self.decay = float(alpha), int(steps), float(decay)
 
+    @classmethod
+    def from_config(cls, model, eps, config, generator, **amp) -> MIFGSM:
+        return cls(model, eps, config.step_size_for(eps), config.steps, config.momentum, **amp)
+
     def perturb(self, images, labels):
         adv = images.clone()
         momentum = torch.zeros_like(images)
@@ -236,14 +253,7 @@ def build_attack(name: str, model: nn.Module, eps: float, config, generator: tor
     """An attack configured from params.yaml's `attack` section at budget eps.
 
     `amp_device_types`: where `config.amp` applies (CUDA; tests add "cpu")."""
-    alpha = config.step_size_for(eps)
-    amp = dict(amp=config.amp, amp_device_types=amp_device_types)
-    if name == "fgsm":
-        return FGSM(model, eps, **amp)
-    if name == "bim":
-        return BIM(model, eps, alpha, config.steps, **amp)
-    if name == "pgd":
-        return PGD(model, eps, alpha, config.steps, config.random_start, generator, **amp)
-    if name == "mifgsm":
-        return MIFGSM(model, eps, alpha, config.steps, config.momentum, **amp)
-    raise ValueError(f"unknown attack {name!r}; expected one of {sorted(ATTACKS)}")
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; expected one of {sorted(ATTACKS)}")
+    return ATTACKS[name].from_config(model, eps, config, generator, amp=config.amp,
+                                     amp_device_types=amp_device_types)

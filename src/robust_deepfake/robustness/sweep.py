@@ -35,6 +35,8 @@ from robust_deepfake.progress import progress
 from robust_deepfake import units
 from robust_deepfake.robustness.attacks import build_attack, gradient_passes, quantize_8bit
 from robust_deepfake.units import CLEAN
+from robust_deepfake.io import write_json, write_npz
+from robust_deepfake.paths import read_json_file
 
 METRICS = ("accuracy", "f1", "auc")
 
@@ -80,8 +82,6 @@ class SweepPredictions:
         return list(dict.fromkeys(key.variant for key in self.models))
 
     def save(self, path: Path) -> None:
-        from robust_deepfake.io import write_npz
-
         write_npz(
             path, variants=np.array([k.variant for k in self.models]), seeds=np.array([k.seed for k in self.models]),
             attacks=np.array(self.attacks), eps=np.array(self.eps), indices=self.indices, labels=self.labels,
@@ -155,15 +155,11 @@ class SweepMetrics:
         return sorted({e.eps for e in self.entries if e.eps > 0})
 
     def save(self, path: Path) -> None:
-        from robust_deepfake.io import write_json
-
         write_json(path, {"ci_level": self.ci_level, "quantized": self.quantized,
                           "entries": [e.as_dict() for e in self.entries]})
 
     @classmethod
     def load(cls, path: Path) -> SweepMetrics:
-        from robust_deepfake.paths import read_json_file
-
         data = read_json_file(Path(path), "run `dvc repro attack_sweep` first")
         return cls([SweepEntry.from_dict(e) for e in data["entries"]], data["ci_level"], data["quantized"])
 

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from robust_deepfake.verdict.seeds import t_interval
+from robust_deepfake.io import jsonable
 from robust_deepfake.study.comparisons import (
     PairedDifference,
     heldout_differences,
@@ -25,7 +24,6 @@ from robust_deepfake.study.comparisons import (
     reg_vs_placebo,
 )
 from robust_deepfake.study.points import (
-    LEVEL,
     TEST,
     Getter,
     Point,
@@ -36,26 +34,10 @@ from robust_deepfake.study.points import (
     groups_of,
     heldout_getter,
     primary_groups,
-    setting_keys,
     test_value,
 )
 from robust_deepfake.study.spec import StudySpec
-
-VARIANTS = ("baseline", "reg")
-
-
-def jsonable(value: Any) -> Any:
-    """Strict JSON: NaN/inf become null (json.dump would write the invalid `NaN`), tuples lists."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
+from robust_deepfake.verdict.seeds import t_interval
 
 def dose_metrics(attacks: Sequence[str]) -> list[str]:
     """The dose-response metrics: clean, each attack at the reference eps, IINC stability."""
@@ -70,7 +52,7 @@ def heldout_metric_names(attacks: Sequence[str]) -> list[str]:
 # --- seed-level summaries ---------------------------------------------------------------
 
 
-def seed_summary(by_seed: Mapping[int, float], level: float = LEVEL) -> dict[str, Any]:
+def seed_summary(by_seed: Mapping[int, float], level: float) -> dict[str, Any]:
     """Seed mean and t-interval over the seeds with a finite value (NaN bounds below 2)."""
     finite = {s: float(v) for s, v in sorted(by_seed.items()) if math.isfinite(v)}
     mean, low, high = t_interval(np.array(list(finite.values())), level)
@@ -102,7 +84,7 @@ def _curve_rows(members: Sequence[Point], metrics: Sequence[str], get: Getter, s
     return rows
 
 
-def dose_response(spec: StudySpec, records: Sequence[Mapping[str, Any]], level: float = LEVEL,
+def dose_response(spec: StudySpec, records: Sequence[Mapping[str, Any]], *, level: float,
                   metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Test-set metrics vs the dose, for every group: rows of group, line, dose, variant,
     metric, n, mean, ci_low, ci_high, seeds (baseline rows have line None: pooled)."""
@@ -113,7 +95,7 @@ def dose_response(spec: StudySpec, records: Sequence[Mapping[str, Any]], level: 
     return rows
 
 
-def generalization(spec: StudySpec, records: Sequence[Mapping[str, Any]], level: float = LEVEL,
+def generalization(spec: StudySpec, records: Sequence[Mapping[str, Any]], *, level: float,
                    metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Per held-out method: its metrics vs the dose, rows as dose_response's (subset = method)."""
     metrics = list(metrics or heldout_metric_names(attacks_of(records)))
@@ -123,26 +105,6 @@ def generalization(spec: StudySpec, records: Sequence[Mapping[str, Any]], level:
         for members in groups_of([p for p in points if method in p.held_out]).values():
             rows += _curve_rows(members, metrics, heldout_getter(method), method, level)
     return rows
-
-
-def tidy_table(spec: StudySpec, records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per (cell, subset, variant, metric), with the cell's setting as columns;
-    subset is `test`, or the held-out method for the held-out metrics."""
-    keys = setting_keys(spec, records)
-    rows = []
-    for record in records:
-        setting = record.get("setting") or {}
-        head = {"cell": record.get("cell"), "label": record.get("label"), "seed": int(record["seed"]),
-                **{k: setting.get(k) for k in keys}}
-        parts = [(TEST, record.get("variants") or {}),
-                 *((m, v or {}) for m, v in (record.get("heldout") or {}).items())]
-        for subset, variants in parts:
-            for variant, values in variants.items():
-                for metric, value in (values or {}).items():
-                    rows.append({**head, "subset": subset, "variant": variant, "metric": metric,
-                                 "value": as_float(value)})
-    columns = ["cell", "label", "seed", *keys, "subset", "variant", "metric", "value"]
-    return pd.DataFrame(rows, columns=columns)
 
 
 # --- cost -------------------------------------------------------------------------------
@@ -223,11 +185,13 @@ class StudyAggregate:
         })
 
 
-def aggregate(spec: StudySpec, records: Sequence[Mapping[str, Any]], level: float = LEVEL) -> StudyAggregate:
-    """All of the above for one study."""
+def aggregate(spec: StudySpec, records: Sequence[Mapping[str, Any]], level: float) -> StudyAggregate:
+    """Every number of the study report; `level` is the confidence of every interval over
+    seeds (the base params' eval.ci)."""
     points = grid_points(spec, records)
     return StudyAggregate(
         spec, level, attacks_of(records), sorted({int(r["seed"]) for r in records}), points,
-        primary_groups(points), dose_response(spec, records, level), reg_vs_baseline(spec, records, level=level),
-        reg_vs_placebo(spec, records, level=level), heldout_differences(spec, records, level=level),
-        generalization(spec, records, level), cost_table(records), cost_totals(records), workers_table(records))
+        primary_groups(points), dose_response(spec, records, level=level),
+        reg_vs_baseline(spec, records, level=level), reg_vs_placebo(spec, records, level=level),
+        heldout_differences(spec, records, level=level), generalization(spec, records, level=level),
+        cost_table(records), cost_totals(records), workers_table(records))

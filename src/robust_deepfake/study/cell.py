@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from robust_deepfake.config import DEFAULT_PARAMS, Params, parse_yaml, validate
+from robust_deepfake.config.yaml import load_yaml
 from robust_deepfake.ops.orchestration import error_line, is_transient
 from robust_deepfake.study import outcome
 from robust_deepfake.study.spec import Cell
+from robust_deepfake.explain.outputs import CamMetrics
+from robust_deepfake.robustness.sweep import SweepMetrics, SweepPredictions
 
 OUTPUTS = ("eval/attack_sweep.json", "eval/attack_predictions.npz", "eval/cam_iinc.json")
 
@@ -46,9 +49,7 @@ def code_version(root: Path) -> str:
     hashed from the working tree. A commit that touches only docs, tests or flows keeps
     every cell's hash, so a finished study is not recomputed; an edit to a dependency,
     committed or not, changes it (as it would make `dvc repro` rerun the stage)."""
-    import yaml
-
-    stages = yaml.safe_load((root / "dvc.yaml").read_text()).get("stages", {})
+    stages = load_yaml((root / "dvc.yaml").read_text()).get("stages", {})
     deps = sorted({next(iter(d)) if isinstance(d, dict) else d
                    for stage in stages.values() for d in stage.get("do", stage).get("deps", [])})
     tracked = subprocess.run(["git", "ls-files", "-z", "--", "dvc.yaml", "data.dvc", *deps], cwd=root,
@@ -133,9 +134,6 @@ def read_outputs(root: Path, ref: str) -> tuple[Params, Any, Any, Any]:
     """params.yaml and the eval outputs of the experiment at `ref`, through DVC (its cache,
     or the DVC remote when the outputs were computed on another host)."""
     import dvc.api
-
-    from robust_deepfake.explain.outputs import CamMetrics
-    from robust_deepfake.robustness.sweep import SweepMetrics, SweepPredictions
 
     params_text = dvc.api.read(str(DEFAULT_PARAMS), repo=str(root), rev=ref)
     source = f"{DEFAULT_PARAMS}@{ref}"

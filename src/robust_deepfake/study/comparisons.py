@@ -18,7 +18,6 @@ import numpy as np
 
 from robust_deepfake.verdict.seeds import SeedInterval, detectable_effect, t_interval
 from robust_deepfake.study.points import (
-    LEVEL,
     TEST,
     Getter,
     Point,
@@ -88,7 +87,7 @@ class PairedDifference(SeedInterval):
 
 
 def paired(question: str, metric: str, point: Point, subset: str, sides: tuple[str, str],
-           first: Mapping[int, float], second: Mapping[int, float], level: float = LEVEL) -> PairedDifference:
+           first: Mapping[int, float], second: Mapping[int, float], level: float) -> PairedDifference:
     """first − second over the seeds where both are finite, with its t-interval."""
     seeds = sorted(s for s in first if s in second and math.isfinite(first[s]) and math.isfinite(second[s]))
     diffs = np.array([first[s] - second[s] for s in seeds], dtype=float)
@@ -107,7 +106,7 @@ def _by_seed(point: Point, variant: str, metric: str, get: Getter = test_value) 
 
 
 def reg_vs_baseline(spec: StudySpec, records: Sequence[Mapping[str, Any]], metric: str | None = None,
-                    level: float = LEVEL) -> list[PairedDifference]:
+                    *, level: float) -> list[PairedDifference]:
     """reg − baseline inside the same cells, at every grid point (the placebo's flagged)."""
     metric = metric or spec.metric
     return [paired("reg_vs_baseline", metric, p, TEST, ("reg", "baseline"), _by_seed(p, "reg", metric),
@@ -115,7 +114,7 @@ def reg_vs_baseline(spec: StudySpec, records: Sequence[Mapping[str, Any]], metri
 
 
 def reg_vs_placebo(spec: StudySpec, records: Sequence[Mapping[str, Any]], metric: str | None = None,
-                   level: float = LEVEL) -> list[PairedDifference]:
+                   *, level: float) -> list[PairedDifference]:
     """reg at each epsilon > 0 − reg at epsilon = 0, same seed and every other setting equal:
     what the perturbation adds over the loss reweighting alone. [] without placebo cells."""
     metric = metric or spec.metric
@@ -133,7 +132,7 @@ def reg_vs_placebo(spec: StudySpec, records: Sequence[Mapping[str, Any]], metric
 
 
 def heldout_differences(spec: StudySpec, records: Sequence[Mapping[str, Any]],
-                        metrics: Sequence[str] | None = None, level: float = LEVEL) -> list[PairedDifference]:
+                        metrics: Sequence[str] | None = None, *, level: float) -> list[PairedDifference]:
     """reg − baseline per held-out method and grid point, on held-out AUC (clean and under
     each attack at the reference eps) unless `metrics` says otherwise."""
     attacks = attacks_of(records)

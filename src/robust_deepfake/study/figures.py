@@ -16,7 +16,7 @@ import numpy as np
 
 from robust_deepfake.report.figures import COLORS, pyplot, save_figure
 from robust_deepfake.study.aggregate import StudyAggregate
-from robust_deepfake.study.document import Figure
+from robust_deepfake.report.blocks import Figure
 from robust_deepfake.study.points import group_label, shown
 from robust_deepfake.study.spec import PLACEBO_KEY, StudySpec
 from robust_deepfake.study.wording import beside_holdout, metric_title, ref_eps

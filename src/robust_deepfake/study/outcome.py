@@ -9,20 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from robust_deepfake import units
 from robust_deepfake.config import Params
 from robust_deepfake.explain.outputs import CamMetrics
+from robust_deepfake.io import finite_number
 from robust_deepfake.metrics import classification_metrics
-from robust_deepfake.paths import ModelKey
-from robust_deepfake import units
-from robust_deepfake.robustness.sweep import CLEAN, SweepMetrics, SweepPredictions
-
-VARIANTS = ("baseline", "reg")
-
-
-def _number(value: float) -> float | None:
-    """JSON has no NaN: an undefined number (an AUC over one class, no CAM) is None."""
-    return None if value is None or not math.isfinite(value) else float(value)
-
+from robust_deepfake.paths import VARIANTS, ModelKey
+from robust_deepfake.robustness.sweep import SweepMetrics, SweepPredictions
+from robust_deepfake.units import CLEAN
 
 def variant_metrics(params: Params, sweep: SweepMetrics, cam: CamMetrics | None, key: ModelKey) -> dict[str, Any]:
     """Clean accuracy/AUC/F1, accuracy and AUC under each attack at report.reference_eps,
@@ -36,7 +30,7 @@ def variant_metrics(params: Params, sweep: SweepMetrics, cam: CamMetrics | None,
     stability = [] if cam is None else [
         cam.get(key, attack, eps, "stability").mean for attack in cam.attacks for eps in cam.attacked_eps]
     out["iinc_stab"] = float(np.nanmean(stability)) if stability and np.isfinite(stability).any() else math.nan
-    return {name: _number(value) for name, value in out.items()}
+    return {name: finite_number(value) for name, value in out.items()}
 
 
 def heldout_metrics(params: Params, predictions: SweepPredictions, key: ModelKey, method: str) -> dict[str, Any]:
@@ -50,11 +44,11 @@ def heldout_metrics(params: Params, predictions: SweepPredictions, key: ModelKey
     for name, a, e in points:
         scores = classification_metrics(predictions.labels[subset], predictions.p_fake[m, a, e][subset])
         out[f"acc_{name}"], out[f"auc_{name}"] = scores["accuracy"], scores["auc"]
-    return {name: _number(value) for name, value in out.items()}
+    return {name: finite_number(value) for name, value in out.items()}
 
 
 def cell_measurements(params: Params, sweep: SweepMetrics, predictions: SweepPredictions,
-              cam: CamMetrics | None) -> dict[str, Any]:
+                      cam: CamMetrics | None) -> dict[str, Any]:
     """The measured part of a cell record (study/cell.py adds who ran it, where, how long)."""
     seed = params.train.seeds[0]
     keys = {variant: ModelKey(variant, seed) for variant in VARIANTS}

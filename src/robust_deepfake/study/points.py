@@ -20,7 +20,6 @@ import numpy as np
 
 from robust_deepfake.study.spec import PLACEBO_KEY, StudySpec
 
-LEVEL = 0.95  # the confidence level of every interval over seeds (curves and comparisons)
 HOLDOUT_KEY = "split.holdout_methods"
 TEST = "test"  # the `subset` of the test-set metrics; held-out rows name their method
 Getter = Callable[[Mapping[str, Any], str, str], float]  # (record, variant, metric) -> value

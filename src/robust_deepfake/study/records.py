@@ -14,6 +14,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from robust_deepfake.errors import StageError
+from robust_deepfake.ops.tracking import ensure_experiment, require_store
+
 STUDY_TAG = "study"
 HASH_TAG = "study.cell_hash"
 KIND_TAG = "study.kind"  # "study" (the parent) or "cell"
@@ -24,9 +27,6 @@ RECORD_FILE = "cell.json"
 def open_store(params: Any, root: Path, shared: bool) -> str:
     """Configure MLflow from params (MLFLOW_TRACKING_URI wins) and return the experiment id.
     A study across hosts needs a tracking server: a sqlite file is one machine's memory."""
-    from robust_deepfake.errors import StageError
-    from robust_deepfake.ops.tracking import ensure_experiment, require_store
-
     uri = require_store(params.tracking, root)
     if shared and not uri.startswith(("http://", "https://")):
         raise StageError(f"a study on a work pool needs an MLflow tracking server shared by every host, got "

@@ -1,7 +1,7 @@
 """study.md, a self-contained study.html, study.json and the figures, from a study's cell records.
 
 The entry point: study/aggregate.py computes the numbers, study/figures.py draws them,
-study/sections.py says what they mean as document blocks, and study/document.py renders
+study/sections.py says what they mean as document blocks, and report/blocks.py renders
 those blocks as Markdown (figures as files in study_figures/) and as HTML (figures
 embedded, so the page opens offline).
 """
@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from robust_deepfake.io import atomic_open, write_json
+from robust_deepfake.report.blocks import to_html, to_markdown
 from robust_deepfake.study.aggregate import aggregate
-from robust_deepfake.study.document import to_html, to_markdown
 from robust_deepfake.study.figures import draw_figures
-from robust_deepfake.study.points import LEVEL
 from robust_deepfake.study.sections import all_sections
 from robust_deepfake.study.spec import StudySpec
 
@@ -24,7 +23,7 @@ FIGURES = "study_figures"
 
 
 def build_study_report(spec: StudySpec, records: Sequence[dict[str, Any]], out_dir: Path,
-                       level: float = LEVEL) -> dict[str, Path]:
+                       *, level: float) -> dict[str, Path]:
     """Write out_dir/study.md, study.html, study.json and study_figures/*.png (each
     atomically); the written paths by name relative to out_dir."""
     out_dir = Path(out_dir)
@@ -36,7 +35,7 @@ def build_study_report(spec: StudySpec, records: Sequence[dict[str, Any]], out_d
     with atomic_open(out_dir / "study.md", encoding="utf-8") as handle:
         handle.write(to_markdown(blocks, out_dir))
     with atomic_open(out_dir / "study.html", encoding="utf-8") as handle:
-        handle.write(to_html(blocks, f"Study {spec.name}"))
+        handle.write(to_html(blocks, f"Study {spec.name}", out_dir))
     summary = agg.as_json()
     summary["figures"] = list(written)
     write_json(out_dir / "study.json", summary)

@@ -11,13 +11,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from robust_deepfake.report.names import metric_name
 from robust_deepfake.study.aggregate import StudyAggregate
 from robust_deepfake.study.comparisons import PairedDifference
 from robust_deepfake.study.points import HOLDOUT_KEY, shown
 from robust_deepfake.study.spec import StudySpec
-
-KINDS = {"acc": "accuracy", "auc": "ROC-AUC", "f1": "macro-F1"}
-
 
 def fmt(value: float, signed: bool = False) -> str:
     """Three decimals (signed for differences); `n/a` where undefined (None, NaN, inf)."""
@@ -56,7 +54,7 @@ def metric_title(metric: str, ref: str) -> str:
     if metric == "iinc_stab":
         return "IINC stability (clean vs attacked CAM; lower is better)"
     kind, _, where = metric.partition("_")
-    name = KINDS.get(kind, kind)
+    name = metric_name(kind)
     return f"clean {name}" if where == "clean" else f"{name} under {where.upper()} ({ref})"
 
 

@@ -1,0 +1,150 @@
+"""The reports' document model and its two renderings (report.md/.html, study.md/.html).
+
+One list of blocks (headings, paragraphs, lists, tables, figures) is rendered twice: as
+Markdown with its figures as files beside it, and as one standalone HTML page in which
+every interpolated string is escaped, every figure is embedded as a base64 PNG and no
+resource is fetched, so the page opens offline and survives being moved. Text may carry
+the inline Markdown the reports use: `**strong**`, `*emphasis*` and `` `code` ``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Para:
+    text: str
+    lead: str = ""  # bold opening words
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: list[str]
+
+
+@dataclass(frozen=True)
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Figure:
+    path: Path  # the PNG: absolute, or relative to the document's folder
+    alt: str
+    caption: str = ""
+
+
+Block = Heading | Para | Bullets | Table | Figure
+
+BASE_CSS = """\
+body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+thead { background: #f2f2f2; }
+img { max-width: 100%; display: block; margin: 1em 0; }
+code { background: #f5f5f5; padding: 0 3px; }
+figcaption { font-size: 0.85em; color: #555; }
+"""
+
+
+def _md(text: str) -> str:
+    """Markdown text: `&` and `<` escaped so a viewer never renders a label as raw HTML."""
+    return text.replace("&", "&amp;").replace("<", "&lt;")
+
+
+def _md_cell(text: str) -> str:
+    return _md(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _relative(path: Path, base: Path) -> str:
+    return (path.relative_to(base) if path.is_absolute() else path).as_posix()
+
+
+def to_markdown(blocks: Sequence[Block], base: Path) -> str:
+    """The Markdown document: figures as links relative to `base` (its folder)."""
+    out = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            out.append("#" * block.level + " " + _md(block.text))
+        elif isinstance(block, Para):
+            out.append((f"**{_md(block.lead)}** " if block.lead else "") + _md(block.text))
+        elif isinstance(block, Bullets):
+            out.append("\n".join(f"- {_md(item)}" for item in block.items))
+        elif isinstance(block, Table):
+            lines = ["| " + " | ".join(map(_md_cell, block.header)) + " |", "|" + "---|" * len(block.header)]
+            lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in block.rows]
+            out.append("\n".join(lines))
+        else:
+            alt = _md(block.alt).replace("[", "(").replace("]", ")")
+            link = f"![{alt}]({_relative(block.path, base)})"
+            out.append(link + (f"\n\n*{_md(block.caption)}*" if block.caption else ""))
+    return "\n\n".join(out) + "\n"
+
+
+_CODE = re.compile(r"`([^`]+)`")
+_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
+_EM = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])")
+
+
+def inline_html(text: str) -> str:
+    """`text` escaped, with its inline Markdown (`code`, **strong**, *emphasis*) as HTML;
+    nothing inside a code span is read as markup."""
+    out = []
+    for position, part in enumerate(_CODE.split(text)):
+        if position % 2:
+            out.append(f"<code>{html.escape(part)}</code>")
+        else:
+            part = _STRONG.sub(r"<strong>\1</strong>", html.escape(part))
+            out.append(_EM.sub(r"<em>\1</em>", part))
+    return "".join(out)
+
+
+def _image_source(path: Path, base: Path) -> str:
+    """A data: URI of the PNG; its relative link when the file is missing."""
+    file = path if path.is_absolute() else base / path
+    if not file.is_file():
+        return html.escape(_relative(path, base))
+    return "data:image/png;base64," + base64.b64encode(file.read_bytes()).decode("ascii")
+
+
+def to_html(blocks: Sequence[Block], title: str, base: Path) -> str:
+    """One standalone page: every string escaped, every figure embedded, nothing fetched.
+    Relative figure paths are read from `base` (the Markdown's folder)."""
+    out = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            out.append(f"<h{block.level}>{inline_html(block.text)}</h{block.level}>")
+        elif isinstance(block, Para):
+            lead = f"<strong>{inline_html(block.lead)}</strong> " if block.lead else ""
+            out.append(f"<p>{lead}{inline_html(block.text)}</p>")
+        elif isinstance(block, Bullets):
+            out.append("<ul>" + "".join(f"<li>{inline_html(item)}</li>" for item in block.items) + "</ul>")
+        elif isinstance(block, Table):
+            head = "".join(f"<th>{inline_html(h)}</th>" for h in block.header)
+            body = "".join("<tr>" + "".join(f"<td>{inline_html(c)}</td>" for c in row) + "</tr>" for row in block.rows)
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        else:
+            caption = f"<figcaption>{inline_html(block.caption)}</figcaption>" if block.caption else ""
+            out.append(f'<figure><img alt="{html.escape(block.alt)}" src="{_image_source(block.path, base)}">'
+                       f"{caption}</figure>")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+{BASE_CSS}</style></head><body>
+{chr(10).join(out)}
+</body></html>
+"""
