@@ -76,6 +76,62 @@ def _normalise(name: str) -> str:
     return name.strip().lower().replace(" ", "_").replace("-", "_")
 
 
+@dataclass
+class _IngestRun:
+    """One ingest into `staging`: how files are placed, and what has been gathered so far."""
+
+    staging: Path
+    mode: str  # symlink | copy
+    resize: int | None
+    verify: bool
+    report: IngestReport
+    seen: dict[str, Path] = field(default_factory=dict)  # raw-layout path -> its DFFD file
+    metadata: list[dict[str, str]] = field(default_factory=list)  # the rows of metadata.csv
+
+
+def _place(run: _IngestRun, path: Path, destination: Path) -> tuple[int, int] | None:
+    """Link, copy or resize `path` to `destination`; the image size where it was decoded
+    (resize, verify), else None. BadImageError for a file that does not decode."""
+    if run.resize is not None:
+        image = open_rgb(path).resize((run.resize, run.resize), Image.Resampling.BICUBIC)
+        image.save(destination, format="PNG")
+        return image.size
+    size = open_rgb(path).size if run.verify else None
+    if run.mode == "symlink":
+        destination.symlink_to(path.resolve())
+    else:
+        shutil.copy2(path, destination)
+    return size
+
+
+def _ingest_file(run: _IngestRun, path: Path, source_dir: Path, source: str, whole: bool) -> None:
+    """Place one DFFD image into the raw layout, with an all-ones mask for a whole-image
+    fake, and count it; an unreadable file is skipped and reported."""
+    kind = _label(path, source)
+    split = _split_of(path, source_dir)
+    name = path.name if run.resize is None else path.with_suffix(".png").name
+    relative = f"{kind}/{source}/{name}"
+    if relative in run.seen:
+        raise IngestError(f"two files map to {relative}: {run.seen[relative]} and {path}")
+    run.seen[relative] = path
+    destination = run.staging / relative
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        size = _place(run, path, destination)
+    except BadImageError as error:
+        run.report.skipped.append(str(error))
+        return
+    if kind == "fake" and whole:
+        if size is None:
+            size = open_rgb(path).size
+        mask_path = run.staging / "masks" / source / (Path(name).stem + ".png")
+        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((size[1], size[0]), 255, np.uint8)).save(mask_path)
+        run.report.masks_written += 1
+    run.report.counts[(kind, source, split)] += 1
+    run.metadata.append({"path": relative, "group": f"{source}/{group_of(name)}", "split": split})
+
+
 def ingest_dffd(
     dffd_root: str | Path,
     out_dir: str | Path,
@@ -106,62 +162,23 @@ def ingest_dffd(
     staging = out_dir.with_name(f".{out_dir.name}.ingest-{os.getpid()}")
     if staging.exists():
         shutil.rmtree(staging)
-    report = IngestReport(out_dir=out_dir)
-    metadata: list[dict[str, str]] = []
-    seen: dict[str, Path] = {}
+    run = _IngestRun(staging, mode, resize, verify, IngestReport(out_dir=out_dir))
     try:
         for source_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             source = _normalise(source_dir.name)
-            whole = (
-                source in whole_image_methods
-                if whole_image_methods is not None
-                else any(hint in source for hint in WHOLE_IMAGE_HINTS)
-            )
+            whole = (source in whole_image_methods if whole_image_methods is not None
+                     else any(hint in source for hint in WHOLE_IMAGE_HINTS))
             for path in sorted(source_dir.rglob("*")):
-                if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
-                    continue
-                kind = _label(path, source)
-                split = _split_of(path, source_dir)
-                name = path.name if resize is None else path.with_suffix(".png").name
-                relative = f"{kind}/{source}/{name}"
-                if relative in seen:
-                    raise IngestError(f"two files map to {relative}: {seen[relative]} and {path}")
-                seen[relative] = path
-                destination = staging / relative
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                size: tuple[int, int] | None = None
-                try:
-                    if resize is not None:
-                        image = open_rgb(path).resize((resize, resize), Image.Resampling.BICUBIC)
-                        image.save(destination, format="PNG")
-                        size = image.size
-                    else:
-                        if verify:
-                            size = open_rgb(path).size
-                        if mode == "symlink":
-                            destination.symlink_to(path.resolve())
-                        else:
-                            shutil.copy2(path, destination)
-                except BadImageError as error:
-                    report.skipped.append(str(error))
-                    continue
-                if kind == "fake" and whole:
-                    if size is None:
-                        size = open_rgb(path).size
-                    mask_path = staging / "masks" / source / (Path(name).stem + ".png")
-                    mask_path.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(np.full((size[1], size[0]), 255, np.uint8)).save(mask_path)
-                    report.masks_written += 1
-                report.counts[(kind, source, split)] += 1
-                metadata.append({"path": relative, "group": f"{source}/{group_of(name)}", "split": split})
-        if not metadata:
+                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+                    _ingest_file(run, path, source_dir, source, whole)
+        if not run.metadata:
             raise IngestError(f"{root}: no images found (expected <source>/[train|validation|test]/*.png)")
-        kinds = {kind for kind, _, _ in report.counts}
+        kinds = {kind for kind, _, _ in run.report.counts}
         if kinds != {"real", "fake"}:
             raise IngestError(f"{root}: found only {sorted(kinds)} images; need both real and fake")
-        write_csv(staging / METADATA_FILE, ["path", "group", "split"], metadata)
+        write_csv(staging / METADATA_FILE, ["path", "group", "split"], run.metadata)
         staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return report
+    return run.report

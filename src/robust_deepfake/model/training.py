@@ -8,15 +8,12 @@ metrics as an uninterrupted one (tests/test_training.py kills one to check).
 
 Batches travel as uint8 (pinned for CUDA, copied without blocking) and become float and
 flipped on the device; the next batches are made while the current one trains
-(data/loader.py). The flip decisions are still drawn on the host, from the epoch's
-generator in the same order as ever, so CPU results are the same bytes as before.
+(data/loader.py). The flip decisions are drawn on the host from the epoch's generator,
+one mask per batch before the step's own draws, so on the CPU the results are the same
+bytes whatever the loader (cached, streamed, worker processes).
 The step keeps its running sums on the device: the host reads them when the progress
 bar can redraw (never with the bar off) and once at the end of the epoch; a read per
 step (`.item()`, or a copy from pageable memory) stalls a GPU pipeline.
-
-Over 300 lines because the loop's parts (step, batch transfer, epoch, validation pass,
-best-epoch tracker, checkpoint) are small classes and functions that only make sense
-together; each is short. How batches are made is data/loader.py's business.
 """
 
 from __future__ import annotations
@@ -242,9 +239,54 @@ class _Checkpoint:
             )
 
 
-def _train_one_epoch(model, loader: BatchLoader, train_indices, config: TrainConfig, reg, device, criterion,
-                     optimizer, scheduler, amp: Amp, epoch: int, seed: int, show_progress: bool) -> dict[str, float]:
-    epoch_seed = seed * EPOCH_SEED_STRIDE + epoch
+class _RunningSums:
+    """An epoch's loss sums, kept on the device; read once, by `means`."""
+
+    def __init__(self, device: torch.device) -> None:
+        zero = torch.zeros((), device=device)
+        self.sums = {name: zero.clone() for name in ("loss", "clean", "perturbed", "gap", "relative", "correct")}
+        self.seen = 0
+
+    def add(self, losses: StepLosses, n: int) -> None:
+        self.seen += n
+        self.sums["loss"] += losses.total * n
+        self.sums["clean"] += losses.clean * n
+        self.sums["correct"] += losses.correct
+        if losses.perturbed is not None:
+            self.sums["perturbed"] += losses.perturbed * n
+            self.sums["gap"] += (losses.perturbed - losses.clean).abs() * n
+            self.sums["relative"] += losses.relative_size * n
+
+    def means(self) -> dict[str, float]:
+        """Every sum over the images seen, in one host read (each float32 -> Python float
+        exactly as `.item()` gives it)."""
+        values = torch.stack(list(self.sums.values())).tolist()
+        return dict(zip(self.sums, (v / max(self.seen, 1) for v in values), strict=True))
+
+
+@dataclass(frozen=True)
+class _Epoch:
+    """What every training epoch of one `fit` shares (`_train_one_epoch` runs one)."""
+
+    model: nn.Module
+    loader: BatchLoader
+    indices: torch.Tensor  # the training positions (train_subset)
+    config: TrainConfig
+    reg: RegConfig | None
+    device: torch.device
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    amp: Amp
+    seed: int
+    show_progress: bool
+
+
+def _train_one_epoch(run: _Epoch, epoch: int) -> dict[str, float]:
+    """One pass over the training positions in the order seeded by (seed, epoch); the
+    epoch's record (mean losses, accuracy, speed)."""
+    model, config, reg, device, amp = run.model, run.config, run.reg, run.device, run.amp
+    epoch_seed = run.seed * EPOCH_SEED_STRIDE + epoch
     seed_everything(epoch_seed)
     generator = torch.Generator().manual_seed(epoch_seed)  # flips (CPU batches)
     # Random perturbations are drawn where the features are: a CPU draw copied to a GPU
@@ -253,46 +295,34 @@ def _train_one_epoch(model, loader: BatchLoader, train_indices, config: TrainCon
                          else generator)
     model.train()
     started = time.perf_counter()
-    zero = torch.zeros((), device=device)
-    sums = {"loss": zero.clone(), "clean": zero.clone(), "perturbed": zero.clone(), "gap": zero.clone(),
-            "relative": zero.clone(), "correct": zero.clone()}
-    seen = 0
-    bar = progress(total=len(train_indices), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
-                   disable=not show_progress, leave=False)
+    sums = _RunningSums(device)
+    bar = progress(total=len(run.indices), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
+                   disable=not run.show_progress, leave=False)
     # the running loss is read only as often as the bar can redraw it (0.5 s on a
     # terminal, 10 s in a log); never with the bar off
-    read_every = max(PROGRESS_SECONDS, bar.mininterval) if show_progress else math.inf
+    read_every = max(PROGRESS_SECONDS, bar.mininterval) if run.show_progress else math.inf
     last_read = started
-    for batch in loader.batches(shuffle=True, seed=epoch_seed, indices=train_indices):
+    for batch in run.loader.batches(shuffle=True, seed=epoch_seed, indices=run.indices):
         if len(batch.labels) < 2:
             continue  # BatchNorm cannot train on a single image (a split of size k * batch + 1)
         # drawn on the host from the epoch's generator, before the step's own draws (on
-        # the CPU the perturbation draws from it too): the draws of old, in their order
+        # the CPU the perturbation draws from it too)
         flip = torch.rand(len(batch.labels), generator=generator) < 0.5 if config.augment_hflip else None
         images, labels = to_device(batch, device, flip)
-        optimizer.zero_grad(set_to_none=True)
-        losses = training_step(model, images, labels, criterion, reg, generator=perturb_generator, amp=amp)
-        amp.step(optimizer)
-        scheduler.step()
-        n = len(labels)
-        seen += n
-        sums["loss"] += losses.total * n
-        sums["clean"] += losses.clean * n
-        sums["correct"] += losses.correct
-        if losses.perturbed is not None:
-            sums["perturbed"] += losses.perturbed * n
-            sums["gap"] += (losses.perturbed - losses.clean).abs() * n
-            sums["relative"] += losses.relative_size * n
-        bar.update(n)
+        run.optimizer.zero_grad(set_to_none=True)
+        losses = training_step(model, images, labels, run.criterion, reg, generator=perturb_generator, amp=amp)
+        amp.step(run.optimizer)
+        run.scheduler.step()
+        sums.add(losses, len(labels))
+        bar.update(len(labels))
         now = time.perf_counter()
         if now - last_read >= read_every:
             last_read = now
-            bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}", img_s=f"{seen / (now - started):.0f}",
-                            refresh=False)
+            bar.set_postfix(loss=f"{sums.sums['loss'].item() / sums.seen:.3f}",
+                            img_s=f"{sums.seen / (now - started):.0f}", refresh=False)
     bar.close()
     seconds = time.perf_counter() - started
-    # one read for all the sums (each float32 -> Python float exactly as `.item()` gives it)
-    totals = dict(zip(sums, (v / max(seen, 1) for v in torch.stack(list(sums.values())).tolist()), strict=True))
+    totals = sums.means()
     regularized = reg is not None
     return {
         "epoch": epoch,
@@ -304,7 +334,7 @@ def _train_one_epoch(model, loader: BatchLoader, train_indices, config: TrainCon
         "train_perturbation_relative": totals["relative"] if regularized else math.nan,
         "train_accuracy": totals["correct"],
         "seconds": seconds,
-        "images_per_s": seen / seconds,
+        "images_per_s": sums.seen / seconds,
     }
 
 
@@ -344,13 +374,14 @@ def fit(
     with (BatchLoader(train_set, config.batch_size, num_workers=num_workers, pin_memory=pin) as train_loader,
           BatchLoader(val_set, max(64, config.batch_size * 2), num_workers=num_workers,
                       pin_memory=pin) as val_loader):
+        run = _Epoch(model, train_loader, train_indices, config, reg, device, criterion, optimizer, scheduler, amp,
+                     seed, show_progress)
         stopped_early = False
         for epoch in range(resumed_from or 0, config.epochs):
             if best.bad_epochs >= config.patience:
                 stopped_early = True
                 break
-            record = _train_one_epoch(model, train_loader, train_indices, config, reg, device, criterion, optimizer,
-                                      scheduler, amp, epoch, seed, show_progress)
+            record = _train_one_epoch(run, epoch)
             logits, labels = _predict(model, val_loader, device, amp)
             record.update(validation_metrics(logits, labels, weights), lr=scheduler.get_last_lr()[0])
             history.append(record)
