@@ -212,7 +212,7 @@ def test_pgd_cpu_random_start_is_the_cpu_generators_draw():
     images, generator = _start_inputs()
     start = PGD(None, 2 / 255, 1 / 255, 1, generator=generator).start(images)
     assert hashlib.sha256(start.numpy().tobytes()).hexdigest() == CPU_START_SHA256
-    # the same as drawing from the CPU generator by hand, as before
+    # the same as drawing from the CPU generator by hand
     _, again = _start_inputs()
     noise = torch.empty(images.shape).uniform_(-2 / 255, 2 / 255, generator=again)
     assert torch.equal(start, torch.clamp(images + noise, 0, 1))

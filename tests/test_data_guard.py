@@ -1,4 +1,4 @@
-"""The data guard (issue #14): data/raw that differs from what data.dvc records at git
+"""The data guard: data/raw that differs from what data.dvc records at git
 HEAD is split only when `robust-deepfake data track` accepted it. `dvc repro` re-records
 data.dvc by itself when data/raw changes, so without the guard a stray file (e.g. a
 `predict --cam` overlay) silently became a training image."""
@@ -170,7 +170,8 @@ def test_split_stage_refuses_before_reading_the_data(repo, monkeypatch):
 
 @pytest.mark.slow
 def test_dvc_repro_refuses_an_added_png_until_it_is_tracked(tmp_path):
-    """The acceptance test of issue #14, through the real CLIs on a micro copy of the repo."""
+    """An added PNG is refused until `data track` accepts it, through the real CLIs on a
+    micro copy of the repo."""
     from micro_repo import make_micro_repo, run
 
     root = make_micro_repo(tmp_path / "repo")

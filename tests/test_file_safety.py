@@ -1,4 +1,4 @@
-"""Fail loudly and early (issue #14): --cam never writes into the data or a DVC-tracked
+"""Fail loudly and early: --cam never writes into the data or a DVC-tracked
 path, temp files never land in an out, a hostile or broken model.pt is an error naming
 the file, and a mask of the wrong size is an error naming both files."""
 
@@ -251,7 +251,7 @@ def test_a_mask_of_another_size_is_an_error_naming_both_files(raw_copy):
         load_mask_array(mask, 32, image_path=image)
     message = str(info.value)
     assert f"{mask}: mask is 20x16 px but its image {image} is 32x32 px" in message
-    assert load_mask_array(mask, 8).shape == (8, 8)  # without the image: resized as before
+    assert load_mask_array(mask, 8).shape == (8, 8)  # without the image: resized, no size check
 
 
 def test_the_split_refuses_a_mismatched_mask_or_skips_it_when_told(raw_copy):

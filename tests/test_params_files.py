@@ -98,7 +98,7 @@ def test_merging_the_shipped_dffd_overrides(repo_root, tmp_path):
     merge_params_file(repo_root / "configs" / "dffd_gpu.yaml", target)
     text = target.read_text()
     assert load_params(target).model.weights_path == "weights/efficientnet_b0_ra-3dd342df.pth"
-    assert "also available: mifgsm" not in text, "attack.attacks now lists mifgsm: the old comment is stale"
+    assert "also available: mifgsm" not in text, "attack.attacks now lists mifgsm: the replaced comment must go"
     assert _line(text, "tracking_uri:").startswith("tracking_uri: null"), "unchanged nulls stay `null`"
     assert text.count("null") >= original.count("null") - 1  # max_samples becomes null, weights_path stops being
     merge_params_file(repo_root / "configs" / "dffd_gpu.yaml", target)

@@ -260,7 +260,7 @@ def _cell_by_cell(models, dataset, config) -> np.ndarray:
 
 def test_sweep_on_the_cpu_gives_the_bytes_of_the_cell_by_cell_loop(models, images_on_disk):
     """Batches outermost, scores kept on the device, attack objects reused across batches:
-    on the CPU the same bytes as before, random starts included (3 batches of <= 3)."""
+    on the CPU the same bytes as the loop over cells, random starts included (3 batches of <= 3)."""
     config = _config(attacks=["fgsm", "bim", "pgd", "mifgsm"], batch_size=3)
     predictions = _sweep(models, images_on_disk, config)
     expected = _cell_by_cell(models, images_on_disk, config)

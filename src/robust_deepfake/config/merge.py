@@ -81,7 +81,7 @@ def _merge(base: Any, overrides: dict, prefix: str, changed: dict, source: str) 
             if hasattr(value, "ca"):  # an override's own comments travel in its parent's entry
                 value.ca.comment = None
             base[key] = value
-            # the old comment described the old value: say where the new one comes from
+            # the replaced comment described the replaced value: say where the new one comes from
             why = _eol_comment(overrides, key)
             _replace_eol_comment(base, key, f"merged from {source}" + (f": {why}" if why else ""))
 
