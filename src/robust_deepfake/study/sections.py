@@ -2,8 +2,8 @@
 
 Every number comes from study/aggregate.py and study/comparisons.py; the top of the
 document answers the study's three questions with those numbers, saying "no detectable
-difference" whenever the seed-level interval includes 0. One function per section, in one
-file: splitting the sections over files would only make the document harder to follow.
+difference" whenever the seed-level interval includes 0. One function per section, in
+reading order.
 """
 
 from __future__ import annotations
