@@ -74,25 +74,24 @@ def _relative(path: Path, base: Path) -> str:
     return (path.relative_to(base) if path.is_absolute() else path).as_posix()
 
 
+def _markdown(block: Block, base: Path) -> str:
+    if isinstance(block, Heading):
+        return "#" * block.level + " " + _md(block.text)
+    if isinstance(block, Para):
+        return (f"**{_md(block.lead)}** " if block.lead else "") + _md(block.text)
+    if isinstance(block, Bullets):
+        return "\n".join(f"- {_md(item)}" for item in block.items)
+    if isinstance(block, Table):
+        lines = ["| " + " | ".join(map(_md_cell, block.header)) + " |", "|" + "---|" * len(block.header)]
+        return "\n".join(lines + ["| " + " | ".join(map(_md_cell, row)) + " |" for row in block.rows])
+    alt = _md(block.alt).replace("[", "(").replace("]", ")")
+    link = f"![{alt}]({_relative(block.path, base)})"
+    return link + (f"\n\n*{_md(block.caption)}*" if block.caption else "")
+
+
 def to_markdown(blocks: Sequence[Block], base: Path) -> str:
     """The Markdown document: figures as links relative to `base` (its folder)."""
-    out = []
-    for block in blocks:
-        if isinstance(block, Heading):
-            out.append("#" * block.level + " " + _md(block.text))
-        elif isinstance(block, Para):
-            out.append((f"**{_md(block.lead)}** " if block.lead else "") + _md(block.text))
-        elif isinstance(block, Bullets):
-            out.append("\n".join(f"- {_md(item)}" for item in block.items))
-        elif isinstance(block, Table):
-            lines = ["| " + " | ".join(map(_md_cell, block.header)) + " |", "|" + "---|" * len(block.header)]
-            lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in block.rows]
-            out.append("\n".join(lines))
-        else:
-            alt = _md(block.alt).replace("[", "(").replace("]", ")")
-            link = f"![{alt}]({_relative(block.path, base)})"
-            out.append(link + (f"\n\n*{_md(block.caption)}*" if block.caption else ""))
-    return "\n\n".join(out) + "\n"
+    return "\n\n".join(_markdown(block, base) for block in blocks) + "\n"
 
 
 _CODE = re.compile(r"`([^`]+)`")
@@ -121,30 +120,30 @@ def _image_source(path: Path, base: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(file.read_bytes()).decode("ascii")
 
 
+def _html(block: Block, base: Path) -> str:
+    if isinstance(block, Heading):
+        return f"<h{block.level}>{inline_html(block.text)}</h{block.level}>"
+    if isinstance(block, Para):
+        lead = f"<strong>{inline_html(block.lead)}</strong> " if block.lead else ""
+        return f"<p>{lead}{inline_html(block.text)}</p>"
+    if isinstance(block, Bullets):
+        return "<ul>" + "".join(f"<li>{inline_html(item)}</li>" for item in block.items) + "</ul>"
+    if isinstance(block, Table):
+        head = "".join(f"<th>{inline_html(h)}</th>" for h in block.header)
+        body = "".join("<tr>" + "".join(f"<td>{inline_html(c)}</td>" for c in row) + "</tr>" for row in block.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    caption = f"<figcaption>{inline_html(block.caption)}</figcaption>" if block.caption else ""
+    return f'<figure><img alt="{html.escape(block.alt)}" src="{_image_source(block.path, base)}">{caption}</figure>'
+
+
 def to_html(blocks: Sequence[Block], title: str, base: Path) -> str:
     """One standalone page: every string escaped, every figure embedded, nothing fetched.
     Relative figure paths are read from `base` (the Markdown's folder)."""
-    out = []
-    for block in blocks:
-        if isinstance(block, Heading):
-            out.append(f"<h{block.level}>{inline_html(block.text)}</h{block.level}>")
-        elif isinstance(block, Para):
-            lead = f"<strong>{inline_html(block.lead)}</strong> " if block.lead else ""
-            out.append(f"<p>{lead}{inline_html(block.text)}</p>")
-        elif isinstance(block, Bullets):
-            out.append("<ul>" + "".join(f"<li>{inline_html(item)}</li>" for item in block.items) + "</ul>")
-        elif isinstance(block, Table):
-            head = "".join(f"<th>{inline_html(h)}</th>" for h in block.header)
-            body = "".join("<tr>" + "".join(f"<td>{inline_html(c)}</td>" for c in row) + "</tr>" for row in block.rows)
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        else:
-            caption = f"<figcaption>{inline_html(block.caption)}</figcaption>" if block.caption else ""
-            out.append(f'<figure><img alt="{html.escape(block.alt)}" src="{_image_source(block.path, base)}">'
-                       f"{caption}</figure>")
+    body = "\n".join(_html(block, base) for block in blocks)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 {BASE_CSS}</style></head><body>
-{chr(10).join(out)}
+{body}
 </body></html>
 """

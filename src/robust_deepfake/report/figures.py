@@ -19,7 +19,7 @@ from robust_deepfake.units import CLEAN
 from robust_deepfake.verdict.seeds import t_interval
 
 COLORS = {"baseline": "#1f77b4", "reg": "#d62728"}
-LABELS = {"baseline": "baseline", "reg": "regularized"}
+VARIANT_LABELS = {"baseline": "baseline", "reg": "regularized"}
 
 
 def pyplot():
@@ -61,7 +61,7 @@ def _seed_curves(axis, frame: pd.DataFrame, variant: str, level: float, value: s
     stats.sort()
     x = np.array([s[0] for s in stats]) * 255
     axis.plot(x, [s[1] for s in stats], marker="o", color=color, linewidth=2,
-              label=f"{LABELS.get(variant, variant)} (mean of {frame.seed.nunique()} seeds)")
+              label=f"{VARIANT_LABELS.get(variant, variant)} (mean of {frame.seed.nunique()} seeds)")
     axis.fill_between(x, [s[2] for s in stats], [s[3] for s in stats], color=color, alpha=0.15, linewidth=0)
 
 
@@ -118,7 +118,7 @@ def training_curves(history: pd.DataFrame, path: Path) -> Path:
         for (variant, seed), frame in history.groupby(["variant", "seed"], sort=False):
             if column in frame and frame[column].notna().any():
                 axis.plot(frame.epoch, frame[column], marker="o", markersize=3, color=COLORS.get(variant),
-                          alpha=0.8, label=f"{LABELS.get(variant, variant)} seed {seed}")
+                          alpha=0.8, label=f"{VARIANT_LABELS.get(variant, variant)} seed {seed}")
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
@@ -141,7 +141,7 @@ def per_source(sweep: pd.DataFrame, attack: str, eps: float, path: Path) -> Path
             frame = rows[(rows.variant == variant) & (rows.attack == name) & np.isclose(rows.eps, at_eps)]
             stats = frame.groupby("source").value.agg(["mean", "std"]).reindex(sources)
             x = np.arange(len(sources)) + offset
-            axis.bar(x, stats["mean"], width, color=COLORS[variant], label=LABELS[variant],
+            axis.bar(x, stats["mean"], width, color=COLORS[variant], label=VARIANT_LABELS[variant],
                      yerr=np.nan_to_num(stats["std"].to_numpy()), capsize=2, error_kw={"linewidth": 0.8})
         axis.set_xticks(np.arange(len(sources)))
         axis.set_xticklabels([f"{s}*" if s in held else s for s in sources], rotation=30, ha="right", fontsize=8)
@@ -170,7 +170,7 @@ def roc_curves(predictions: SweepPredictions, attack: str, eps: float, path: Pat
         labelled = set()
         for m, key in enumerate(predictions.models):
             fpr, tpr, _ = roc_curve(predictions.labels, predictions.p_fake[m, a, index])
-            label = None if key.variant in labelled else LABELS.get(key.variant, key.variant)
+            label = None if key.variant in labelled else VARIANT_LABELS.get(key.variant, key.variant)
             labelled.add(key.variant)
             axis.plot(fpr, tpr, color=COLORS.get(key.variant), alpha=0.7, linewidth=1, label=label)
         axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle="--")
@@ -202,6 +202,6 @@ def confusion_matrices(predictions: SweepPredictions, attack: str, eps: float, p
         axis.set_yticks([0, 1], ["real", "fake"])
         axis.set_xlabel("predicted")
         when = "clean" if idx == 0 else f"{attack.upper()} {units.label(predictions.eps[idx])}"
-        axis.set_title(f"{LABELS.get(variant, variant)}, {when}\n(summed over {len(members)} seeds)", fontsize=8)
+        axis.set_title(f"{VARIANT_LABELS.get(variant, variant)}, {when}\n(summed over {len(members)} seeds)", fontsize=8)
     axes[0][0].set_ylabel("true")
     return save_figure(figure, path)

@@ -254,6 +254,7 @@ def summarize_sweep(predictions: SweepPredictions, config: EvalConfig, holdout: 
                                    for e, eps in enumerate(predictions.eps) if eps > 0]
         for attack, a, e in cells:
             eps = predictions.eps[e]
+            head = _cell_columns(model, attack, eps)
             p = predictions.p_fake[m, a, e]
             point = classification_metrics(labels, p)
             predicted = (p >= 0.5).astype(int)
@@ -265,28 +266,31 @@ def summarize_sweep(predictions: SweepPredictions, config: EvalConfig, holdout: 
                                       len(labels), ci))
             for metric in (*METRICS, "asr"):
                 value = asr if metric == "asr" else point[metric]
-                low, high = ci.get(metric, (math.nan, math.nan))
-                rows.append(_row(model, attack, eps, metric, value, low, high, "all", False, len(labels)))
+                rows.append(_row(head, metric, value, ci.get(metric, (math.nan, math.nan)), "all", False, len(labels)))
             for source in source_names:
                 mask = sources == source
                 accuracy = float((predicted[mask] == labels[mask]).mean())
-                low, high = (
+                interval = (
                     percentile_ci(weighted_accuracy(labels[mask], predicted[mask], weights[:, mask]), config.ci)
                     if weights is not None else (math.nan, math.nan)
                 )
-                rows.append(_row(model, attack, eps, "accuracy", accuracy, low, high, source,
-                                 source in holdout, int(mask.sum())))
+                rows.append(_row(head, "accuracy", accuracy, interval, source, source in holdout, int(mask.sum())))
                 if labels[mask].min() == 1:  # a fake method: its AUC against all reals
                     both = mask | (labels == 0)
                     auc = classification_metrics(labels[both], p[both])["auc"]
-                    rows.append(_row(model, attack, eps, "auc", auc, math.nan, math.nan, source,
-                                     source in holdout, int(both.sum())))
+                    rows.append(_row(head, "auc", auc, (math.nan, math.nan), source, source in holdout,
+                                     int(both.sum())))
     return SweepMetrics(entries, config.ci, predictions.quantized), rows
 
 
-def _row(model: ModelKey, attack, eps, metric, value, low, high, source, heldout, n) -> dict:
-    return {
-        "variant": model.variant, "seed": model.seed, "attack": attack, "eps": eps,
-        "eps_label": units.label(eps), "metric": metric, "value": value, "ci_low": low, "ci_high": high,
-        "source": source, "heldout": heldout, "n": n,
-    }
+def _cell_columns(model: ModelKey, attack: str, eps: float) -> dict:
+    """The columns of plots/attack_sweep.csv that name the model and the attack cell."""
+    return {"variant": model.variant, "seed": model.seed, "attack": attack, "eps": eps, "eps_label": units.label(eps)}
+
+
+def _row(head: dict, metric: str, value: float, interval: tuple[float, float], source: str, heldout: bool,
+         n: int) -> dict:
+    """One row of plots/attack_sweep.csv (CSV_COLUMNS, in order)."""
+    low, high = interval
+    return {**head, "metric": metric, "value": value, "ci_low": low, "ci_high": high, "source": source,
+            "heldout": heldout, "n": n}
