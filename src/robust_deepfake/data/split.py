@@ -49,8 +49,53 @@ def _fill_score(split: str, counts: Counter, quota: dict, filled: Counter) -> fl
     return total
 
 
+def _quota(records: list[Record], config: SplitConfig) -> dict[tuple[str, str], float]:
+    """(split, source) -> the images of that source the split should hold, by the fractions;
+    held-out methods have none (they go to test whole)."""
+    fractions = {
+        "train": 1.0 - config.val_fraction - config.test_fraction,
+        "val": config.val_fraction,
+        "test": config.test_fraction,
+    }
+    per_source = Counter(r.source for r in records)
+    return {
+        (split, source): fractions[split] * per_source[source]
+        for split in SPLITS
+        for source in sorted(per_source)
+        if source not in config.holdout_methods
+    }
+
+
+def _fixed_split(members: list[Record], config: SplitConfig) -> str | None:
+    """The split a group must go to: test for a held-out method, else (strategy auto) the
+    official split most of its images carry (ties: test, val, train); None when free."""
+    if any(r.source in config.holdout_methods for r in members):
+        return "test"
+    if config.strategy == "auto" and any(r.official_split for r in members):
+        votes = Counter(r.official_split for r in members if r.official_split)
+        best = max(votes.values())
+        return next(s for s in ("test", "val", "train") if votes.get(s) == best)
+    return None
+
+
+def _check_splits(result: SplitResult, n_records: int, n_groups: int) -> None:
+    """SplitError for an empty split, or a train/val split missing a label."""
+    for split in SPLITS:
+        if not result.assignment[split]:
+            raise SplitError(
+                f"split: the {split} split is empty; {n_records} images in {n_groups} "
+                "identity groups are too few for the configured fractions"
+            )
+    for split in ("train", "val"):
+        labels = {r.label for r in result.assignment[split]}
+        if labels != {0, 1}:
+            raise SplitError(f"split: the {split} split has only label(s) {sorted(labels)}")
+
+
 def split_records(records: list[Record], config: SplitConfig) -> SplitResult:
-    sources = sorted({r.source for r in records})
+    """Whole identity groups to train/val/test: fixed groups first (held-out methods,
+    official splits), then the free ones, largest first (seeded ties), each to the split
+    whose per-source quota it fills best."""
     fake_sources = {r.source for r in records if r.label == 1}
     unknown = sorted(set(config.holdout_methods) - fake_sources)
     if unknown:
@@ -62,39 +107,19 @@ def split_records(records: list[Record], config: SplitConfig) -> SplitResult:
     groups: dict[str, list[Record]] = defaultdict(list)
     for record in records:
         groups[record.group].append(record)
-
-    fractions = {
-        "train": 1.0 - config.val_fraction - config.test_fraction,
-        "val": config.val_fraction,
-        "test": config.test_fraction,
-    }
-    per_source = Counter(r.source for r in records)
-    quota = {
-        (split, source): fractions[split] * per_source[source]
-        for split in SPLITS
-        for source in sources
-        if source not in config.holdout_methods
-    }
+    quota = _quota(records, config)
     filled: Counter = Counter()
     placed: dict[str, str] = {}
     result = SplitResult(assignment={split: [] for split in SPLITS})
 
-    holdout = set(config.holdout_methods)
-    use_official = config.strategy == "auto"
     for name, members in groups.items():
-        if any(r.source in holdout for r in members):
-            placed[name] = "test"
-        elif use_official and any(r.official_split for r in members):
-            votes = Counter(r.official_split for r in members if r.official_split)
-            best = max(votes.values())
-            winners = [s for s in ("test", "val", "train") if votes.get(s) == best]
-            placed[name] = winners[0]
-        if name in placed:
-            result.moved_to_test += sum(
-                1 for r in members if r.official_split and r.official_split != placed[name]
-            )
-            for record in members:
-                filled[(placed[name], record.source)] += 1
+        fixed = _fixed_split(members, config)
+        if fixed is None:
+            continue
+        placed[name] = fixed
+        result.moved_to_test += sum(1 for r in members if r.official_split and r.official_split != fixed)
+        for record in members:
+            filled[(fixed, record.source)] += 1
 
     free = [name for name in groups if name not in placed]
     rng = np.random.default_rng(config.seed)
@@ -111,15 +136,7 @@ def split_records(records: list[Record], config: SplitConfig) -> SplitResult:
         result.assignment[placed[name]].extend(members)
     for split in SPLITS:
         result.assignment[split].sort(key=lambda r: r.path)
-        if not result.assignment[split]:
-            raise SplitError(
-                f"split: the {split} split is empty; {len(records)} images in {len(groups)} "
-                "identity groups are too few for the configured fractions"
-            )
-    for split in ("train", "val"):
-        labels = {r.label for r in result.assignment[split]}
-        if labels != {0, 1}:
-            raise SplitError(f"split: the {split} split has only label(s) {sorted(labels)}")
+    _check_splits(result, len(records), len(groups))
     return result
 
 
