@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # pip's config on these machines lists extra local indexes that may be absent: hide the noise.
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
 
-.PHONY: install demo test lint clean-outputs
+.PHONY: install demo test lint
 
 install: $(STAMP) $(PLOTS_TEMPLATE)
 
@@ -31,10 +31,10 @@ $(STAMP): pyproject.toml constraints.txt
 # vega, vega-lite and vega-embed, pinned in package-lock.json, inlined into one page
 # template so `dvc plots show` renders with no network (README, "Reading the results").
 # Rebuilt when the pins or the build module change; the file itself is the stamp.
-$(PLOTS_TEMPLATE): package.json package-lock.json src/robust_deepfake/ops/plots_template.py $(STAMP)
+$(PLOTS_TEMPLATE): package.json package-lock.json tools/plots_template.py $(STAMP)
 	@command -v npm >/dev/null || { echo "npm not found: install Node.js with npm (Debian: apt-get install npm)" >&2; exit 1; }
 	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
-	$(BIN)/python -m robust_deepfake.ops.plots_template
+	$(BIN)/python -m tools.plots_template
 
 demo: $(STAMP) $(PLOTS_TEMPLATE)
 	robust-deepfake data ensure
@@ -44,4 +44,4 @@ test: $(STAMP) $(PLOTS_TEMPLATE)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/python -m ruff check src stages flows tests benchmarks
+	$(BIN)/python -m ruff check src stages flows tests benchmarks tools

@@ -1,6 +1,6 @@
 """The DVC pipeline as a Prefect flow: one task per dvc.yaml stage, in DVC's order.
 
-DVC owns the DAG and the cache (robust_deepfake.ops.orchestration); Prefect runs it, retries
+DVC owns the DAG and the cache (robust_deepfake.orchestration); Prefect runs it, retries
 transient failures, streams each stage's output into its task's log and shows it.
 """
 
@@ -15,8 +15,8 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.futures import wait
 from prefect.states import Failed, State
 
-from robust_deepfake.config import ConfigError, load_params
-from robust_deepfake.ops import orchestration
+from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, load_params
+from robust_deepfake.orchestration import dvc_runner
 from robust_deepfake.pipeline.summary import key_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,15 +25,15 @@ REPO = Path(__file__).resolve().parents[1]
 def _transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
     """Retry a stage only when its failure looks transient (a locked store, the network)."""
     error = state.result(raise_on_failure=False)
-    return isinstance(error, orchestration.StageFailed) and error.transient
+    return isinstance(error, dvc_runner.StageFailed) and error.transient
 
 
 @task(name="dvc-stage", task_run_name="{stage}", retries=2, retry_delay_seconds=10,
       retry_condition_fn=_transient_only, cache_policy=NO_CACHE)
-def run_stage(stage: str, repo: str, device: str = "auto") -> bool:
+def dvc_stage(stage: str, repo: str, device: str = "auto") -> bool:
     """`dvc repro --single-item <stage>`; True when it ran, False when DVC skipped it."""
     logger = get_run_logger()
-    result = orchestration.run_stage(Path(repo), stage, orchestration.stage_env(device), on_line=logger.info)
+    result = dvc_runner.repro_stage(Path(repo), stage, dvc_runner.stage_env(device), on_line=logger.info)
     if not result.ran:
         logger.info(f"{stage}: up to date, skipped by DVC")
     return result.ran
@@ -62,17 +62,17 @@ def pipeline(
     logger = get_run_logger()
     root = Path(repo).resolve() if repo else REPO
     try:
-        devices = orchestration.parse_devices(device)
-        params = orchestration.apply_overrides(root, overrides) if overrides else load_params(root / "params.yaml")
-        orchestration.check_devices(params, devices)
-        graph = orchestration.read_stage_graph(root)
+        devices = dvc_runner.parse_devices(device)
+        params = dvc_runner.apply_overrides(root, overrides) if overrides else load_params(root / DEFAULT_PARAMS)
+        dvc_runner.check_devices(params, devices)
+        graph = dvc_runner.read_stage_graph(root)
         if target:
             graph = graph.up_to(target)
-    except (orchestration.OrchestrationError, ConfigError) as error:
+    except (dvc_runner.OrchestrationError, ConfigError) as error:
         return Failed(message=str(error))
     if overrides:
         logger.info(f"params.yaml overrides applied: {overrides}")
-    stage = run_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_s)
+    stage = dvc_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_s)
     for level in graph.levels():
         failures = []
         if len(devices) > 1 and len(level) > 1:
@@ -83,14 +83,14 @@ def pipeline(
             for name in level:
                 try:
                     stage(name, str(root), devices[0])
-                except orchestration.StageFailed as error:
+                except dvc_runner.StageFailed as error:
                     failures = [error]
                     break
         if failures:
             return Failed(message="; ".join(str(error) for error in failures))
     metrics: dict[str, float | str] = key_metrics(root, graph)  # only outputs this run covered
     if overrides or experiment_name:
-        metrics["experiment"] = orchestration.save_experiment(root, experiment_name)
+        metrics["experiment"] = dvc_runner.save_experiment(root, experiment_name)
         logger.info(f"saved DVC experiment {metrics['experiment']!r} (`dvc exp show` lists it)")
     create_table_artifact(
         key="pipeline-metrics",

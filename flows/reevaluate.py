@@ -1,9 +1,9 @@
 """Scheduled re-evaluation of the registered models (@champion, @challenger) as a Prefect flow.
 
 Nothing is retrained: each alias's model version is attacked again on the current test
-split with the current attack params (robust_deepfake.ops.reevaluation), a run tagged
+split with the current attack params (robust_deepfake.monitoring), a run tagged
 `reevaluation` is logged, and the flow fails when robustness (the `report.select_by`
-score that chose @champion, robustness.verdict) dropped by more than
+score that chose @champion, verdict.champion) dropped by more than
 `reevaluate.max_drop` since that version's previous evaluation. On a drop it also sends
 the failure message through the Prefect notification block `notify_block` names
 (`<block-type-slug>/<block-name>`, e.g. `slack-webhook/robustness-alerts`), when set.
@@ -20,18 +20,19 @@ from prefect.blocks.abstract import NotificationBlock
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from robust_deepfake.config import ConfigError, load_params
+from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, load_params
 from robust_deepfake.errors import StageError
-from robust_deepfake.ops import reevaluation
+from robust_deepfake.monitoring.drift import Alert, Outcome, drop_alert
+from robust_deepfake.monitoring.reevaluate import reevaluate_alias
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @task(name="reevaluate-model", task_run_name="reevaluate-{alias}", cache_policy=NO_CACHE)
-def reevaluate_alias(alias: str, repo: str, device: str = "auto") -> reevaluation.Outcome:
+def reevaluation_task(alias: str, repo: str, device: str = "auto") -> Outcome:
     logger = get_run_logger()
     root = Path(repo)
-    return reevaluation.reevaluate(load_params(root / "params.yaml"), root, alias, device, log=logger.info)
+    return reevaluate_alias(load_params(root / DEFAULT_PARAMS), root, alias, device, log=logger.info)
 
 
 class NotifyBlockError(StageError):
@@ -53,7 +54,7 @@ def load_notifier(ref: str) -> NotificationBlock:
     return block
 
 
-def send_alert(block: NotificationBlock, ref: str, alert: reevaluation.Alert, logger) -> str | None:
+def send_alert(block: NotificationBlock, ref: str, alert: Alert, logger) -> str | None:
     """Send `alert` through `block`; None when sent, else why not (also logged as a warning).
     Apprise blocks (Slack, email, ...) report failures only inside raise_on_failure()."""
     body = alert.body
@@ -93,7 +94,7 @@ def reevaluate(
     logger = get_run_logger()
     root = Path(repo).resolve() if repo else REPO
     try:
-        params = load_params(root / "params.yaml")
+        params = load_params(root / DEFAULT_PARAMS)
         notifier = load_notifier(notify_block) if notify_block else None
     except (ConfigError, NotifyBlockError) as error:
         return Failed(message=str(error))
@@ -101,7 +102,7 @@ def reevaluate(
     outcomes, problems = [], []
     for alias in aliases or params.reevaluate.aliases:
         try:
-            outcomes.append(reevaluate_alias(alias, str(root), device))
+            outcomes.append(reevaluation_task(alias, str(root), device))
         except (StageError, FileNotFoundError, ValueError) as error:  # ReevaluationError, DeviceError, ...
             problems.append(f"@{alias}: {error}")
     if outcomes:
@@ -110,7 +111,7 @@ def reevaluate(
             table=[outcome.as_dict() for outcome in outcomes],
             description=f"Re-evaluation of {params.tracking.registered_model}; fails above a drop of {max_drop}",
         )
-    alert = reevaluation.drop_alert(outcomes, max_drop)
+    alert = drop_alert(outcomes, max_drop)
     if alert:
         problems = alert.lines + problems
         for line in alert.lines:

@@ -26,7 +26,7 @@ from prefect.settings import get_current_settings
 
 from flows.pipeline import pipeline
 from flows.reevaluate import NotifyBlockError, load_notifier, reevaluate
-from robust_deepfake.config import load_params_or_exit
+from robust_deepfake.config import DEFAULT_PARAMS, load_params_or_exit
 
 REPO = Path(__file__).resolve().parents[1]
 TAGS = ["robust-deepfake"]
@@ -41,7 +41,7 @@ def build_deployments(
     With `checkout` (for a work pool) the entrypoints are module paths
     (`flows.pipeline.pipeline`) run with that directory as working directory: each worker
     imports the flows from its own clone at that path, so no code storage is needed."""
-    params = load_params_or_exit(root / "params.yaml")
+    params = load_params_or_exit(root / DEFAULT_PARAMS)
     entrypoint = {} if checkout is None else {
         "entrypoint_type": EntrypointType.MODULE_PATH, "job_variables": {"working_dir": str(checkout)},
     }

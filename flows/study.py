@@ -6,7 +6,7 @@
 Each cell (one seed at one grid point, study/spec.py) is a `study-cell` flow run named by
 its overrides: in this process (one machine), or submitted to the `study-cell/<pool>`
 deployment of a process work pool, whose workers (one per GPU host, `--limit` = its GPUs)
-run it in their own clone with one GPU (ops/gpu_slots.py). A cell is skipped when the
+run it in their own clone with one GPU (orchestration/gpu_slots.py). A cell is skipped when the
 shared MLflow store already holds its record (same params and code hash), retried when
 it fails or crashes (a worker host that dies stops its heartbeats; the automation this
 flow installs marks the run Crashed and the cell goes back to the pool), and finally
@@ -27,10 +27,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 
-from robust_deepfake.config import ConfigError, load_params, read_yaml
+from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, load_params, read_yaml
 from robust_deepfake.errors import StageError
-from robust_deepfake.ops.gpu_slots import gpu_slot
-from robust_deepfake.ops.orchestration import OrchestrationError, read_stage_graph, stage_env
+from robust_deepfake.orchestration.dvc_runner import OrchestrationError, read_stage_graph, stage_env
+from robust_deepfake.orchestration.gpu_slots import gpu_slot
 from robust_deepfake.study import cell as cells
 from robust_deepfake.study import records
 from robust_deepfake.study.spec import Cell, StudySpec, cell_hash, expand, load_spec, with_placebo
@@ -57,8 +57,8 @@ def study_cell(label: str, cell: dict[str, Any], expected_hash: str, git_remote:
     logger = get_run_logger()
     root = checkout()
     the_cell = Cell.from_dict(cell)
-    base = read_yaml(root / "params.yaml")
-    params = load_params(root / "params.yaml")
+    base = read_yaml(root / DEFAULT_PARAMS)
+    params = load_params(root / DEFAULT_PARAMS)
     version = cells.code_version(root)
     found_hash = cell_hash(the_cell.params(base), version)
     if found_hash != expected_hash:
@@ -185,8 +185,8 @@ def study(spec_path: str = "configs/study_demo.yaml", pool: str | None = None, r
     root = Path(repo).resolve() if repo else REPO
     try:
         spec = load_spec(root / spec_path)
-        base = read_yaml(root / "params.yaml")
-        params = load_params(root / "params.yaml")
+        base = read_yaml(root / DEFAULT_PARAMS)
+        params = load_params(root / DEFAULT_PARAMS)
         grid = expand(spec, base)
         if spec.targets:
             check_targets(root, spec.targets, spec_path)

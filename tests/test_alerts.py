@@ -1,6 +1,6 @@
 """Alerts of the re-evaluation flow, end to end: a webhook receiver on 127.0.0.1, a
 Prefect notification block pointing at it in a temporary Prefect server, and a drop made
-the way the README tells users to (`python -m robust_deepfake.ops.reevaluation
+the way the README tells users to (`robust-deepfake reevaluate
 simulate-drop`) on a copy of the micro repo.
 
 * a drop: one POST naming the model, version, alias, attack, eps, figures and threshold,
@@ -102,8 +102,8 @@ def _repo(micro_repo: Path, dest: Path) -> tuple[Path, str, dict[str, str], str]
     from mlflow import MlflowClient
 
     from robust_deepfake.config import load_params
-    from robust_deepfake.ops.reevaluation import score_plan
-    from robust_deepfake.ops.tracking import configure
+    from robust_deepfake.monitoring.drift import score_plan
+    from robust_deepfake.tracking.store import configure
     from robust_deepfake.paths import ModelKey, read_run_record
 
     root = Path(shutil.copytree(micro_repo, dest, symlinks=True))
@@ -125,7 +125,7 @@ def _repo(micro_repo: Path, dest: Path) -> tuple[Path, str, dict[str, str], str]
 
 def _simulate_drop(root: Path, alias: str) -> str:
     """The README's command; returns the simulated previous run's id."""
-    out = run([sys.executable, "-m", "robust_deepfake.ops.reevaluation", "simulate-drop", "--alias", alias],
+    out = run([sys.executable, "-m", "robust_deepfake.cli", "reevaluate", "simulate-drop", "--alias", alias],
               root, timeout=300).stdout
     assert f"@{alias}: its next re-evaluation compares with run " in out, out
     return out.split("compares with run ")[1].split()[0]

@@ -54,7 +54,7 @@ def copy_repo(source: Path, dest: Path) -> Path:
 
 
 def test_stage_graph_follows_dvc_not_the_file_order(tmp_path):
-    from robust_deepfake.ops.orchestration import OrchestrationError, read_stage_graph
+    from robust_deepfake.orchestration.dvc_runner import OrchestrationError, read_stage_graph
 
     graph = read_stage_graph(make_toy_repo(tmp_path / "toy"))
     assert graph.stages == ("prepare", "right", "left", "report")
@@ -67,7 +67,7 @@ def test_stage_graph_follows_dvc_not_the_file_order(tmp_path):
 
 
 def test_the_project_dag_is_read_from_dvc_yaml():
-    from robust_deepfake.ops.orchestration import read_stage_graph
+    from robust_deepfake.orchestration.dvc_runner import read_stage_graph
     from robust_deepfake.paths import ReportOutputs, SweepOutputs, TrainOutputs, model_keys
 
     graph = read_stage_graph(REPO)
@@ -96,7 +96,7 @@ def test_the_project_dag_is_read_from_dvc_yaml():
 
 def test_devices_and_failure_messages():
     from robust_deepfake.config import load_params
-    from robust_deepfake.ops.orchestration import (
+    from robust_deepfake.orchestration.dvc_runner import (
         OrchestrationError, StageFailed, check_devices, device_env, parse_devices,
     )
 
@@ -119,7 +119,7 @@ def test_devices_and_failure_messages():
 
 
 def test_robustness_compares_on_the_shared_grid():
-    from robust_deepfake.ops.reevaluation import compare, robustness, score_plan
+    from robust_deepfake.monitoring.drift import compare, robustness, score_plan
 
     assert robustness({"pgd": {0: 0.9, 100: 0.6, 200: 0.4}, "fgsm": {100: 1.0}}) == (0.5, "pgd")
     # no PGD configured: pgd_accuracy falls back to the mean over every attack
@@ -151,7 +151,8 @@ def _sweep_metrics():
 
 
 def test_champion_and_reevaluation_share_one_robustness_definition():
-    from robust_deepfake.ops.reevaluation import compare, robustness, sweep_curves
+    from robust_deepfake.monitoring.drift import compare, robustness
+    from robust_deepfake.monitoring.reevaluate import sweep_curves
     from robust_deepfake.robustness.sweep import SweepMetrics
     from robust_deepfake.verdict.champion import robustness_score
 
@@ -170,7 +171,7 @@ def test_champion_and_reevaluation_share_one_robustness_definition():
 
 def test_key_metrics_reads_the_report_else_the_stage_outputs(tmp_path):
     from robust_deepfake.io import write_json
-    from robust_deepfake.ops.orchestration import StageGraph
+    from robust_deepfake.orchestration.dvc_runner import StageGraph
     from robust_deepfake.pipeline.summary import key_metrics
     from robust_deepfake.paths import ModelKey, ReportOutputs, SweepOutputs, TrainOutputs, model_keys
 
@@ -340,7 +341,7 @@ def _registry(root: Path):
     from mlflow import MlflowClient
 
     from robust_deepfake.config import load_params
-    from robust_deepfake.ops.tracking import configure
+    from robust_deepfake.tracking.store import configure
     from robust_deepfake.paths import ModelKey, read_run_record
 
     params = load_params(root / "params.yaml")

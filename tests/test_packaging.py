@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_DIRS = ("src", "stages", "flows")
+CODE_DIRS = ("src", "stages", "flows", "tools")
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;,]+)$")
 
 
@@ -21,7 +21,7 @@ def canonical(name: str) -> str:
 
 
 def first_party(root: Path = ROOT) -> set[str]:
-    """Packages under src/ and the top-level code folders (flows, stages)."""
+    """Packages under src/ and the top-level code folders (flows, stages, tools)."""
     return {path.name for path in (root / "src").iterdir() if (path / "__init__.py").is_file()} | set(CODE_DIRS)
 
 

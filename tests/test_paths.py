@@ -142,7 +142,7 @@ def test_find_repo_root_in_a_fresh_tree(tmp_path):
 
 
 def test_every_out_lives_under_the_out_roots():
-    """ops/provenance.py ignores changes under OUT_ROOTS when it asks whether a run's
+    """tracking/provenance.py ignores changes under OUT_ROOTS when it asks whether a run's
     inputs are committed: an out elsewhere would make every `dvc repro` look dirty."""
     from robust_deepfake.paths import OUT_ROOTS
 

@@ -1,7 +1,7 @@
 """`dvc plots show` works offline, with titled axes (issue #13).
 
 The real `dvc plots show` renders the committed plots/ CSVs with the page template that
-.dvc/config names (built by `make install`, src/robust_deepfake/ops/plots_template.py);
+.dvc/config names (built by `make install`, tools/plots_template.py);
 real headless Chromium opens the page with every host name unresolvable and every
 connection sent to a closed proxy, and the test reads back the rendered DOM: each plot's
 <div> must hold a chart with its data line and the axis titles that dvc.yaml declares.
@@ -24,7 +24,7 @@ import pytest
 import yaml
 from micro_repo import REPO, run
 
-from robust_deepfake.ops.plots_template import LIBRARIES, TEMPLATE, PlotsTemplateError, build
+from tools.plots_template import LIBRARIES, TEMPLATE, PlotsTemplateError, build
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`dvc plots show` exactly as the README says, with the template .dvc/config names."""
     if not (REPO / TEMPLATE).is_file():
         pytest.fail(f"{TEMPLATE} is missing, so `dvc plots show` fails with \"HTML template has to contain "
-                    "'{plot_divs}'\": run `make install` (npm ci, then python -m robust_deepfake.ops.plots_template)")
+                    "'{plot_divs}'\": run `make install` (npm ci, then python -m tools.plots_template)")
     out = tmp_path_factory.mktemp("plots")
     plots_show(out)
     return out / "index.html"

@@ -1,5 +1,5 @@
 """Only `dvc repro` of committed inputs speaks for production: experiments and dirty
-trees register versions but never move an alias (ops/provenance.py)."""
+trees register versions but never move an alias (tracking/provenance.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from robust_deepfake.ops.provenance import EXPERIMENT_ENV, run_origin
-from robust_deepfake.ops.tracking import store_root
+from robust_deepfake.tracking.provenance import EXPERIMENT_ENV, run_origin
+from robust_deepfake.tracking.store import store_root
 
 MODEL = "robust-deepfake-detector"
 

@@ -303,8 +303,8 @@ def test_identical_bim_and_pgd_rows_are_pointed_out():
 def test_aliases_move_only_after_every_out_is_written(tmp_path, monkeypatch):
     """A report stage killed before its end must not have moved @champion: publish_report
     (the alias moves) is the last thing build_report does, and it sees every out in place."""
-    from robust_deepfake.ops import tracking
     from robust_deepfake.pipeline import report as report_stage
+    from robust_deepfake.tracking import registry, store
 
     params = validate({"train": {"seeds": SEEDS}, "eval": {"n_bootstrap": 20},
                        "attack": {"attacks": ATTACKS, "eps": ["1/255", "2/255"]}})
@@ -316,8 +316,8 @@ def test_aliases_move_only_after_every_out_is_written(tmp_path, monkeypatch):
                         ("markdown", "html", "figures", "plots", "training", "metrics", "verdict")}
         seen["cards"] = sorted(k.name for k in cards)
 
-    monkeypatch.setattr(tracking, "require_store", lambda *args, **kwargs: "sqlite:///unused")
-    monkeypatch.setattr(tracking, "publish_report", publish)
+    monkeypatch.setattr(store, "require_store", lambda *args, **kwargs: "sqlite:///unused")
+    monkeypatch.setattr(registry, "publish_report", publish)
     monkeypatch.setattr(report_stage, "_current_champion", lambda params, root: None)
     report_stage.build_report(params, tmp_path, track=True)
     assert seen["outs"] and all(seen["outs"].values()), seen

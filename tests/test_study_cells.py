@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from robust_deepfake.config import EvalConfig, read_yaml, validate
-from robust_deepfake.ops.gpu_slots import gpu_slot, visible_gpus
+from robust_deepfake.orchestration.gpu_slots import gpu_slot, visible_gpus
 from robust_deepfake.paths import ModelKey
 from robust_deepfake.robustness.sweep import SweepPredictions, summarize_sweep
 from robust_deepfake.study import outcome

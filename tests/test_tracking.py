@@ -12,17 +12,17 @@ pytestmark = pytest.mark.slow
 def mlflow_state(monkeypatch):
     """Undo what a test does to MLflow's process-wide state: the client's tracking and
     registry URIs, the MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI variables that
-    mlflow.set_*_uri() export, and tracking.configure's record of what it exported."""
+    mlflow.set_*_uri() export, and store.configure's record of what it exported."""
     import os
 
     import mlflow.tracking._model_registry.utils as registry_utils
     import mlflow.tracking._tracking_service.utils as tracking_utils
 
-    from robust_deepfake.ops import tracking
+    from robust_deepfake.tracking import store
 
     monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
     monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
-    monkeypatch.setattr(tracking, "_exported", tracking._exported)
+    monkeypatch.setattr(store, "_exported", store._exported)
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         monkeypatch.setenv(name, os.environ.get(name, ""))  # records the value to restore (or its absence)
         if not os.environ[name]:
@@ -182,16 +182,16 @@ def test_pyfunc_by_alias_scores_any_batch_size(client, micro_repo, alias):
 
 def test_configure_follows_each_repository_and_respects_the_user(tmp_path, mlflow_state):
     from robust_deepfake.config import TrackingConfig
-    from robust_deepfake.ops import tracking
+    from robust_deepfake.tracking import store
 
     monkeypatch = mlflow_state
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     a, b = tmp_path / "a", tmp_path / "b"
-    assert tracking.configure(TrackingConfig(), a) == f"sqlite:///{a / 'mlflow.db'}"
-    assert tracking.configure(TrackingConfig(), b) == f"sqlite:///{b / 'mlflow.db'}"
+    assert store.configure(TrackingConfig(), a) == f"sqlite:///{a / 'mlflow.db'}"
+    assert store.configure(TrackingConfig(), b) == f"sqlite:///{b / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
-    assert tracking.configure(TrackingConfig(), a) == "sqlite:////elsewhere/mlflow.db"
-    assert tracking.configure(TrackingConfig(), b) == "sqlite:////elsewhere/mlflow.db"
+    assert store.configure(TrackingConfig(), a) == "sqlite:////elsewhere/mlflow.db"
+    assert store.configure(TrackingConfig(), b) == "sqlite:////elsewhere/mlflow.db"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert tracking.configure(TrackingConfig(), b) == f"sqlite:///{b / 'mlflow.db'}"
-    assert tracking.configure(TrackingConfig(tracking_uri="sqlite:////x.db"), a) == "sqlite:////x.db"
+    assert store.configure(TrackingConfig(), b) == f"sqlite:///{b / 'mlflow.db'}"
+    assert store.configure(TrackingConfig(tracking_uri="sqlite:////x.db"), a) == "sqlite:////x.db"

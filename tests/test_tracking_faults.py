@@ -52,14 +52,14 @@ def test_http_retries_and_timeouts_are_bounded_unless_the_user_set_them(monkeypa
     MLFLOW_HTTP_REQUEST_TIMEOUT per try: ours are 5 s and 1 retry; the user's values win."""
     from robust_deepfake.config import TrackingConfig
     from robust_deepfake.errors import StageError
-    from robust_deepfake.ops import tracking
+    from robust_deepfake.tracking import store
 
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
-    monkeypatch.setattr(tracking, "_exported", None)
+    monkeypatch.setattr(store, "_exported", None)
     with pytest.raises(StageError, match="unreachable"):
-        tracking.require_store(TrackingConfig(), tmp_path)
+        store.require_store(TrackingConfig(), tmp_path)
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
 
@@ -68,7 +68,7 @@ def test_a_read_only_sqlite_store_is_one_line(tmp_path, monkeypatch):
     """As root every file is writable, so sqlite's own read-only mode stands in for a
     read-only file: the store is opened, and the first write fails."""
     from robust_deepfake.config import TrackingConfig
-    from robust_deepfake.ops import tracking
+    from robust_deepfake.tracking import store
 
     database = tmp_path / "mlflow.db"
     seeded = subprocess.run(
@@ -80,12 +80,12 @@ def test_a_read_only_sqlite_store_is_one_line(tmp_path, monkeypatch):
     script = textwrap.dedent("""
         from pathlib import Path
         from robust_deepfake.config import Params
-        from robust_deepfake.ops import tracking
+        from robust_deepfake.tracking import store
         from robust_deepfake.stage_kit import run_stage
 
         def body(params):  # what every tracked stage does first, then its first write
-            tracking.require_store(params.tracking, Path.cwd())
-            tracking.ensure_experiment("new-experiment", Path.cwd())
+            store.require_store(params.tracking, Path.cwd())
+            store.ensure_experiment("new-experiment", Path.cwd())
 
         run_stage(None, body, str, argv=["--params", "params.yaml"])
     """)
@@ -96,12 +96,12 @@ def test_a_read_only_sqlite_store_is_one_line(tmp_path, monkeypatch):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
     # where the OS says read-only (a non-root user), the check before any work says so
-    monkeypatch.setattr(tracking.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(store.os, "access", lambda path, mode: False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
     from robust_deepfake.errors import StageError
 
     with pytest.raises(StageError, match="the MLflow store is read-only"):
-        tracking.require_store(TrackingConfig(), tmp_path)
+        store.require_store(TrackingConfig(), tmp_path)
 
 
 _TRACKED_TRAIN = textwrap.dedent(
@@ -155,7 +155,7 @@ def test_a_killed_training_run_is_closed_and_the_resumed_run_holds_every_epoch(t
 
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setattr("robust_deepfake.ops.tracking._exported", None)
+    monkeypatch.setattr("robust_deepfake.tracking.store._exported", None)
     result, _ = train_model(params, ModelKey("baseline", 0), root, track=True)
     assert result.resumed_from in (1, 2)
     runs = {run.info.run_id: run for run in client.search_runs(

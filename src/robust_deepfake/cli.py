@@ -1,10 +1,12 @@
-"""`robust-deepfake`: the console entry point (data set-up, params, predict)."""
+"""`robust-deepfake`: the console entry point (data set-up, params, predict, re-evaluation checks)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import NoReturn
+
+from robust_deepfake.config import DEFAULT_PARAMS
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -129,6 +131,21 @@ def _predict(args: argparse.Namespace) -> None:
     )))
 
 
+def _reevaluate_simulate_drop(args: argparse.Namespace) -> None:
+    from robust_deepfake.config import load_params_or_exit
+    from robust_deepfake.monitoring.drift import ReevaluationError
+    from robust_deepfake.monitoring.reevaluate import simulate_drop
+    from robust_deepfake.paths import find_repo_root
+
+    root = find_repo_root()
+    params = load_params_or_exit(root / DEFAULT_PARAMS)
+    try:
+        run_id = simulate_drop(params, root, args.alias, args.previous)
+    except ReevaluationError as error:
+        fail(str(error), code=2)
+    print(f"@{args.alias}: its next re-evaluation compares with run {run_id} ({args.previous}) and reports a drop")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -211,14 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
                                             help="what to do with the params file")
     check = _parser(params_commands, "check",
                     help="validate a params file and check that the files and directories it names exist")
-    check.add_argument("file", nargs="?", default="params.yaml", help="the params file")
+    check.add_argument("file", nargs="?", default=str(DEFAULT_PARAMS), help="the params file")
     check.add_argument("--schema-only", action="store_true",
                        help="validate keys and values only, not the paths (e.g. before data/raw is in place)")
     check.set_defaults(func=_params_check)
     merge = _parser(params_commands, "merge",
                     help="apply an overrides file (e.g. configs/dffd_gpu.yaml), keeping the comments")
     merge.add_argument("overrides", help="a partial params file whose values replace those in --into")
-    merge.add_argument("--into", default="params.yaml", help="the params file to update")
+    merge.add_argument("--into", default=str(DEFAULT_PARAMS), help="the params file to update")
     merge.set_defaults(func=_params_merge)
 
     predict = _parser(
@@ -241,6 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar for folders")
     predict.set_defaults(func=_predict)
+
+    reevaluate = _parser(commands, "reevaluate", help="check the scheduled re-evaluation's drop alerts")
+    reevaluate_commands = reevaluate.add_subparsers(dest="reevaluate_command", required=True, metavar="ACTION",
+                                                    help="what to do")
+    simulate = _parser(
+        reevaluate_commands, "simulate-drop", help="make the next re-evaluation of an alias report a drop",
+        description="Log a run that claims a previous evaluation of the alias's version scoring --previous, "
+        "and point the version's last_reevaluation_run_id tag at it: the next re-evaluation (the Prefect "
+        "flow flows/reevaluate.py) compares with it and reports a drop, so its alert can be checked end to end.",
+    )
+    simulate.add_argument("--alias", default="champion", help="registered model alias")
+    simulate.add_argument("--previous", type=float, default=1.0,
+                          help="the score the simulated previous evaluation claims")
+    simulate.set_defaults(func=_reevaluate_simulate_drop)
     return parser
 
 

@@ -26,7 +26,7 @@ RUNS_DIR = Path(".cache") / "runs"
 # the report shows it when present.
 DOSE_RESPONSE = Path("benchmarks") / "results" / "dose_response.json"
 # The folders every DVC out lives under (tests/test_paths.py checks dvc.yaml against it):
-# files a run rewrites there do not make the git tree "dirty" (ops/provenance.py).
+# files a run rewrites there do not make the git tree "dirty" (tracking/provenance.py).
 OUT_ROOTS = ("data/splits", "models", "metrics", "plots", "eval", "reports")
 
 

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from robust_deepfake.config.yaml import YAMLError, dump_yaml, load_yaml
 from robust_deepfake.data.sample import spec_from_meta, spec_to_meta, write_sample
+from robust_deepfake.dvc_cli import run_dvc
 from robust_deepfake.errors import StageError
 from robust_deepfake.io import atomic_open, write_json
 
@@ -90,13 +90,6 @@ def dvc_tree_md5(directory: str | Path) -> str:
     return _entries_md5(dvc_tree_entries(directory))
 
 
-def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
-
-
 def ensure_raw_data(dvc_file: str | Path = DVC_FILE, force: bool = False, log=print) -> str:
     """Make the tracked directory match data.dvc. Returns what was done, in words."""
     tracked = read_dvc_file(dvc_file)
@@ -116,7 +109,7 @@ def ensure_raw_data(dvc_file: str | Path = DVC_FILE, force: bool = False, log=pr
         entries = dvc_tree_entries(target)
         current = _entries_md5(entries)
         if current == tracked.md5:
-            _dvc("commit", "-f", "-q", str(tracked.dvc_file.name), cwd=root)  # fills the cache if empty
+            run_dvc("commit", "-f", "-q", str(tracked.dvc_file.name), cwd=root)  # fills the cache if empty
             return f"{target} already matches {tracked.dvc_file} ({tracked.md5})"
         if not force:
             changes = _describe_changes(root, target, entries, tracked.md5)
@@ -130,7 +123,7 @@ def ensure_raw_data(dvc_file: str | Path = DVC_FILE, force: bool = False, log=pr
         target.rename(backup)
         log(f"moved the modified {target} to {backup}")
 
-    checkout = _dvc("checkout", "-q", str(tracked.dvc_file.name), cwd=root)
+    checkout = run_dvc("checkout", "-q", str(tracked.dvc_file.name), cwd=root)
     if checkout.returncode == 0 and target.exists() and dvc_tree_md5(target) == tracked.md5:
         return f"restored {target} from the DVC cache"
 
@@ -153,12 +146,12 @@ def ensure_raw_data(dvc_file: str | Path = DVC_FILE, force: bool = False, log=pr
         if target.exists():
             shutil.rmtree(target)  # a partial checkout left behind above
         staging.rename(target)
-        result = _dvc("commit", "-f", "-q", str(tracked.dvc_file.name), cwd=root)
+        result = run_dvc("commit", "-f", "-q", str(tracked.dvc_file.name), cwd=root)
         if result.returncode != 0:
             raise DataStateError(f"dvc commit failed: {(result.stderr or result.stdout).strip()}")
         return f"generated the bundled sample into {target}; it matches {tracked.dvc_file}"
 
-    pull = _dvc("pull", "-q", str(tracked.dvc_file.name), cwd=root)
+    pull = run_dvc("pull", "-q", str(tracked.dvc_file.name), cwd=root)
     if pull.returncode == 0 and target.exists() and dvc_tree_md5(target) == tracked.md5:
         return f"pulled {target} from the DVC remote"
     raise DataStateError(
@@ -194,7 +187,7 @@ def _record(dvc_file: Path, directory: Path, meta: dict, by: str) -> None:
     content = {"outs": [{"path": os.path.relpath(directory, dvc_file.parent).replace(os.sep, "/")}], "meta": meta}
     with atomic_open(dvc_file) as handle:
         dump_yaml(content, handle)
-    result = _dvc("commit", "-f", "-q", dvc_file.name, cwd=dvc_file.parent.resolve())
+    result = run_dvc("commit", "-f", "-q", dvc_file.name, cwd=dvc_file.parent.resolve())
     if result.returncode != 0:
         raise DataStateError(f"dvc commit {dvc_file} failed: {(result.stderr or result.stdout).strip()}")
     record_acceptance(dvc_file, read_dvc_file(dvc_file).md5, by)
@@ -209,7 +202,7 @@ LINK_CACHE_TYPES = "hardlink,symlink"
 def configured_cache_type(root: str | Path) -> str | None:
     """The `cache.type` DVC uses in the repo at `root` (any config level), None when unset
     (DVC's default: reflink,copy)."""
-    result = _dvc("config", "cache.type", cwd=Path(root))
+    result = run_dvc("config", "cache.type", cwd=Path(root))
     value = result.stdout.strip() if result.returncode == 0 else ""
     return value or None
 
@@ -222,7 +215,7 @@ def use_link_cache(root: str | Path) -> str | None:
     current = configured_cache_type(root)
     if current is not None:
         return current
-    result = _dvc("config", "--local", "cache.type", LINK_CACHE_TYPES, cwd=root)
+    result = run_dvc("config", "--local", "cache.type", LINK_CACHE_TYPES, cwd=root)
     if result.returncode != 0:
         raise DataStateError(f"dvc config cache.type failed: {(result.stderr or result.stdout).strip()}")
     return LINK_CACHE_TYPES

@@ -113,7 +113,7 @@ def _load_from_mlflow(uri: str, params: Params, root: Path) -> LoadedModel:
     from mlflow.exceptions import MlflowException
 
     from robust_deepfake.errors import StageError
-    from robust_deepfake.ops.tracking import require_store
+    from robust_deepfake.tracking.store import require_store
 
     try:
         store = require_store(params.tracking, root, write=False)
@@ -163,7 +163,7 @@ def _refuse_below_floor(client, name: str, version: str, uri: str) -> None:
     label images."""
     from mlflow.exceptions import MlflowException
 
-    from robust_deepfake.ops.tracking import FLOOR_TAG
+    from robust_deepfake.tracking.registry import FLOOR_TAG
 
     try:
         floor = client.get_model_version(name, version).tags.get(FLOOR_TAG, "")

@@ -18,7 +18,7 @@ from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepMetrics, run_swee
 
 def attack_sweep(params: Params, root: Path, track: bool = True) -> SweepMetrics:
     if track:  # an unreachable or read-only MLflow store fails now, not after the work
-        from robust_deepfake.ops.tracking import require_store
+        from robust_deepfake.tracking.store import require_store
 
         require_store(params.tracking, root)
     set_threads(params.train.num_threads)
@@ -40,7 +40,7 @@ def attack_sweep(params: Params, root: Path, track: bool = True) -> SweepMetrics
     metrics.save(outputs.metrics)
     write_csv(outputs.plot, CSV_COLUMNS, rows)
     if track:
-        from robust_deepfake.ops.tracking import SWEEP_PREFIX, log_eps_curves
+        from robust_deepfake.tracking.runs import SWEEP_PREFIX, log_eps_curves
 
         curves = [{"model": e.model, "attack": e.attack, "metric": metric, "value": getattr(e, metric), "eps": e.eps}
                   for e in metrics.entries for metric in ("accuracy", "f1", "auc", "asr")]  # clean: step 0

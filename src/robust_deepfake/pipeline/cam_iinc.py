@@ -33,7 +33,7 @@ def cam_iinc(params: Params, root: Path, track: bool = True) -> CamMetrics:
 
     require_target_layer(params)
     if track:  # an unreachable or read-only MLflow store fails now, not after the work
-        from robust_deepfake.ops.tracking import require_store
+        from robust_deepfake.tracking.store import require_store
 
         require_store(params.tracking, root)
     cfg = params.cam
@@ -100,7 +100,7 @@ def _row(entry: CamEntry) -> dict:
 
 
 def _log(params: Params, root: Path, entries: list[CamEntry]) -> None:
-    from robust_deepfake.ops.tracking import CAM_PREFIX, log_eps_curves
+    from robust_deepfake.tracking.runs import CAM_PREFIX, log_eps_curves
 
     keys = list(dict.fromkeys(e.model for e in entries))
     rows = [{"model": e.model, "attack": e.attack, "metric": f"iinc_{e.measure}", "value": e.mean, "eps": e.eps}

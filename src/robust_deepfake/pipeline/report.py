@@ -92,7 +92,7 @@ def figure_attack_and_eps(params: Params, predictions: SweepPredictions) -> tupl
 
 def build_report(params: Params, root: Path, track: bool = True) -> dict:
     if track:  # an unreachable or read-only MLflow store fails now, not after the work
-        from robust_deepfake.ops.tracking import require_store
+        from robust_deepfake.tracking.store import require_store
 
         require_store(params.tracking, root)
     inputs = ReportInputs.read(root, params.train.seeds)
@@ -145,7 +145,7 @@ def build_report(params: Params, root: Path, track: bool = True) -> dict:
     summary = headline_metrics(inputs, differences, attack, ref_eps)
     write_json(outputs.metrics, summary)
     if track:  # last: the aliases move only once every out is in place
-        from robust_deepfake.ops.tracking import publish_report
+        from robust_deepfake.tracking.registry import publish_report
 
         publish_report(params, root, decision, outputs, model_cards(inputs, differences, decision, level))
     return {"differences": differences, "decision": decision, "metrics": summary}
@@ -153,7 +153,7 @@ def build_report(params: Params, root: Path, track: bool = True) -> dict:
 
 def model_cards(inputs: ReportInputs, differences: list[SeedDifference], decision, level: float) -> dict:
     """The report's section of each model's card: its test rows, the verdict, the floor."""
-    from robust_deepfake.ops.model_card import report_section
+    from robust_deepfake.tracking.model_card import report_section
 
     verdict = [f"{d.attack.upper()} {d.metric}: reg − baseline {d.mean:+.3f}, {level:.0%} CI over "
                f"{len(d.seeds)} seeds [{d.ci_low:+.3f}, {d.ci_high:+.3f}]: {d.wording()}" for d in differences
@@ -199,18 +199,18 @@ def headline_metrics(inputs: ReportInputs, differences: list[SeedDifference], at
 
 
 def _current_champion(params: Params, root: Path) -> str | None:
-    from robust_deepfake.ops.tracking import current_alias_variant
+    from robust_deepfake.tracking.registry import alias_variant
 
-    return current_alias_variant(params, root, "champion")
+    return alias_variant(params, root, "champion")
 
 
 def _provenance(params: Params, root: Path) -> dict[str, str]:
     from robust_deepfake.config import params_hash
-    from robust_deepfake.ops.tracking import data_md5, git_commit
+    from robust_deepfake.tracking.provenance import data_md5, run_origin
 
     # the commit without `-dirty`: a run dirties its own outs (dvc.lock), and the report
     # must be the same bytes on a rerun; MLflow tags keep the full form
-    return {"git commit": git_commit(root).removesuffix("-dirty"), "data.dvc md5": data_md5(root),
+    return {"git commit": run_origin(root).git_commit.removesuffix("-dirty"), "data.dvc md5": data_md5(root),
             "params hash": params_hash(params)}
 
 

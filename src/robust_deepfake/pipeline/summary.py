@@ -13,7 +13,7 @@ from robust_deepfake.config import ConfigError, Params, load_params
 from robust_deepfake.errors import StageError
 
 if TYPE_CHECKING:
-    from robust_deepfake.ops.orchestration import StageGraph
+    from robust_deepfake.orchestration.dvc_runner import StageGraph
 
 PARAMS_FILE = "params.yaml"
 
@@ -28,7 +28,7 @@ def key_metrics(root: Path, graph: StageGraph | None = None) -> dict[str, float 
       clean_accuracy / clean_auc from eval/attack_sweep.json, iinc_stability from
       eval/cam_iinc.json;
     * `<variant>/robustness` from eval/attack_sweep.json: the champion score
-      (report.select_by, scored as the re-evaluation scores it: reevaluation.score_plan,
+      (report.select_by, scored as the re-evaluation scores it: monitoring.drift.score_plan,
       verdict.curve_score), named by `robustness_by`;
     * `champion`: the model eval/verdict.json's decision names (e.g. reg-seed1).
 
@@ -66,7 +66,8 @@ def key_metrics(root: Path, graph: StageGraph | None = None) -> dict[str, float 
 
     sweep = _load_typed(SweepOutputs.at(root).metrics, "sweep", read)
     if sweep is not None:
-        from robust_deepfake.ops.reevaluation import ReevaluationError, score_plan, sweep_curves
+        from robust_deepfake.monitoring.drift import ReevaluationError, score_plan
+        from robust_deepfake.monitoring.reevaluate import sweep_curves
         from robust_deepfake.units import CLEAN
         from robust_deepfake.verdict.champion import curve_score
 

@@ -66,7 +66,7 @@ def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -
 
     require_target_layer(params)  # the CAM stage's layer: refused before hours of training, not after
     if track:  # an unreachable or read-only store fails now, not after the training
-        from robust_deepfake.ops.tracking import require_store
+        from robust_deepfake.tracking.store import require_store
 
         require_store(params.tracking, root)
     set_threads(params.train.num_threads)
@@ -128,7 +128,7 @@ def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -
         write_csv(outputs.plot, columns, ({c: (r[c] + 1 if c == "epoch" else r[c]) for c in columns}
                                           for r in result.history))
         if track:
-            from robust_deepfake.ops.tracking import log_training_artifacts
+            from robust_deepfake.tracking.runs import log_training_artifacts
 
             log_training_artifacts(outputs.plot, result.history,
                                    _val_confusion(model, val_set, params.train.batch_size, device,
@@ -145,9 +145,9 @@ def train_model(params: Params, key: ModelKey, root: Path, track: bool = True) -
 
 
 def _tracking_run(params: Params, key: ModelKey, root: Path):
-    from robust_deepfake.ops import tracking
+    from robust_deepfake.tracking.runs import training_run
 
-    return tracking.training_run(params, key, root)
+    return training_run(params, key, root)
 
 
 def _start_tracked_run(run, marker: Path) -> str | None:
@@ -155,7 +155,7 @@ def _start_tracked_run(run, marker: Path) -> str | None:
     that resumes it) and record this run's id beside the resume checkpoint."""
     from mlflow import MlflowClient
 
-    from robust_deepfake.ops.tracking import close_killed_run
+    from robust_deepfake.tracking.runs import close_killed_run
 
     killed = close_killed_run(marker) if marker.exists() else None
     if killed:
@@ -173,7 +173,7 @@ def _epoch_logger(track: bool):
     def log_epoch(record: dict) -> None:
         import mlflow
 
-        from robust_deepfake.ops.tracking import finite_metrics
+        from robust_deepfake.tracking.runs import finite_metrics
 
         mlflow.log_metrics(finite_metrics(record), step=int(record["epoch"]) + 1)
 
@@ -197,17 +197,18 @@ def _register(params: Params, key: ModelKey, root: Path, run, outputs: TrainOutp
               regularized: bool, example_image: Path, data: dict) -> dict:
     import mlflow
 
-    from robust_deepfake.ops import tracking
-    from robust_deepfake.ops.model_card import training_card
-    from robust_deepfake.ops.provenance import run_origin
+    from robust_deepfake.tracking.model_card import training_card
+    from robust_deepfake.tracking.provenance import data_md5, run_origin
+    from robust_deepfake.tracking.register import log_and_register_detector
+    from robust_deepfake.tracking.runs import finite_metrics
 
     # the summary holds the best epoch's values: best/val_auc etc., beside the per-epoch val_auc curve
     mlflow.log_metrics({(k if k in ("best_epoch", "epochs_run") else f"best/{k}"): v
-                        for k, v in tracking.finite_metrics(summary).items()})
+                        for k, v in finite_metrics(summary).items()})
     origin = run_origin(root)
-    card = training_card(params, key, summary, {"md5": tracking.data_md5(root), **data},
+    card = training_card(params, key, summary, {"md5": data_md5(root), **data},
                          {**origin.tags(), "mlflow run": run.info.run_id})
-    version = tracking.log_and_register_detector(
+    version = log_and_register_detector(
         outputs.weights, config, params.tracking.registered_model, key,
         version_tags={"reg_mode": params.reg.mode if regularized else "none", "mlflow_run_id": run.info.run_id},
         example_image=example_image, card=card, root=root,

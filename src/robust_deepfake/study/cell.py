@@ -26,7 +26,7 @@ from typing import Any
 
 from robust_deepfake.config import DEFAULT_PARAMS, Params, parse_yaml, validate
 from robust_deepfake.config.yaml import load_yaml
-from robust_deepfake.ops.orchestration import error_line, is_transient
+from robust_deepfake.dvc_cli import dvc_command, error_line, is_transient
 from robust_deepfake.study import outcome
 from robust_deepfake.study.spec import Cell
 from robust_deepfake.explain.outputs import CamMetrics
@@ -60,10 +60,6 @@ def code_version(root: Path) -> str:
         digest.update(name.encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"missing")
     return digest.hexdigest()[:16]
-
-
-def _dvc(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dvc", *args]
 
 
 def _stream(command: list[str], root: Path, env: Mapping[str, str], on_line: Callable[[str], Any],
@@ -118,7 +114,7 @@ def run_experiment(root: Path, cell: Cell, name: str, env: Mapping[str, str],
     flags = ["--temp", *(["--pull"] if pull else []), "-n", name]
     on_line(f"$ dvc exp run {' '.join(flags)} " + " ".join(f"-S {o!r}" for o in cell.overrides))
     start = time.monotonic()
-    _stream(_dvc("exp", "run", *flags, *overrides, *(targets or [])), root, env, on_line, f"dvc exp run {name}")
+    _stream(dvc_command("exp", "run", *flags, *overrides, *(targets or [])), root, env, on_line, f"dvc exp run {name}")
     return time.monotonic() - start
 
 
@@ -126,7 +122,7 @@ def push_experiment(root: Path, name: str, git_remote: str, dvc_remote: str | No
                     on_line: Callable[[str], Any] = print) -> None:
     """`dvc exp push --run-cache <git_remote> <name>`: the ref, its outputs and the run cache."""
     remote = ["-r", dvc_remote] if dvc_remote else []
-    _stream(_dvc("exp", "push", "--run-cache", *remote, git_remote, name), root, env, on_line,
+    _stream(dvc_command("exp", "push", "--run-cache", *remote, git_remote, name), root, env, on_line,
             f"dvc exp push {git_remote} {name}")
 
 

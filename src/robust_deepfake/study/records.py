@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from robust_deepfake.errors import StageError
-from robust_deepfake.ops.tracking import ensure_experiment, require_store
+from robust_deepfake.tracking.store import ensure_experiment, require_store
 
 STUDY_TAG = "study"
 HASH_TAG = "study.cell_hash"

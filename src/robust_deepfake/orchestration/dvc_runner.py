@@ -4,19 +4,19 @@ DVC stays the owner of the DAG and the cache:
 
 * the stage order is DVC's own graph of dvc.yaml (`read_stage_graph`), never a list
   kept here, so a stage added to dvc.yaml is picked up as it is;
-* each stage runs as `dvc --wait-for-lock repro --single-item <stage>`, so an up-to-date
-  stage is skipped and dvc.lock is written exactly as `dvc repro` writes it. DVC releases
-  its repo lock while a stage command runs, so independent stages (the foreach-expanded
-  train_baseline@<seed> and train_reg@<seed>) can run at the same time, each on its own GPU;
+* each stage runs as `dvc --wait-for-lock repro --single-item <stage>` (`repro_stage`), so
+  an up-to-date stage is skipped and dvc.lock is written exactly as `dvc repro` writes it.
+  DVC releases its repo lock while a stage command runs, so independent stages (the
+  foreach-expanded train_baseline@<seed> and train_reg@<seed>) can run at the same time,
+  each on its own GPU;
 * param overrides go through DVC's own `-S` implementation (hydra override grammar) and
   the finished run is recorded with `dvc exp save`: the same experiment `dvc exp run -S`
   would make, listed by `dvc exp show`. As with `dvc exp run`, the workspace keeps the
-  overridden params.yaml afterwards.
+  overridden params file afterwards.
 
 No Prefect import here: the flow adds retries, logging and concurrency around these
-functions, and the library stays quick to import. (Just over 300 lines: the DVC graph,
-device handling and stage runner share one error vocabulary; what a run is judged by
-lives in pipeline/summary.py.)
+functions, and the library stays quick to import. What a run is judged by lives in
+pipeline/key_metrics.py.
 """
 
 from __future__ import annotations
@@ -32,21 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robust_deepfake.config import ConfigError, Params, load_params
+from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, Params, load_params
+from robust_deepfake.dvc_cli import dvc_command, error_line, is_transient, run_dvc
 
-PARAMS_FILE = "params.yaml"
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-# Failures worth retrying: another writer holds the SQLite MLflow store or DVC's repo
-# lock, or a network hiccup reaching a remote tracking server / DVC remote. Anything
-# else (a bad param, a missing file, a bug) fails the same way on every attempt.
-TRANSIENT_PATTERNS = (
-    "database is locked",
-    "unable to acquire lock",
-    "connection refused",
-    "connection reset by peer",
-    "temporary failure in name resolution",
-    "remote end closed connection",
-)
 
 
 class OrchestrationError(RuntimeError):
@@ -64,23 +53,6 @@ class StageFailed(RuntimeError):
         kind = " (transient)" if self.transient else ""
         # no exit code in the message: dvc exits 255 whatever the stage's command returned
         super().__init__(f"stage '{stage}' failed{kind}: {error_line(self.tail)}")
-
-
-def is_transient(lines: Sequence[str]) -> bool:
-    text = "\n".join(lines).lower()
-    return any(pattern in text for pattern in TRANSIENT_PATTERNS)
-
-
-def error_line(lines: Sequence[str]) -> str:
-    """The most useful line of a failed stage's output: the stage's own `error: ...`
-    (stages/*.py print one naming the file or key), else an exception line of a
-    traceback, else DVC's `ERROR: ...`, else the last line."""
-    stripped = [line.strip() for line in lines if line.strip()]
-    for pattern in (r"^error: ", r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*", r"^ERROR: "):
-        matches = [line for line in stripped if re.match(pattern, line)]
-        if matches:
-            return matches[-1]
-    return stripped[-1] if stripped else "no output"
 
 
 @dataclass(frozen=True)
@@ -197,7 +169,7 @@ def check_devices(params: Params, devices: Sequence[str]) -> None:
     pinned = any(d.startswith("cuda:") or d == "cpu" for d in devices)
     if pinned and params.train.device not in {"auto", "cuda", "cuda:0"}:
         raise OrchestrationError(
-            f"{PARAMS_FILE}: train.device is {params.train.device!r}, but the flow's device "
+            f"{DEFAULT_PARAMS}: train.device is {params.train.device!r}, but the flow's device "
             f"{','.join(devices)!r} selects the device through CUDA_VISIBLE_DEVICES; set "
             "train.device to auto (or cuda), or run the flow with device=auto"
         )
@@ -214,17 +186,13 @@ def stage_env(device: str = "auto", base: Mapping[str, str] | None = None) -> di
     return env
 
 
-def _dvc(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dvc", *args]
-
-
 @dataclass(frozen=True)
 class StageResult:
     stage: str
     ran: bool  # False: DVC found it up to date and skipped it
 
 
-def run_stage(
+def repro_stage(
     root: Path,
     stage: str,
     env: Mapping[str, str] | None = None,
@@ -233,7 +201,7 @@ def run_stage(
 ) -> StageResult:
     """`dvc repro --single-item <stage>` in `root`, each output line passed to `on_line`
     as it comes (progress-bar redraws arrive as lines too). Raises StageFailed."""
-    command = _dvc("--wait-for-lock", "repro", "--single-item", stage)
+    command = dvc_command("--wait-for-lock", "repro", "--single-item", stage)
     on_line(f"$ dvc repro --single-item {stage}")
     tail: deque[str] = deque(maxlen=tail_lines)
     ran = False
@@ -271,19 +239,19 @@ def apply_overrides(root: Path, overrides: Sequence[str]) -> Params:
     from dvc.utils.cli_parse import to_path_overrides
     from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
 
-    path = root / PARAMS_FILE
+    path = root / DEFAULT_PARAMS
     by_file = to_path_overrides(list(overrides))
-    others = sorted(set(by_file) - {PARAMS_FILE})
+    others = sorted(set(by_file) - {str(DEFAULT_PARAMS)})
     if others:
-        raise OrchestrationError(f"overrides: only {PARAMS_FILE} keys can be set, got file(s) {others}")
+        raise OrchestrationError(f"overrides: only {DEFAULT_PARAMS} keys can be set, got file(s) {others}")
     original = path.read_bytes()
     try:
-        dvc_apply_overrides(str(path), by_file.get(PARAMS_FILE, []))
+        dvc_apply_overrides(str(path), by_file.get(str(DEFAULT_PARAMS), []))
         return load_params(path)
     except InvalidArgumentError as error:
         path.write_bytes(original)
         cause = str(error.__cause__ or error).strip().splitlines()
-        raise OrchestrationError(f"{PARAMS_FILE}: override {list(overrides)} rejected: {' '.join(cause)}") from None
+        raise OrchestrationError(f"{DEFAULT_PARAMS}: override {list(overrides)} rejected: {' '.join(cause)}") from None
     except ConfigError as error:
         path.write_bytes(original)
         raise OrchestrationError(f"override {list(overrides)} gives an invalid {error}") from None
@@ -295,9 +263,8 @@ def apply_overrides(root: Path, overrides: Sequence[str]) -> Params:
 def save_experiment(root: Path, name: str | None = None, env: Mapping[str, str] | None = None) -> str:
     """`dvc exp save`: record the workspace (params, dvc.lock, metrics) as a DVC experiment
     and return its name."""
-    command = _dvc("--wait-for-lock", "exp", "save", *(["--name", name] if name else []))
-    result = subprocess.run(command, cwd=root, env=dict(env) if env is not None else stage_env(),
-                            capture_output=True, text=True)
+    result = run_dvc("--wait-for-lock", "exp", "save", *(["--name", name] if name else []), cwd=root,
+                     env=env if env is not None else stage_env())
     output = result.stdout + result.stderr
     match = re.search(r"saved as: (\S+)", output)
     if result.returncode != 0 or not match:

@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from robust_deepfake.data.materialize import DVC_FILE, DataStateError, read_dvc_file
 from robust_deepfake.paths import OUT_ROOTS
 
 EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by DVC for the stages of `dvc exp run`
@@ -60,6 +61,14 @@ class RunOrigin:
 
 def run_origin(root: Path) -> RunOrigin:
     return RunOrigin(_head(root), tuple(_changed_inputs(root)), os.environ.get(EXPERIMENT_ENV) or None)
+
+
+def data_md5(root: Path) -> str:
+    """The md5 data.dvc records for the raw data (what `dvc checkout` restores), or `unknown`."""
+    try:
+        return read_dvc_file(root / DVC_FILE).md5 or "unknown"
+    except DataStateError:
+        return "unknown"
 
 
 def _head(root: Path) -> str:

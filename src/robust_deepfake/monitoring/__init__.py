@@ -1,0 +1,1 @@
+"""Watching registered models after they ship: scheduled re-evaluation and drop alerts."""

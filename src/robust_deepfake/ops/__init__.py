@@ -1,1 +1,0 @@
-"""MLOps plumbing: MLflow tracking and registry, DVC/Prefect orchestration, scheduled re-evaluation."""

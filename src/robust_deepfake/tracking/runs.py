@@ -1,0 +1,202 @@
+"""What MLflow runs record: the training run (params, data, provenance, per-epoch
+metrics and artifacts), metric-vs-eps curves on it, and the one batched metric logger.
+
+Curves on training runs are named `<prefix>/<attack>/<metric>` with step = eps x 255
+(grey levels): MLflow's x-axis can only say "Step", so the unit is in the prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from robust_deepfake.config import Params, flatten
+from robust_deepfake.paths import ModelKey, TrainOutputs
+from robust_deepfake.tracking.provenance import data_md5, run_origin
+from robust_deepfake.tracking.registry import version_of_weights
+from robust_deepfake.tracking.store import configure, ensure_experiment
+from robust_deepfake.units import label, to_step
+
+SWEEP_PREFIX = "attack_vs_eps255"
+CAM_PREFIX = "cam_vs_eps255"
+EPS_STEP_NOTE = "metrics named */<attack>/<metric> under the *_vs_eps255 prefixes: step = eps x 255 (grey levels)"
+MLFLOW_BATCH_LIMIT = 900  # log_batch takes at most 1,000 metrics per call
+EPS_PARAMS = {"attack.eps", "attack.step_size", "cam.eps", "report.reference_eps"}  # logged as k/255 labels
+
+
+def now_ms() -> int:
+    """A metric timestamp: milliseconds since the epoch, as MLflow stores them."""
+    return int(time.time() * 1000)
+
+
+def log_batched(client, run_id: str, metrics: Sequence[Any], params: Sequence[Any] = (),
+                tags: Sequence[Any] = ()) -> None:
+    """Log `metrics` (mlflow.entities.Metric) to `run_id` in calls of at most
+    MLFLOW_BATCH_LIMIT, `params` and `tags` with the first call; no call when all are empty."""
+    calls = max(len(metrics), 1 if params or tags else 0)
+    for start in range(0, calls, MLFLOW_BATCH_LIMIT):
+        first = start == 0
+        client.log_batch(run_id, metrics=list(metrics[start : start + MLFLOW_BATCH_LIMIT]),
+                         params=list(params) if first else [], tags=list(tags) if first else [])
+
+
+def finite_metrics(values: dict[str, Any]) -> dict[str, float]:
+    """Numbers MLflow can store: drops NaN/inf and non-numeric entries."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def loggable_params(params: Params) -> dict[str, Any]:
+    """Flattened params as MLflow shows them: lists as JSON, attack budgets as `k/255`."""
+    out: dict[str, Any] = {}
+    for name, value in flatten(params).items():
+        if name in EPS_PARAMS and value is not None:
+            value = [label(v) for v in value] if isinstance(value, list) else label(value)
+        out[name] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
+def close_killed_run(marker: Path) -> str | None:
+    """A training killed mid-run leaves its MLflow run RUNNING and its id in `marker`
+    (next to the resume checkpoint): mark it KILLED. Returns its id (or None)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    try:
+        run_id = json.loads(marker.read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        return None
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+    except mlflow.exceptions.MlflowException:
+        return None  # another store, or deleted
+    return run_id
+
+
+@contextlib.contextmanager
+def training_run(params: Params, key: ModelKey, root: Path) -> Iterator[Any]:
+    """An MLflow run for one training: the resolved config (as params and as
+    `config/params.json`), the data it read (`log_input`, digest = data.dvc's md5) and
+    provenance tags (commit, DVC experiment)."""
+    import mlflow
+
+    configure(params.tracking, root)
+    experiment_id = ensure_experiment(params.tracking.experiment, root)
+    tags = {
+        "variant": key.variant,
+        "seed": str(key.seed),
+        "reg_mode": params.reg.mode if key.variant == "reg" else "none",
+        **run_origin(root).tags(),
+        "data_md5": data_md5(root),
+        "stage": f"train_{key.variant}@{key.seed}",
+        "eps_step": EPS_STEP_NOTE,
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train_{key.name}", tags=tags) as run:
+        mlflow.log_params(loggable_params(params))
+        mlflow.log_dict(params.model_dump(mode="json"), "config/params.json")
+        mlflow.log_input(raw_data_dataset(params, root), context="training")
+        yield run
+
+
+def raw_data_dataset(params: Params, root: Path):
+    """The tracked raw data as an MLflow dataset: its digest is data.dvc's md5, so the run
+    names exactly the bytes `dvc checkout` restores."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    raw = root / params.data.raw_dir
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both readings are the local folder
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(raw))
+    return MetaDataset(source, name=params.data.raw_dir, digest=data_md5(root)[:36])
+
+
+def log_training_artifacts(history_csv: Path, history: list[dict], confusion: dict[str, Any]) -> None:
+    """Per-epoch CSV, its curves and the validation confusion matrix on the active run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    mlflow.log_artifact(str(history_csv), artifact_path="training")
+    columns = [c for c in ("train_loss", "val_loss", "val_auc", "val_accuracy") if c in history[0]]
+    figure, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 2.8))
+    for axis, column in zip(list(axes) if len(columns) > 1 else [axes], columns, strict=True):
+        axis.plot([r["epoch"] + 1 for r in history], [r[column] for r in history], marker="o")
+        axis.set_xlabel("epoch")
+        axis.set_title(column)
+    figure.tight_layout()
+    mlflow.log_figure(figure, "training/curves.png")
+    plt.close(figure)
+    mlflow.log_dict(confusion, "training/val_confusion.json")
+    figure, axis = plt.subplots(figsize=(3.4, 3.0))
+    matrix = confusion["matrix"]
+    axis.imshow(matrix, cmap="Blues")
+    for i in range(2):
+        for j in range(2):
+            axis.text(j, i, str(matrix[i][j]), ha="center", va="center")
+    axis.set_xticks([0, 1], ["real", "fake"])
+    axis.set_yticks([0, 1], ["real", "fake"])
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(f"validation, threshold {confusion['threshold']:g}")
+    figure.tight_layout()
+    mlflow.log_figure(figure, "training/val_confusion.png")
+    plt.close(figure)
+
+
+def log_eps_curves(params: Params, root: Path, keys: list[ModelKey], rows: list[dict], prefix: str) -> None:
+    """Log overall metrics per eps to each model's training run, so MLflow's charts show
+    metric-vs-eps curves next to the training curves. The run is the one that registered
+    the version holding the model's weights; `rows` carry `model` (a ModelKey), `attack`,
+    `metric`, `value`, `eps`. The step is eps in grey levels (to_step: 2/255 -> 2), which
+    the prefix says (`attack_vs_eps255/pgd/accuracy`: x = eps x 255).
+    A model whose run is not in this store (e.g. restored from the DVC cache elsewhere)
+    gets a new run tagged with its variant and seed."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    configure(params.tracking, root)
+    client = MlflowClient()
+    now = now_ms()
+    for key in keys:
+        run_id = _training_run_id(client, params, root, key, prefix)
+        metrics = [
+            Metric(f"{prefix}/{row['attack']}/{row['metric']}", float(row["value"]), now, to_step(row["eps"]))
+            for row in rows
+            if row["model"] == key and math.isfinite(row["value"])
+        ]
+        log_batched(client, run_id, metrics)
+
+
+def _training_run_id(client, params: Params, root: Path, key: ModelKey, prefix: str) -> str:
+    """The run that registered `key`'s weights, else a new finished run named after `prefix`."""
+    import mlflow
+
+    version = version_of_weights(client, params.tracking.registered_model, TrainOutputs.of(root, key).weights)
+    if version is not None and version.run_id is not None:
+        try:
+            client.get_run(version.run_id)
+            return version.run_id
+        except mlflow.exceptions.MlflowException:  # not in this store
+            pass
+    experiment_id = ensure_experiment(params.tracking.experiment, root)
+    run_id = client.create_run(experiment_id, run_name=f"{prefix}_{key.name}",
+                               tags={"variant": key.variant, "seed": str(key.seed), "stage": prefix}).info.run_id
+    client.set_terminated(run_id)
+    print(f"note: {key.name}'s training run is not in {mlflow.get_tracking_uri()}; logged to new run {run_id}")
+    return run_id

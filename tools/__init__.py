@@ -1,0 +1,1 @@
+"""Build steps outside the library: `python -m tools.<name>` from the repository root."""
