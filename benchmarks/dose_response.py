@@ -36,6 +36,7 @@ from robust_deepfake.paths import DOSE_RESPONSE, ModelKey, TrainOutputs, find_re
 from robust_deepfake.pipeline.train import train_model
 from robust_deepfake.robustness.attacks import build_attack
 from robust_deepfake.robustness.sweep import adversarial, attack_generator, stratified_subset
+from robust_deepfake.tracking.tracker import NullTracker
 
 
 def _with(params: Params, section: str, **values) -> Params:
@@ -74,7 +75,7 @@ def main() -> None:
         scratch = Path(tmp)
         for seed in args.seeds:
             key = ModelKey("baseline", seed)
-            train_model(params, key, scratch, track=False)
+            train_model(params, key, scratch, NullTracker())
             result = score(params, TrainOutputs.of(scratch, key).model_dir)
             baseline.append(result)
             print(json.dumps({"variant": "baseline", "seed": seed, **result}), flush=True)
@@ -84,7 +85,7 @@ def main() -> None:
                 variant = _with(params, "reg", epsilon=epsilon, epsilon_scale="relative")
                 key = ModelKey("reg", seed)
                 started = time.perf_counter()
-                fit_result, _ = train_model(variant, key, scratch, track=False)
+                fit_result, _ = train_model(variant, key, scratch, NullTracker())
                 last = fit_result.history[-1]
                 result = {"epsilon": epsilon, "seed": seed, "loss_gap": last["train_loss_gap"],
                           "relative": last["train_perturbation_relative"],

@@ -97,9 +97,9 @@ tmp = Path(tempfile.mkdtemp())
 subprocess.run([PY, "-c", f"import mlflow; mlflow.set_tracking_uri('sqlite:///{tmp}/mlflow.db'); mlflow.search_experiments()"], env=ENV,
                capture_output=True)
 run("read-only sqlite store", [PY, "-c", "from pathlib import Path\nfrom robust_deepfake.config import Params\n"
-                               "from robust_deepfake.tracking import store\nfrom robust_deepfake.stage_kit import run_stage\n"
+                               "from robust_deepfake.tracking import store\nfrom robust_deepfake.stage_kit import run_stage_script\n"
                                "def body(p):\n    store.require_store(p.tracking, Path.cwd()); store.ensure_experiment('x', Path.cwd())\n"
-                               "run_stage(None, body, str, argv=['--params', 'params.yaml'])"],
+                               "run_stage_script(None, body, str, argv=['--params', 'params.yaml'])"],
     env={**ENV, "MLFLOW_TRACKING_URI": f"sqlite:///file:{tmp}/mlflow.db?mode=ro&uri=true"}, expect_key="readonly")
 
 # predict

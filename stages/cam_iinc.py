@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from robust_deepfake.paths import find_repo_root
 from robust_deepfake.pipeline.cam_iinc import cam_iinc, format_table
-from robust_deepfake.stage_kit import run_stage
+from robust_deepfake.stage_kit import run_stage_script
+from robust_deepfake.tracking.tracker import MlflowTracker
 
 
 def main() -> None:
-    run_stage(__doc__, lambda params: cam_iinc(params, find_repo_root()), format_table)
+    root = find_repo_root()
+    run_stage_script(__doc__, lambda params: cam_iinc(params, root, MlflowTracker(params, root)), format_table)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import argparse
 
 from robust_deepfake.paths import VARIANTS, ModelKey, find_repo_root
 from robust_deepfake.pipeline.train import train_model
-from robust_deepfake.stage_kit import run_stage
+from robust_deepfake.stage_kit import run_stage_script
+from robust_deepfake.tracking.register import MlflowTrainingTracker
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +24,10 @@ def _summary(result) -> str:
 
 
 def main() -> None:
-    run_stage(__doc__, lambda params, args: train_model(params, ModelKey(args.variant, args.seed), find_repo_root()),
-              _summary, arguments=_arguments)
+    root = find_repo_root()
+    run_stage_script(__doc__, lambda params, args: train_model(params, ModelKey(args.variant, args.seed), root,
+                                                               MlflowTrainingTracker(params, root)),
+                     _summary, arguments=_arguments)
 
 
 if __name__ == "__main__":

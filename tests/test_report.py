@@ -28,6 +28,7 @@ from robust_deepfake.paths import (
 from robust_deepfake.pipeline.report import build_report
 from robust_deepfake import units
 from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepEntry, SweepMetrics, SweepPredictions, summarize_sweep
+from robust_deepfake.tracking.tracker import NullTracker
 from robust_deepfake.verdict.champion import choose_champion
 
 EPS = [0.0, 1 / 255, 2 / 255]
@@ -110,7 +111,7 @@ def rendered(tmp_path_factory):
                        "attack": {"attacks": ATTACKS, "eps": ["1/255", "2/255"]},
                        "report": {"reference_eps": "1/255"}})
     metrics = _synthetic_outputs(root, params)
-    summary = build_report(params, root, track=False)
+    summary = build_report(params, root, NullTracker())
     return root, summary, metrics
 
 
@@ -300,25 +301,22 @@ def test_identical_bim_and_pgd_rows_are_pointed_out():
     assert "BIM and PGD gave identical numbers" not in text(SweepMetrics(entries, 0.95, True))
 
 
-def test_aliases_move_only_after_every_out_is_written(tmp_path, monkeypatch):
-    """A report stage killed before its end must not have moved @champion: publish_report
-    (the alias moves) is the last thing build_report does, and it sees every out in place."""
-    from robust_deepfake.pipeline import report as report_stage
-    from robust_deepfake.tracking import registry, store
-
+def test_aliases_move_only_after_every_out_is_written(tmp_path):
+    """A report stage killed before its end must not have moved @champion: the tracker's
+    publish_report (the alias moves) is the last thing build_report does, and it sees
+    every out in place."""
     params = validate({"train": {"seeds": SEEDS}, "eval": {"n_bootstrap": 20},
                        "attack": {"attacks": ATTACKS, "eps": ["1/255", "2/255"]}})
     _synthetic_outputs(tmp_path, params)
     seen = {}
 
-    def publish(params, root, decision, outputs, cards):
-        seen["outs"] = {name: getattr(outputs, name).exists() for name in
-                        ("markdown", "html", "figures", "plots", "training", "metrics", "verdict")}
-        seen["cards"] = sorted(k.name for k in cards)
+    class Recording(NullTracker):
+        def publish_report(self, decision, outputs, cards):
+            seen["outs"] = {name: getattr(outputs, name).exists() for name in
+                            ("markdown", "html", "figures", "plots", "training", "metrics", "verdict")}
+            seen["cards"] = sorted(k.name for k in cards)
+            return {}
 
-    monkeypatch.setattr(store, "require_store", lambda *args, **kwargs: "sqlite:///unused")
-    monkeypatch.setattr(registry, "publish_report", publish)
-    monkeypatch.setattr(report_stage, "_current_champion", lambda params, root: None)
-    report_stage.build_report(params, tmp_path, track=True)
+    build_report(params, tmp_path, Recording())
     assert seen["outs"] and all(seen["outs"].values()), seen
     assert seen["cards"] == sorted(k.name for k in model_keys(SEEDS))

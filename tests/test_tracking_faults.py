@@ -81,13 +81,13 @@ def test_a_read_only_sqlite_store_is_one_line(tmp_path, monkeypatch):
         from pathlib import Path
         from robust_deepfake.config import Params
         from robust_deepfake.tracking import store
-        from robust_deepfake.stage_kit import run_stage
+        from robust_deepfake.stage_kit import run_stage_script
 
         def body(params):  # what every tracked stage does first, then its first write
             store.require_store(params.tracking, Path.cwd())
             store.ensure_experiment("new-experiment", Path.cwd())
 
-        run_stage(None, body, str, argv=["--params", "params.yaml"])
+        run_stage_script(None, body, str, argv=["--params", "params.yaml"])
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
@@ -112,9 +112,11 @@ _TRACKED_TRAIN = textwrap.dedent(
     from robust_deepfake.config import load_params
     from robust_deepfake.paths import ModelKey
     from robust_deepfake.pipeline.train import train_model
+    from robust_deepfake.tracking.register import MlflowTrainingTracker
 
     root = Path(sys.argv[1])
-    train_model(load_params(root / "params.yaml"), ModelKey("baseline", 0), root, track=True)
+    params = load_params(root / "params.yaml")
+    train_model(params, ModelKey("baseline", 0), root, MlflowTrainingTracker(params, root))
     """
 )
 
@@ -127,6 +129,7 @@ def test_a_killed_training_run_is_closed_and_the_resumed_run_holds_every_epoch(t
     from robust_deepfake.paths import ModelKey
     from robust_deepfake.pipeline.split import split
     from robust_deepfake.pipeline.train import train_model
+    from robust_deepfake.tracking.register import MlflowTrainingTracker
 
     root = tmp_path / "repo"
     root.mkdir()
@@ -156,7 +159,7 @@ def test_a_killed_training_run_is_closed_and_the_resumed_run_holds_every_epoch(t
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setattr("robust_deepfake.tracking.store._exported", None)
-    result, _ = train_model(params, ModelKey("baseline", 0), root, track=True)
+    result, _ = train_model(params, ModelKey("baseline", 0), root, MlflowTrainingTracker(params, root))
     assert result.resumed_from in (1, 2)
     runs = {run.info.run_id: run for run in client.search_runs(
         [client.get_experiment_by_name("robust-deepfake").experiment_id])}

@@ -1,10 +1,11 @@
 """Training: deterministic on CPU, and a run killed mid-training resumes to the same result.
 
-Runs the train stage's body (`train_model`, MLflow off) on a tiny 32 px split in a
-throw-away root; no dvc. The killed run is a real process killed with SIGKILL."""
+Runs the train stage's body (`train_model`; a NullTracker, so no MLflow) on a tiny 32 px
+split in a throw-away root; no dvc. The killed run is a real process killed with SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,9 +25,10 @@ from robust_deepfake.data.dataset import load_split
 from robust_deepfake.model.detector import build_detector
 from robust_deepfake.model.device import seed_everything
 from robust_deepfake.model.training import class_weights, fit, train_subset
-from robust_deepfake.paths import CHECKPOINT_DIR, ModelKey, TrainOutputs
+from robust_deepfake.paths import CHECKPOINT_DIR, ModelKey, TrainOutputs, read_run_record
 from robust_deepfake.pipeline.split import split
 from robust_deepfake.pipeline.train import fingerprint, train_model
+from robust_deepfake.tracking.tracker import NullTracker
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -97,7 +99,7 @@ def _outputs(root: Path, key: ModelKey) -> dict:
 def test_train_model_writes_its_outs_per_variant_and_seed(make_params, tmp_path):
     params = make_params()
     key = ModelKey("baseline", 1)
-    result, meta = train_model(params, key, tmp_path, track=False)
+    result, meta = train_model(params, key, tmp_path, NullTracker())
     assert (tmp_path / "models" / "baseline" / "seed1" / "model.pt").is_file()
     assert (tmp_path / "models" / "baseline" / "seed1" / "meta.json").is_file()
     metrics = json.loads((tmp_path / "metrics" / "train_baseline" / "seed1.json").read_text())
@@ -108,9 +110,50 @@ def test_train_model_writes_its_outs_per_variant_and_seed(make_params, tmp_path)
     assert not (tmp_path / CHECKPOINT_DIR / "baseline" / "seed1" / "last.pt").exists()
 
 
+def test_the_tracker_records_the_run_the_tracker_does_not_change_the_outs(make_params, tmp_path):
+    """The body hands the tracker every epoch, the history and (only when asked for) the
+    validation confusion matrix, then registers inside the run; what the tracker returns
+    goes to this machine's run record, never into the DVC outs."""
+    calls: list[str] = []
+    seen: dict = {}
+
+    class Recording(NullTracker):
+        def require(self):
+            calls.append("require")
+
+        @contextlib.contextmanager
+        def training_run(self, key, marker):
+            calls.append("start")
+            yield
+            calls.append("end")
+
+        def log_epoch(self, record):
+            calls.append(f"epoch {record['epoch']}")
+
+        def log_training(self, history_csv, history, confusion):
+            seen["confusion"] = confusion()
+            calls.append("artifacts")
+
+        def register(self, key, outputs, detector_config, summary, data, example_image):
+            seen.update(weights=outputs.weights.is_file(), data=data, summary=summary)
+            calls.append("register")
+            return {"registered_version": "7"}
+
+    params = make_params(epochs=2, patience=5)
+    key = ModelKey("baseline", 0)
+    result, meta = train_model(params, key, tmp_path / "tracked", Recording())
+    assert calls == ["require", "start", "epoch 0", "epoch 1", "artifacts", "register", "end"]
+    assert seen["weights"] and seen["data"]["val"] > 0 and seen["summary"]["epochs_run"] == 2
+    assert sum(map(sum, seen["confusion"]["matrix"])) == seen["data"]["val"]
+    assert meta["run"]["registered_version"] == "7"
+    assert read_run_record(tmp_path / "tracked", key)["registered_version"] == "7"
+    train_model(params, key, tmp_path / "untracked", NullTracker())
+    assert _outputs(tmp_path / "tracked", key) == _outputs(tmp_path / "untracked", key)
+
+
 def test_a_seed_outside_train_seeds_is_refused(make_params, tmp_path):
     with pytest.raises(ValueError, match="train.seeds"):
-        train_model(make_params(), ModelKey("reg", 5), tmp_path, track=False)
+        train_model(make_params(), ModelKey("reg", 5), tmp_path, NullTracker())
 
 
 def test_same_params_same_results(make_params, tmp_path):
@@ -118,15 +161,15 @@ def test_same_params_same_results(make_params, tmp_path):
     gives another model."""
     params = make_params()
     key = ModelKey("reg", 0)
-    train_model(params, key, tmp_path / "a", track=False)
-    train_model(params, key, tmp_path / "b", track=False)
+    train_model(params, key, tmp_path / "a", NullTracker())
+    train_model(params, key, tmp_path / "b", NullTracker())
     first, second = _outputs(tmp_path / "a", key), _outputs(tmp_path / "b", key)
     for name in ("metrics", "plot", "meta", "weights"):
         assert first[name] == second[name], name
     for name in ("val_accuracy", "val_f1", "val_auc", "val_loss", "train_loss", "train_loss_gap"):
         assert name in first["metrics"], name
 
-    train_model(params, ModelKey("reg", 1), tmp_path / "a", track=False)
+    train_model(params, ModelKey("reg", 1), tmp_path / "a", NullTracker())
     assert _outputs(tmp_path / "a", ModelKey("reg", 1))["weights"] != first["weights"]
 
 
@@ -138,9 +181,10 @@ _TRAIN_SCRIPT = textwrap.dedent(
     from robust_deepfake.config import load_params
     from robust_deepfake.paths import ModelKey
     from robust_deepfake.pipeline.train import train_model
+    from robust_deepfake.tracking.tracker import NullTracker
 
     root = Path(sys.argv[1])
-    train_model(load_params(root / "params.yaml"), ModelKey("baseline", 0), root, track=False)
+    train_model(load_params(root / "params.yaml"), ModelKey("baseline", 0), root, NullTracker())
     """
 )
 
@@ -148,7 +192,7 @@ _TRAIN_SCRIPT = textwrap.dedent(
 def test_killed_run_resumes_to_the_same_metrics(make_params, tiny_raw, splits, tmp_path, capsys):
     key = ModelKey("baseline", 0)
     params = make_params(epochs=3)
-    uninterrupted, _ = train_model(params, key, tmp_path / "a", track=False)
+    uninterrupted, _ = train_model(params, key, tmp_path / "a", NullTracker())
     capsys.readouterr()
 
     root = tmp_path / "b"
@@ -171,7 +215,7 @@ def test_killed_run_resumes_to_the_same_metrics(make_params, tiny_raw, splits, t
     assert checkpoint.exists(), "the killed run left no checkpoint:\n" + "".join(seen[-20:])
     assert not TrainOutputs.of(root, key).metrics.exists(), "the run was killed too late"
 
-    resumed, _ = train_model(params, key, root, track=False)
+    resumed, _ = train_model(params, key, root, NullTracker())
     assert "resuming from the checkpoint of epoch" in capsys.readouterr().out
     assert resumed.resumed_from in (1, 2)
     first, second = _outputs(tmp_path / "a", key), _outputs(root, key)
@@ -187,7 +231,7 @@ def test_checkpoint_of_other_params_is_ignored(make_params, tmp_path, capsys):
     checkpoint = tmp_path / CHECKPOINT_DIR / "baseline" / "seed0" / "last.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"fingerprint": "something else", "epoch": 0}, checkpoint)
-    result, _ = train_model(make_params(), ModelKey("baseline", 0), tmp_path, track=False)
+    result, _ = train_model(make_params(), ModelKey("baseline", 0), tmp_path, NullTracker())
     assert "ignoring" in capsys.readouterr().out
     assert result.resumed_from is None
 
@@ -275,7 +319,7 @@ def test_best_epoch_is_one_based_in_every_output(make_params, tmp_path, monkeypa
     monkeypatch.setattr(train_module, "fit", fake_fit)
     params = make_params(epochs=3, max_train_samples=8)
     key = ModelKey("baseline", 0)
-    _, meta = train_model(params, key, tmp_path, track=False)
+    _, meta = train_model(params, key, tmp_path, NullTracker())
     outputs = TrainOutputs.of(tmp_path, key)
     metrics = json.loads(outputs.metrics.read_text())
     assert meta["best_epoch"] == metrics["best_epoch"] == 2
@@ -314,5 +358,5 @@ def test_data_num_workers_reaches_the_training_loader(tiny_raw, splits, tmp_path
     monkeypatch.setattr(train_module, "fit", fake_fit)
     raw = _raw_params(tiny_raw, splits)
     raw["data"]["num_workers"] = 3
-    train_model(validate(raw), ModelKey("baseline", 0), tmp_path, track=False)
+    train_model(validate(raw), ModelKey("baseline", 0), tmp_path, NullTracker())
     assert seen["num_workers"] == 3

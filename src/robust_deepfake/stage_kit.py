@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from robust_deepfake.config import Params, load_params_or_exit
+from robust_deepfake.config import DEFAULT_PARAMS, Params, load_params_or_exit
 from robust_deepfake.errors import StageError
 
 
@@ -19,12 +19,12 @@ TRACEBACK_ENV = "ROBUST_DEEPFAKE_TRACEBACK"
 
 def _is_tracking_error(error: BaseException) -> bool:
     """Failures of the MLflow store (server errors, a locked or read-only sqlite file) that
-    tracking.require_store could not foresee: reported in one line, not a traceback."""
+    tracking.store.require_store could not foresee: reported in one line, not a traceback."""
     module = type(error).__module__ or ""
     return module.startswith(("mlflow", "sqlalchemy", "sqlite3", "requests", "urllib3"))
 
 
-def run_stage(
+def run_stage_script(
     description: str | None,
     body: Callable[..., Any],
     summary: Callable[[Any], str],
@@ -33,7 +33,7 @@ def run_stage(
 ) -> Any:
     """Run one stage: `body(params)` or, with `arguments`, `body(params, args)`."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help=f"the params file (default: {DEFAULT_PARAMS})")
     if arguments:
         arguments(parser)
     args = parser.parse_args(argv)

@@ -9,20 +9,18 @@ from robust_deepfake.config import Params
 from robust_deepfake.data.dataset import load_split
 from robust_deepfake.io import write_csv
 from robust_deepfake.model.detector import load_trained
-from robust_deepfake.model.device import resolve_device, set_threads
 from robust_deepfake.paths import SweepOutputs, TrainOutputs, model_keys
+from robust_deepfake.pipeline.preamble import open_stage
 from robust_deepfake import units
 from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepMetrics, run_sweep, stratified_subset, summarize_sweep
+from robust_deepfake.tracking.runs import SWEEP_PREFIX
+from robust_deepfake.tracking.tracker import Tracker
 
 
-def attack_sweep(params: Params, root: Path, track: bool = True) -> SweepMetrics:
-    if track:  # an unreachable or read-only MLflow store fails now, not after the work
-        from robust_deepfake.tracking.store import require_store
-
-        require_store(params.tracking, root)
-    set_threads(params.train.num_threads)
-    device = resolve_device(params.train.device)
+def attack_sweep(params: Params, root: Path, tracker: Tracker) -> SweepMetrics:
+    """Write the sweep's outs; `tracker` records the metric-vs-eps curves on each model's run."""
+    device = open_stage(params, tracker)
     keys = model_keys(params.train.seeds)
     loaded = {key: load_trained(TrainOutputs.of(root, key).model_dir, device) for key in keys}
     test = load_split(params.data.splits_dir, "test", params.data.image_size, params.data.cache_max_mb)
@@ -39,12 +37,9 @@ def attack_sweep(params: Params, root: Path, track: bool = True) -> SweepMetrics
     predictions.save(outputs.predictions)
     metrics.save(outputs.metrics)
     write_csv(outputs.plot, CSV_COLUMNS, rows)
-    if track:
-        from robust_deepfake.tracking.runs import SWEEP_PREFIX, log_eps_curves
-
-        curves = [{"model": e.model, "attack": e.attack, "metric": metric, "value": getattr(e, metric), "eps": e.eps}
-                  for e in metrics.entries for metric in ("accuracy", "f1", "auc", "asr")]  # clean: step 0
-        log_eps_curves(params, root, keys, curves, prefix=SWEEP_PREFIX)
+    curves = [{"model": e.model, "attack": e.attack, "metric": metric, "value": getattr(e, metric), "eps": e.eps}
+              for e in metrics.entries for metric in ("accuracy", "f1", "auc", "asr")]  # clean: step 0
+    tracker.log_eps_curves(keys, curves, SWEEP_PREFIX)
     return metrics
 
 

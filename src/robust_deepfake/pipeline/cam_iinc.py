@@ -12,13 +12,16 @@ from robust_deepfake.bootstrap import mean_with_ci
 from robust_deepfake.config import Params
 from robust_deepfake.data.dataset import load_split
 from robust_deepfake.explain.figures import cam_grid
+from robust_deepfake.explain.layers import require_target_layer
 from robust_deepfake.explain.measure import CamSubset, cam_grid_plan, measure
 from robust_deepfake.explain.outputs import CamEntry, CamMetrics, IincValues
 from robust_deepfake.io import write_csv
 from robust_deepfake.model.detector import load_trained
-from robust_deepfake.model.device import resolve_device, set_threads
 from robust_deepfake.paths import CamOutputs, ModelKey, TrainOutputs, model_keys
+from robust_deepfake.pipeline.preamble import open_stage
 from robust_deepfake.progress import progress
+from robust_deepfake.tracking.runs import CAM_PREFIX
+from robust_deepfake.tracking.tracker import Tracker
 from robust_deepfake import units
 from robust_deepfake.units import CLEAN
 
@@ -28,17 +31,10 @@ CSV_COLUMNS = ["variant", "seed", "attack", "eps", "eps_label", "measure", "valu
 BOOTSTRAP_SALT = {"localization_clean": 0, "stability": 1, "localization": 2}
 
 
-def cam_iinc(params: Params, root: Path, track: bool = True) -> CamMetrics:
-    from robust_deepfake.explain.layers import require_target_layer
-
-    require_target_layer(params)
-    if track:  # an unreachable or read-only MLflow store fails now, not after the work
-        from robust_deepfake.tracking.store import require_store
-
-        require_store(params.tracking, root)
+def cam_iinc(params: Params, root: Path, tracker: Tracker) -> CamMetrics:
+    """Write the CAM outs; `tracker` records the IINC-vs-eps curves on each model's run."""
+    device = open_stage(params, tracker, checks=[require_target_layer])
     cfg = params.cam
-    set_threads(params.train.num_threads)
-    device = resolve_device(params.train.device)
     test = load_split(params.data.splits_dir, "test", params.data.image_size, params.data.cache_max_mb)
     subset = CamSubset.from_split(test, params)
     attacks, grid = cam_grid_plan(params)
@@ -81,8 +77,9 @@ def cam_iinc(params: Params, root: Path, track: bool = True) -> CamMetrics:
     metrics.save(outputs.metrics)
     values.save(outputs.values)
     write_csv(outputs.plot, CSV_COLUMNS, (_row(entry) for entry in entries))
-    if track:
-        _log(params, root, entries)
+    rows = [{"model": e.model, "attack": e.attack, "metric": f"iinc_{e.measure}", "value": e.mean, "eps": e.eps}
+            for e in entries if e.attack != CLEAN]
+    tracker.log_eps_curves(keys, rows, CAM_PREFIX)
     return metrics
 
 
@@ -97,15 +94,6 @@ def _row(entry: CamEntry) -> dict:
     return {"variant": entry.model.variant, "seed": entry.model.seed, "attack": entry.attack, "eps": entry.eps,
             "eps_label": units.label(entry.eps), "measure": entry.measure, "value": entry.mean,
             "ci_low": entry.ci[0], "ci_high": entry.ci[1], "n": entry.n}
-
-
-def _log(params: Params, root: Path, entries: list[CamEntry]) -> None:
-    from robust_deepfake.tracking.runs import CAM_PREFIX, log_eps_curves
-
-    keys = list(dict.fromkeys(e.model for e in entries))
-    rows = [{"model": e.model, "attack": e.attack, "metric": f"iinc_{e.measure}", "value": e.mean, "eps": e.eps}
-            for e in entries if e.attack != CLEAN]
-    log_eps_curves(params, root, keys, rows, prefix=CAM_PREFIX)
 
 
 def format_table(metrics: CamMetrics) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from robust_deepfake.config import Params
+from robust_deepfake.config import Params, params_hash
 from robust_deepfake.errors import MissingInputError
 from robust_deepfake.explain.outputs import CamMetrics, IincValues
 from robust_deepfake.io import atomic_open, write_csv, write_json
@@ -32,6 +32,9 @@ from robust_deepfake.report import figures as report_figures
 from robust_deepfake import units
 from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import SweepMetrics, SweepPredictions
+from robust_deepfake.tracking.model_card import report_section
+from robust_deepfake.tracking.provenance import data_md5, run_origin
+from robust_deepfake.tracking.tracker import Tracker
 from robust_deepfake.verdict.champion import choose_champion
 from robust_deepfake.verdict.differences import iinc_differences, sweep_differences
 from robust_deepfake.verdict.seeds import SeedDifference
@@ -90,11 +93,11 @@ def figure_attack_and_eps(params: Params, predictions: SweepPredictions) -> tupl
     return attack, min(attacked, key=lambda e: abs(e - params.report.reference_eps))
 
 
-def build_report(params: Params, root: Path, track: bool = True) -> dict:
-    if track:  # an unreachable or read-only MLflow store fails now, not after the work
-        from robust_deepfake.tracking.store import require_store
-
-        require_store(params.tracking, root)
+def build_report(params: Params, root: Path, tracker: Tracker) -> dict:
+    """Write the report's outs, then hand the decision and model cards to `tracker` (last:
+    the aliases move only once every out is in place). Returns the differences, the
+    decision and the headline metrics."""
+    tracker.require()  # an unreachable or read-only store fails now, not after the work
     inputs = ReportInputs.read(root, params.train.seeds)
     outputs = ReportOutputs.at(root)
     attack, ref_eps = figure_attack_and_eps(params, inputs.predictions)
@@ -113,7 +116,7 @@ def build_report(params: Params, root: Path, track: bool = True) -> dict:
 
     differences = sweep_differences(inputs.predictions, params.eval)
     differences += iinc_differences(inputs.iinc_values, params.eval)
-    current = _current_champion(params, root) if track else None
+    current = tracker.alias_variant("champion")
     decision = choose_champion(inputs.sweep, params.report.select_by, params.eval, current, differences,
                                min_clean_auc=params.report.min_clean_auc)
     provenance = _provenance(params, root)
@@ -144,17 +147,12 @@ def build_report(params: Params, root: Path, track: bool = True) -> dict:
                                  "provenance": provenance})
     summary = headline_metrics(inputs, differences, attack, ref_eps)
     write_json(outputs.metrics, summary)
-    if track:  # last: the aliases move only once every out is in place
-        from robust_deepfake.tracking.registry import publish_report
-
-        publish_report(params, root, decision, outputs, model_cards(inputs, differences, decision, level))
+    tracker.publish_report(decision, outputs, model_cards(inputs, differences, decision, level))
     return {"differences": differences, "decision": decision, "metrics": summary}
 
 
 def model_cards(inputs: ReportInputs, differences: list[SeedDifference], decision, level: float) -> dict:
     """The report's section of each model's card: its test rows, the verdict, the floor."""
-    from robust_deepfake.tracking.model_card import report_section
-
     verdict = [f"{d.attack.upper()} {d.metric}: reg − baseline {d.mean:+.3f}, {level:.0%} CI over "
                f"{len(d.seeds)} seeds [{d.ci_low:+.3f}, {d.ci_high:+.3f}]: {d.wording()}" for d in differences
                if d.metric in ("accuracy", "auc")]
@@ -198,16 +196,7 @@ def headline_metrics(inputs: ReportInputs, differences: list[SeedDifference], at
     }
 
 
-def _current_champion(params: Params, root: Path) -> str | None:
-    from robust_deepfake.tracking.registry import alias_variant
-
-    return alias_variant(params, root, "champion")
-
-
 def _provenance(params: Params, root: Path) -> dict[str, str]:
-    from robust_deepfake.config import params_hash
-    from robust_deepfake.tracking.provenance import data_md5, run_origin
-
     # the commit without `-dirty`: a run dirties its own outs (dvc.lock), and the report
     # must be the same bytes on a rerun; MLflow tags keep the full form
     return {"git commit": run_origin(root).git_commit.removesuffix("-dirty"), "data.dvc md5": data_md5(root),

@@ -1,5 +1,6 @@
 """Registering a trained detector: the pyfunc model (code, signature, input example,
-pinned requirements), its model card, version tags and per-seed alias.
+pinned requirements), its model card, version tags and per-seed alias; and the train
+stages' tracker, which registers each trained model.
 
 The pyfunc model is logged from code (`robust_deepfake/pyfunc_model.py`, MLflow's
 models-from-code): MLflow copies that file into the version and runs it when the version
@@ -10,19 +11,24 @@ whoever loads a version, not to the training that registers it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.metadata
 import importlib.util
 import io
 import json
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from robust_deepfake.config import Params
 from robust_deepfake.data.images import open_rgb
-from robust_deepfake.paths import ModelKey, find_repo_root
-from robust_deepfake.tracking.model_card import REGISTERED_MODEL_DESCRIPTION
-from robust_deepfake.tracking.provenance import run_origin
+from robust_deepfake.paths import ModelKey, TrainOutputs, find_repo_root
+from robust_deepfake.tracking.model_card import REGISTERED_MODEL_DESCRIPTION, training_card
+from robust_deepfake.tracking.provenance import data_md5, run_origin
 from robust_deepfake.tracking.registry import WEIGHTS_TAG, weights_sha256
+from robust_deepfake.tracking.runs import close_killed_run, finite_metrics, log_training_artifacts, training_run
+from robust_deepfake.tracking.tracker import MlflowTracker
 
 PYFUNC_MODULE = "robust_deepfake.pyfunc_model"
 # What a loaded version imports, pinned at the versions this environment runs (a local
@@ -105,3 +111,74 @@ def log_and_register_detector(
               f"{origin.why_aliases_stay()}")
     return version
 
+
+class MlflowTrainingTracker(MlflowTracker):
+    """The train stages' tracker (tracker.TrainingTracker): one MLflow run per training,
+    which closes the run a killed training left RUNNING; per-epoch metrics; the history
+    and confusion-matrix artifacts; the registered version with its model card."""
+
+    def __init__(self, params: Params, root: Path) -> None:
+        super().__init__(params, root)
+        self._run: Any = None
+        self._killed: str | None = None
+
+    @contextlib.contextmanager
+    def training_run(self, key: ModelKey, marker: Path) -> Iterator[None]:
+        with training_run(self.params, key, self.root) as run:
+            self._run, self._killed = run, _take_over(run, marker)
+            try:
+                yield
+            finally:
+                self._run = self._killed = None
+
+    def log_epoch(self, record: dict) -> None:
+        import mlflow
+
+        mlflow.log_metrics(finite_metrics(record), step=int(record["epoch"]) + 1)
+
+    def log_resumed(self, records: list[dict]) -> None:
+        """Also tags the run with the killed run it continues."""
+        import mlflow
+
+        for record in records:
+            self.log_epoch(record)
+        if records and self._killed:
+            mlflow.set_tag("resumed_from_run", self._killed)
+
+    def log_training(self, history_csv: Path, history: list[dict], confusion: Callable[[], dict]) -> None:
+        log_training_artifacts(history_csv, history, confusion())
+
+    def register(self, key: ModelKey, outputs: TrainOutputs, detector_config: dict, summary: dict,
+                 data: dict, example_image: Path) -> dict:
+        """The best epoch's metrics (`best/<name>`), then the version; returns the run
+        record's MLflow entries (run, store, model, version, commit)."""
+        import mlflow
+
+        run_id, params = self._run.info.run_id, self.params
+        mlflow.log_metrics({(k if k in ("best_epoch", "epochs_run") else f"best/{k}"): v
+                            for k, v in finite_metrics(summary).items()})
+        origin = run_origin(self.root)
+        card = training_card(params, key, summary, {"md5": data_md5(self.root), **data},
+                             {**origin.tags(), "mlflow run": run_id})
+        version = log_and_register_detector(
+            outputs.weights, detector_config, params.tracking.registered_model, key,
+            version_tags={"reg_mode": params.reg.mode if key.variant == "reg" else "none", "mlflow_run_id": run_id},
+            example_image=example_image, card=card, root=self.root,
+        )
+        return {"mlflow_run_id": run_id, "tracking_uri": mlflow.get_tracking_uri(),
+                "registered_model": params.tracking.registered_model, "registered_version": version,
+                "git_commit": origin.git_commit}
+
+
+def _take_over(run: Any, marker: Path) -> str | None:
+    """Close the run a killed training left RUNNING (status KILLED, tagged with the run
+    that resumes it) and record this run's id in `marker`. Returns the killed run's id."""
+    from mlflow import MlflowClient
+
+    killed = close_killed_run(marker) if marker.exists() else None
+    if killed:
+        MlflowClient().set_tag(killed, "resumed_in_run", run.info.run_id)
+        print(f"note: MLflow run {killed} of the killed training marked KILLED; continuing in {run.info.run_id}")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"run_id": run.info.run_id}))
+    return killed
