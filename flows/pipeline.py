@@ -17,7 +17,7 @@ from prefect.states import Failed, State
 
 from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, load_params
 from robust_deepfake.orchestration import dvc_runner
-from robust_deepfake.pipeline.summary import key_metrics
+from robust_deepfake.pipeline.key_metrics import key_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -171,6 +171,21 @@ def _run_on_pool(deployment: str, todo: list[tuple[Cell, dict]], spec: StudySpec
     return failures
 
 
+def _run_here(submissions: list[tuple[Cell, dict]], spec: StudySpec, logger) -> list[str]:
+    """Each cell as a subflow of this process, one after the other, retried up to
+    spec.retries times; returns one line per cell that never completed."""
+    failures = []
+    for cell, parameters in submissions:
+        for attempt in range(spec.retries + 1):
+            state = study_cell(**parameters, return_state=True)
+            if state.is_completed():
+                break
+            logger.warning(f"{cell.label}: attempt {attempt + 1} {state.type.value}: {state.message}")
+        else:
+            failures.append(f"{cell.label}: {state.message}")
+    return failures
+
+
 @flow(name="study", flow_run_name="study {spec_path}")
 def study(spec_path: str = "configs/study_demo.yaml", pool: str | None = None, repo: str | None = None,
           report_dir: str = "reports") -> dict:
@@ -212,15 +227,7 @@ def study(spec_path: str = "configs/study_demo.yaml", pool: str | None = None, r
         ensure_crash_detection(spec.heartbeat_timeout_s)
         failures = _run_on_pool(register_cell_deployment(pool), submissions, spec, logger)
     else:
-        failures = []
-        for cell, parameters in submissions:
-            for attempt in range(spec.retries + 1):
-                state = study_cell(**parameters, return_state=True)
-                if state.is_completed():
-                    break
-                logger.warning(f"{cell.label}: attempt {attempt + 1} {state.type.value}: {state.message}")
-            else:
-                failures.append(f"{cell.label}: {state.message}")
+        failures = _run_here(submissions, spec, logger)
     found = [records.find_record(experiment_id, hashes[cell.label]) for cell in grid]
     complete = [record for record in found if record is not None]
     reused = {hashes[cell.label] for cell in grid if done[cell.label] is not None}

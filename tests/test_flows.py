@@ -172,7 +172,7 @@ def test_champion_and_reevaluation_share_one_robustness_definition():
 def test_key_metrics_reads_the_report_else_the_stage_outputs(tmp_path):
     from robust_deepfake.io import write_json
     from robust_deepfake.orchestration.dvc_runner import StageGraph
-    from robust_deepfake.pipeline.summary import key_metrics
+    from robust_deepfake.pipeline.key_metrics import key_metrics
     from robust_deepfake.paths import ModelKey, ReportOutputs, SweepOutputs, TrainOutputs, model_keys
 
     root = tmp_path / "repo"

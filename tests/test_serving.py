@@ -108,7 +108,7 @@ def test_server_decodes_base64_images_exactly_like_training(tmp_path):
     import torch
 
     from robust_deepfake.data.images import load_rgb_array
-    from robust_deepfake.serving import images_from_input
+    from robust_deepfake.inference.pyfunc import images_from_input
 
     rng = np.random.default_rng(0)
     paths = {name: tmp_path / name for name in ["rotated.jpg", "grey16.png", "rgba.png", "small.png"]}

@@ -17,7 +17,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from robust_deepfake.serving import (
+from robust_deepfake.inference.pyfunc import (
     DEFAULT_MAX_REQUEST_IMAGES,
     DEFAULT_MAX_REQUEST_MB,
     MAX_REQUEST_IMAGES_ENV,
@@ -198,3 +198,17 @@ def test_batch_size_must_be_a_positive_integer():
     for bad in (0, -3, "x", None):
         error = refusal(model.predict, CONTEXT, batch, params={"batch_size": bad})
         assert error.message.startswith("params.batch_size must be a positive integer")
+
+
+def test_registered_versions_import_the_model_from_robust_deepfake_serving():
+    """The pyfunc_model.py logged with every registered version imports DetectorPyfunc from
+    robust_deepfake.serving: that path keeps naming the model class of inference/pyfunc.py."""
+    import importlib.util
+    from pathlib import Path
+
+    from robust_deepfake import serving
+
+    logged = Path(importlib.util.find_spec("robust_deepfake.pyfunc_model").origin).read_text()
+    assert "from robust_deepfake.serving import DetectorPyfunc" in logged
+    assert serving.DetectorPyfunc is DetectorPyfunc
+    assert serving.images_from_input is images_from_input

@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import NoReturn
 
-from robust_deepfake.config import DEFAULT_PARAMS
+from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, load_params_or_exit
+from robust_deepfake.config.merge import merge_params_file, path_problems
+from robust_deepfake.data.dffd import IngestError, ingest_dffd
+from robust_deepfake.data.materialize import (
+    DVC_FILE,
+    DataStateError,
+    ensure_raw_data,
+    read_dvc_file,
+    regenerate_sample,
+    track_raw_dir,
+)
+from robust_deepfake.data.sample import SampleSpec, spec_to_meta
+from robust_deepfake.explain.layers import target_layer_problem
+from robust_deepfake.paths import find_repo_root
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -17,8 +31,6 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _data_ensure(args: argparse.Namespace) -> None:
-    from robust_deepfake.data.materialize import DataStateError, ensure_raw_data
-
     try:
         print(ensure_raw_data(args.dvc_file, force=args.force))
     except DataStateError as error:
@@ -26,9 +38,6 @@ def _data_ensure(args: argparse.Namespace) -> None:
 
 
 def _data_generate(args: argparse.Namespace) -> None:
-    from robust_deepfake.data.materialize import DataStateError, regenerate_sample
-    from robust_deepfake.data.sample import SampleSpec, spec_to_meta
-
     overrides = {
         key: value
         for key, value in {
@@ -41,8 +50,6 @@ def _data_generate(args: argparse.Namespace) -> None:
     }
     meta = None
     if overrides:
-        from robust_deepfake.data.materialize import read_dvc_file
-
         try:
             base = read_dvc_file(args.dvc_file).sample_meta or {}
         except DataStateError:
@@ -55,8 +62,6 @@ def _data_generate(args: argparse.Namespace) -> None:
 
 
 def _data_ingest(args: argparse.Namespace) -> None:
-    from robust_deepfake.data.dffd import IngestError, ingest_dffd
-
     whole = set(args.whole_image_methods.split(",")) if args.whole_image_methods else None
     try:
         report = ingest_dffd(
@@ -78,8 +83,6 @@ def _data_ingest(args: argparse.Namespace) -> None:
 
 def _data_track(args: argparse.Namespace) -> None:
     """Point data.dvc at the current contents of the raw dir (the `dvc add` step)."""
-    from robust_deepfake.data.materialize import DataStateError, track_raw_dir
-
     try:
         print(track_raw_dir(args.raw_dir, args.dvc_file, note=args.note, link_cache=not args.no_link_cache))
     except DataStateError as error:
@@ -87,13 +90,6 @@ def _data_track(args: argparse.Namespace) -> None:
 
 
 def _params_check(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from robust_deepfake.config import load_params_or_exit
-    from robust_deepfake.config.merge import path_problems
-
-    from robust_deepfake.explain.layers import target_layer_problem
-
     params = load_params_or_exit(args.file)
     layer = target_layer_problem(params.model.name, params.cam.target_layer)
     if layer:  # needs the architecture: checked here and before the first training, not in config.py
@@ -106,9 +102,6 @@ def _params_check(args: argparse.Namespace) -> None:
 
 
 def _params_merge(args: argparse.Namespace) -> None:
-    from robust_deepfake.config import ConfigError
-    from robust_deepfake.config.merge import merge_params_file
-
     try:
         changed = merge_params_file(args.overrides, args.into)
     except ConfigError as error:
@@ -122,7 +115,7 @@ def _params_merge(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from robust_deepfake.inference.command import PredictOptions, run
+    from robust_deepfake.inference.command import PredictOptions, run  # torch: loaded only for this command
 
     raise SystemExit(run(PredictOptions(
         inputs=args.inputs, model=args.model, params=args.params, threshold=args.threshold, json=args.json,
@@ -132,10 +125,8 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _reevaluate_simulate_drop(args: argparse.Namespace) -> None:
-    from robust_deepfake.config import load_params_or_exit
-    from robust_deepfake.monitoring.drift import ReevaluationError
+    from robust_deepfake.monitoring.drift import ReevaluationError  # torch: loaded only for this command
     from robust_deepfake.monitoring.reevaluate import simulate_drop
-    from robust_deepfake.paths import find_repo_root
 
     root = find_repo_root()
     params = load_params_or_exit(root / DEFAULT_PARAMS)
@@ -174,17 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robust-deepfake", description=__doc__, formatter_class=_HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
 
+    _add_data(commands)
+    _add_params(commands)
+    _add_predict(commands)
+    _add_reevaluate(commands)
+    return parser
+
+
+def _add_data(commands) -> None:
     data = _parser(commands, "data", help="bring data/raw into place, generate the sample, ingest DFFD")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="STEP", help="the data step")
 
     dvc_file_help = "the DVC file that tracks the raw data directory"
     ensure = _parser(data_commands, "ensure", help="make data/raw match data.dvc (offline)")
-    ensure.add_argument("--dvc-file", default="data.dvc", help=dvc_file_help)
+    ensure.add_argument("--dvc-file", default=DVC_FILE, help=dvc_file_help)
     ensure.add_argument("--force", action="store_true", help="move a modified data/raw aside (deletes nothing)")
     ensure.set_defaults(func=_data_ensure)
 
     generate = _parser(data_commands, "generate", help="(re)generate the bundled sample and record it in data.dvc")
-    generate.add_argument("--dvc-file", default="data.dvc", help=dvc_file_help)
+    generate.add_argument("--dvc-file", default=DVC_FILE, help=dvc_file_help)
     recorded = "(default: the value data.dvc records)"
     generate.add_argument("--seed", type=int, help=f"generator seed {recorded}")
     generate.add_argument("--image-size", type=int, help=f"image side in pixels {recorded}")
@@ -216,13 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
         "files are linked into .dvc/cache instead of copied: one copy on disk (see docs/data.md, \"One copy on disk\").",
     )
     track.add_argument("raw_dir", nargs="?", default="data/raw", help="the directory to record")
-    track.add_argument("--dvc-file", default="data.dvc", help=dvc_file_help)
+    track.add_argument("--dvc-file", default=DVC_FILE, help=dvc_file_help)
     track.add_argument("--note", default="", help="free text stored in data.dvc meta (default: 'user data')")
     track.add_argument("--no-link-cache", action="store_true",
                        help="leave DVC's cache.type alone (DVC's default, reflink,copy, keeps a second full copy "
                        "in .dvc/cache where the filesystem cannot reflink)")
     track.set_defaults(func=_data_track)
 
+
+def _add_params(commands) -> None:
     params = _parser(commands, "params", help="validate or merge params files")
     params_commands = params.add_subparsers(dest="params_command", required=True, metavar="ACTION",
                                             help="what to do with the params file")
@@ -238,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--into", default=str(DEFAULT_PARAMS), help="the params file to update")
     merge.set_defaults(func=_params_merge)
 
+
+def _add_predict(commands) -> None:
     predict = _parser(
         commands, "predict", help="p(fake) for image files or folders, optionally with Grad-CAM overlays",
         description="Score images with a trained detector. Prints `path<TAB>p(fake)<TAB>label` per image "
@@ -259,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-progress", action="store_true", help="no progress bar for folders")
     predict.set_defaults(func=_predict)
 
+
+def _add_reevaluate(commands) -> None:
     reevaluate = _parser(commands, "reevaluate", help="check the scheduled re-evaluation's drop alerts")
     reevaluate_commands = reevaluate.add_subparsers(dest="reevaluate_command", required=True, metavar="ACTION",
                                                     help="what to do")
@@ -272,7 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--previous", type=float, default=1.0,
                           help="the score the simulated previous evaluation claims")
     simulate.set_defaults(func=_reevaluate_simulate_drop)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -138,6 +138,15 @@ class ReportOutputs:
                    root / "eval" / "verdict.json")
 
 
+def relative_to_root(path: str | Path, root: Path) -> str | None:
+    """`path` relative to the repository `root` in POSIX form (as dvc.yaml names outs),
+    or None outside it."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return None
+
+
 def read_json_file(path: Path, what: str = "run `dvc repro` first") -> dict:
     """A JSON output of an upstream stage, or a one-line error that says what to run."""
     if not path.exists():

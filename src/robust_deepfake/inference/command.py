@@ -16,9 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, Params, load_params
+from robust_deepfake.explain.gradcam import resolve_layer
 from robust_deepfake.inference.inputs import FileError, collect_images
-from robust_deepfake.inference.model_ref import ModelRefError, default_model_uri, load_model
+from robust_deepfake.inference.model_ref import LoadedModel, ModelRefError, default_model_uri, load_model
 from robust_deepfake.inference.scoring import CamWriter, predict_files
+from robust_deepfake.model.device import resolve_device
+from robust_deepfake.paths import find_repo_root
+from robust_deepfake.progress import progress
 
 
 @dataclass
@@ -35,102 +40,136 @@ class PredictOptions:
     progress: bool = True
 
 
+class UsageError(Exception):
+    """Nothing can be scored with these options (threshold, params, model, --cam folder or
+    layer); str() names the option and what is wrong. `run` exits 2."""
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """What scoring needs, resolved from the options."""
+
+    params: Params
+    loaded: LoadedModel
+    cams: CamWriter | None
+
+
 def run(options: PredictOptions) -> int:
     """Print one line (or JSON record) per scored image on stdout, `error: <path>: <reason>`
     per unreadable file on stderr. Exit code 0 when every file was scored, 1 when some
     were not, 2 when nothing could start (params, model)."""
-    from robust_deepfake.config import ConfigError, Params, load_params
-    from robust_deepfake.model.device import resolve_device
-    from robust_deepfake.paths import find_repo_root
-
-    def error(message: str) -> None:
-        print(f"error: {message}", file=sys.stderr)
-
-    if not 0.0 <= options.threshold <= 1.0:
-        error(f"--threshold must be in [0, 1], got {options.threshold}")
-        return 2
-    if options.params is not None:
-        params_path = Path(options.params)
-        root = find_repo_root(params_path.resolve().parent)
-    else:
-        root = find_repo_root()
-        params_path = root / "params.yaml"
     try:
-        params = load_params(params_path) if options.params is not None or params_path.exists() else Params()
-    except ConfigError as problem:
-        error(str(problem).replace("\n", "\nerror: "))
+        ready = _resolve_options(options)
+    except UsageError as problem:
+        _error(str(problem))
         return 2
-    if options.cam_dir is not None:
-        problem = cam_dir_problem(Path(options.cam_dir), root)
-        if problem:
-            error(f"--cam {options.cam_dir}: {problem}")
-            return 2
-    reference = options.model or default_model_uri(params)
-    try:
-        device = resolve_device(options.device, key="--device")
-        loaded = load_model(reference, params, root, device)
-    except (ModelRefError, RuntimeError) as problem:
-        error(str(problem))
-        return 2
-    cams = None
-    if options.cam_dir is not None:
-        from robust_deepfake.explain.gradcam import resolve_layer
-
-        layer = options.cam_layer or params.cam.target_layer
-        try:
-            resolve_layer(loaded.model, layer)
-        except ValueError as problem:
-            error(f"--cam-layer: {problem}")
-            return 2
-        try:
-            Path(options.cam_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as problem:
-            error(f"--cam {options.cam_dir}: cannot create this folder ({problem.strerror or problem})")
-            return 2
-        cams = CamWriter(Path(options.cam_dir), layer, params.cam.method)
-
+    cams = ready.cams
     files, errors, any_folder = collect_images(options.inputs, exclude=cams.directory if cams else None)
-    print(f"model: {loaded.description}, {loaded.image_size} px input; {len(files)} image(s)", file=sys.stderr)
-    bar = None
-    if options.progress and any_folder and files:
-        from robust_deepfake.progress import progress
-
-        bar = progress(total=len(files), desc="predict", unit="img")
-
-    live_bar = bar is not None and sys.stderr.isatty()
-
-    def emit(line: str, stream: TextIO) -> None:
-        if bar is not None and (live_bar or stream is sys.stderr):  # clear the bar, print, redraw
-            bar.write(line, file=stream)
-        else:
-            print(line, file=stream, flush=stream is sys.stderr)
-
+    print(f"model: {ready.loaded.description}, {ready.loaded.image_size} px input; {len(files)} image(s)",
+          file=sys.stderr)
+    printer = _Printer(total=len(files), bar=options.progress and any_folder and bool(files))
     for problem in errors:
-        emit(f"error: {problem}", sys.stderr)
+        printer.emit(f"error: {problem}", sys.stderr)
     records: list[dict] = []
     failed = len(errors)
     try:
-        for item in predict_files(loaded, files, options.threshold, options.batch_size, cams,
-                                  on_file_done=bar.update if bar is not None else None):
+        for item in predict_files(ready.loaded, files, options.threshold, options.batch_size, cams,
+                                  on_file_done=printer.advance):
             if isinstance(item, FileError):
                 failed += 1
-                emit(f"error: {item}", sys.stderr)
+                printer.emit(f"error: {item}", sys.stderr)
             elif options.json:
                 records.append(item.record())
             else:
                 columns = [item.path, f"{item.p_fake:.4f}", item.label] + ([item.cam] if item.cam else [])
-                emit("\t".join(columns), sys.stdout)
+                printer.emit("\t".join(columns), sys.stdout)
     finally:
-        if bar is not None:
-            bar.close()
+        printer.close()
     if options.json:
         print(json.dumps(records, indent=2))
     sys.stdout.flush()
     if failed:
         scored = len(files) - (failed - len(errors))
-        error(f"{failed} input(s) could not be scored ({scored} scored)")
+        _error(f"{failed} input(s) could not be scored ({scored} scored)")
         return 1
     return 0
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _resolve_options(options: PredictOptions) -> _Ready:
+    """The params, the loaded model and the CAM writer, or a UsageError."""
+    if not 0.0 <= options.threshold <= 1.0:
+        raise UsageError(f"--threshold must be in [0, 1], got {options.threshold}")
+    params, root = _load_params(options.params)
+    if options.cam_dir is not None:
+        problem = cam_dir_problem(Path(options.cam_dir), root)
+        if problem:
+            raise UsageError(f"--cam {options.cam_dir}: {problem}")
+    reference = options.model or default_model_uri(params)
+    try:
+        device = resolve_device(options.device, key="--device")
+        loaded = load_model(reference, params, root, device)
+    except (ModelRefError, RuntimeError) as problem:
+        raise UsageError(str(problem)) from None
+    cams = _open_cam_writer(options, params, loaded) if options.cam_dir is not None else None
+    return _Ready(params, loaded, cams)
+
+
+def _load_params(path: str | None) -> tuple[Params, Path]:
+    """`--params` (its repository is the root), else the current repository's params file
+    when there is one, else the defaults."""
+    if path is not None:
+        params_path = Path(path)
+        root = find_repo_root(params_path.resolve().parent)
+    else:
+        root = find_repo_root()
+        params_path = root / DEFAULT_PARAMS
+    try:
+        params = load_params(params_path) if path is not None or params_path.exists() else Params()
+    except ConfigError as problem:
+        raise UsageError(str(problem).replace("\n", "\nerror: ")) from None
+    return params, root
+
+
+def _open_cam_writer(options: PredictOptions, params: Params, loaded: LoadedModel) -> CamWriter:
+    """The overlay writer for --cam: the layer exists in this model, the folder is created."""
+    layer = options.cam_layer or params.cam.target_layer
+    try:
+        resolve_layer(loaded.model, layer)
+    except ValueError as problem:
+        raise UsageError(f"--cam-layer: {problem}") from None
+    try:
+        Path(options.cam_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as problem:
+        raise UsageError(f"--cam {options.cam_dir}: cannot create this folder ({problem.strerror or problem})") from None
+    return CamWriter(Path(options.cam_dir), layer, params.cam.method)
+
+
+class _Printer:
+    """Result and error lines around an optional progress bar: on a terminal every line
+    clears the bar and redraws it; in a log, results go straight to stdout and only
+    stderr lines pass through the bar."""
+
+    def __init__(self, total: int, bar: bool) -> None:
+        self.bar = progress(total=total, desc="predict", unit="img") if bar else None
+        self.live = self.bar is not None and sys.stderr.isatty()
+
+    def emit(self, line: str, stream: TextIO) -> None:
+        if self.bar is not None and (self.live or stream is sys.stderr):  # clear the bar, print, redraw
+            self.bar.write(line, file=stream)
+        else:
+            print(line, file=stream, flush=stream is sys.stderr)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ---------------------------------------------------------------- where --cam may write
@@ -211,8 +250,6 @@ def cam_dir_problem(directory: Path, root: Path) -> str | None:
     DVC-tracked path would become part of it: `*_cam.png` files in data/raw are training
     images after the next `dvc repro`. Checked against the repository of the current
     directory (`root`) and the one holding `directory`, symlinks resolved."""
-    from robust_deepfake.paths import find_repo_root
-
     if directory.exists() and not directory.is_dir():
         return "is a file; --cam takes a folder to write <stem>_cam.png overlays into"
     real = Path(os.path.realpath(directory))

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import torch
 
-from robust_deepfake.config import Params
+from robust_deepfake.config import ModelConfig, Params
+from robust_deepfake.errors import StageError
+from robust_deepfake.model.detector import CheckpointError, load_detector, load_trained, read_detector_meta
+from robust_deepfake.tracking.registry import FLOOR_TAG
+from robust_deepfake.tracking.store import require_store
 
 DEFAULT_ALIAS = "champion"
 REPORT_ALIASES = ("champion", "challenger")
@@ -67,9 +71,6 @@ def _seed_dirs(folder: Path) -> list[Path]:
 
 
 def _load_local(path: Path) -> LoadedModel:
-    from robust_deepfake.config import ModelConfig
-    from robust_deepfake.model.detector import CheckpointError, load_detector, load_trained, read_detector_meta
-
     if not path.exists():
         raise ModelRefError(
             f"{path}: no such model file or directory (pass {LOCAL_HINT}, its directory, "
@@ -111,9 +112,6 @@ def _load_from_mlflow(uri: str, params: Params, root: Path) -> LoadedModel:
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from robust_deepfake.errors import StageError
-    from robust_deepfake.tracking.store import require_store
 
     try:
         store = require_store(params.tracking, root, write=False)
@@ -162,8 +160,6 @@ def _refuse_below_floor(client, name: str, version: str, uri: str) -> None:
     `failed: …`, e.g. a constant classifier from a 1-epoch experiment) is not used to
     label images."""
     from mlflow.exceptions import MlflowException
-
-    from robust_deepfake.tracking.registry import FLOOR_TAG
 
     try:
         floor = client.get_model_version(name, version).tags.get(FLOOR_TAG, "")

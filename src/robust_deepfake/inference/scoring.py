@@ -17,8 +17,11 @@ import torch
 from PIL import Image
 
 from robust_deepfake.data.images import BadImageError, open_rgb
+from robust_deepfake.explain.figures import overlay
+from robust_deepfake.explain.gradcam import compute_cams
 from robust_deepfake.inference.inputs import FileError, to_model_input
 from robust_deepfake.inference.model_ref import LoadedModel
+from robust_deepfake.io import atomic_path
 
 
 @dataclass
@@ -57,10 +60,6 @@ class CamWriter:
         self, model: torch.nn.Module, batch: torch.Tensor, targets: list[int], originals: list[Image.Image],
         paths: list[str],
     ) -> list[str]:
-        from robust_deepfake.explain.figures import overlay
-        from robust_deepfake.explain.gradcam import compute_cams
-        from robust_deepfake.io import atomic_path
-
         self.directory.mkdir(parents=True, exist_ok=True)
         maps = compute_cams(model, batch, self.layer, targets, method=self.method, batch_size=len(batch))
         written = []

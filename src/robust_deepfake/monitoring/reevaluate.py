@@ -151,14 +151,19 @@ def previous_evaluation(
         for name in run.data.metrics:
             parts = name.split("/")
             if len(parts) == 3 and parts[0] == prefix and parts[1] != CLEAN and parts[2] == metric:
-                latest: dict[int, tuple[int, float]] = {}
-                for point in client.get_metric_history(run_id, name):
-                    if point.step not in latest or point.timestamp >= latest[point.step][0]:
-                        latest[point.step] = (point.timestamp, point.value)
-                curves[parts[1]] = {step: value for step, (_, value) in latest.items()}
+                curves[parts[1]] = _latest_per_step(client, run_id, name)
         if curves:
             return curves, run_id
     return {}, None
+
+
+def _latest_per_step(client: MlflowClient, run_id: str, name: str) -> dict[int, float]:
+    """Metric `name`'s value at each step; the last logged one where a step was logged twice."""
+    latest: dict[int, tuple[int, float]] = {}
+    for point in client.get_metric_history(run_id, name):
+        if point.step not in latest or point.timestamp >= latest[point.step][0]:
+            latest[point.step] = (point.timestamp, point.value)
+    return {step: value for step, (_, value) in latest.items()}
 
 
 def reevaluate_alias(

@@ -34,6 +34,7 @@ from typing import Any
 
 from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, Params, load_params
 from robust_deepfake.dvc_cli import dvc_command, error_line, is_transient, run_dvc
+from robust_deepfake.paths import relative_to_root
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -116,7 +117,7 @@ def read_stage_graph(root: Path) -> StageGraph:
                 )
                 for node in nodes
             }
-            outs = {address(node): frozenset(filter(None, (_relative(out.fs_path, root) for out in node.outs)))
+            outs = {address(node): frozenset(filter(None, (relative_to_root(out.fs_path, root) for out in node.outs)))
                     for node in nodes}
     except DvcException as error:
         raise OrchestrationError(f"{root / 'dvc.yaml'}: {error}") from None
@@ -129,14 +130,6 @@ def read_stage_graph(root: Path) -> StageGraph:
         order.append(ready)
         pending.remove(ready)
     return StageGraph(tuple(order), upstream, outs)
-
-
-def _relative(path: str | Path, root: Path) -> str | None:
-    """`path` relative to `root` in POSIX form, or None outside it (an external out)."""
-    try:
-        return Path(path).resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return None
 
 
 def parse_devices(device: str) -> list[str]:
