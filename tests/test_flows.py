@@ -195,9 +195,9 @@ def test_key_metrics_reads_the_report_else_the_stage_outputs(tmp_path):
     assert "champion" not in found and "reg/acc_pgd" not in found
 
     report = ReportOutputs.at(root)
-    headline = {"seeds": 2, "ref_eps_255": 1.0, "acc_clean": {"base": 0.6, "reg": 0.6},
-                "auc_clean": {"base": 0.7, "reg": 0.7}, "acc_pgd": {"base": 0.4, "reg": 0.4},
-                "auc_pgd": {"base": 0.3, "reg": 0.3}, "iinc_stab": {"base": float("nan"), "reg": float("nan")},
+    headline = {"seeds": 2, "ref_eps_255": 1.0, "acc_clean": {"baseline": 0.6, "reg": 0.6},
+                "auc_clean": {"baseline": 0.7, "reg": 0.7}, "acc_pgd": {"baseline": 0.4, "reg": 0.4},
+                "auc_pgd": {"baseline": 0.3, "reg": 0.3}, "iinc_stab": {"baseline": float("nan"), "reg": float("nan")},
                 "pgd_acc_diff": {"mean": 0.0, "lo": -0.1, "hi": 0.1}}
     write_json(report.metrics, headline)
     write_json(report.verdict, {"differences": [], "decision": {"champion": "reg-seed1", "challenger": "baseline-seed0"}})

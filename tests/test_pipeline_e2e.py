@@ -63,7 +63,7 @@ def test_metrics_show_is_the_headline_only(micro_repo):
     assert set(data) == {"metrics/report.json"}
     report = data["metrics/report.json"]["data"]
     assert report["seeds"] == 2
-    for variant in ("base", "reg"):
+    for variant in ("baseline", "reg"):
         assert 0 <= report["acc_clean"][variant] <= 1
         assert 0 <= report["acc_pgd"][variant] <= 1
     for variant in ("baseline", "reg"):

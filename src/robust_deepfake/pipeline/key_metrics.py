@@ -45,7 +45,7 @@ def key_metrics(root: Path, graph: CoveredOutputs | None = None) -> Figures:
     adds only the names no earlier one gave:
 
     * metrics/report.json's per-variant numbers (the report's headline, e.g. `acc_clean`,
-      `auc_pgd` at report.reference_eps, `iinc_stab`: {"base": …, "reg": …});
+      `auc_pgd` at report.reference_eps, `iinc_stab`: {"baseline": …, "reg": …});
     * val_auc from metrics/train_<variant>/seed<k>.json;
     * from eval/attack_sweep.json: clean_accuracy / clean_auc, and `<variant>/robustness`,
       the champion score (report.select_by, scored as the re-evaluation scores it:
@@ -94,12 +94,11 @@ class _Outputs:
 
 
 def _from_report(outputs: _Outputs, params: Params | None) -> Figures:
-    short = {"base": "baseline", "reg": "reg"}  # pipeline.report.headline_metrics' keys
     figures: Figures = {}
     for name, values in outputs.json(ReportOutputs.at(outputs.root).metrics).items():
         for variant, value in (values.items() if isinstance(values, dict) else ()):
-            if variant in short and _is_number(value):
-                figures[f"{short[variant]}/{name}"] = float(value)
+            if variant in VARIANTS and _is_number(value):
+                figures[f"{variant}/{name}"] = float(value)
     return figures
 
 

@@ -167,13 +167,13 @@ def model_cards(inputs: ReportInputs, differences: list[SeedDifference], decisio
 def headline_metrics(inputs: ReportInputs, differences: list[SeedDifference], attack: str, eps: float) -> dict:
     """The ~15 numbers `dvc metrics show` and `dvc exp show` display (every other table is
     an out): seed means per variant, clean and at the reference attack and eps, IINC
-    stability, and the verdict's difference with its interval. Short, nested names
-    (`acc_pgd.base`) keep `dvc exp show` narrow and clear of the `reg.` params prefix."""
+    stability, and the verdict's difference with its interval. Short names nested by
+    variant (`acc_pgd.baseline`, `acc_pgd.reg`) keep `dvc exp show` narrow and clear of
+    the `reg.` params prefix."""
     seeds = sorted({k.seed for k in inputs.sweep.models})
-    short = {"baseline": "base", "reg": "reg"}
 
     def per_variant(value) -> dict[str, float]:
-        return {short[v]: float(value([ModelKey(v, s) for s in seeds])) for v in VARIANTS}
+        return {v: float(value([ModelKey(v, s) for s in seeds])) for v in VARIANTS}
 
     def mean_of(attack_name: str, at: float, metric: str):
         return lambda keys: np.mean([getattr(inputs.sweep.get(k, attack_name, at), metric) for k in keys])
