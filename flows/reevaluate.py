@@ -22,7 +22,7 @@ from prefect.states import Failed
 
 from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, load_params
 from robust_deepfake.errors import StageError
-from robust_deepfake.monitoring.drift import Alert, Outcome, drop_alert
+from robust_deepfake.monitoring.outcome import Alert, Outcome, drop_alert
 from robust_deepfake.monitoring.reevaluate import reevaluate_alias
 
 REPO = Path(__file__).resolve().parents[1]

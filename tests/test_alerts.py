@@ -102,7 +102,7 @@ def _repo(micro_repo: Path, dest: Path) -> tuple[Path, str, dict[str, str], str]
     from mlflow import MlflowClient
 
     from robust_deepfake.config import load_params
-    from robust_deepfake.monitoring.drift import score_plan
+    from robust_deepfake.verdict.champion import score_plan
     from robust_deepfake.tracking.store import configure
     from robust_deepfake.paths import ModelKey, read_run_record
 

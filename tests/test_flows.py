@@ -118,23 +118,6 @@ def test_devices_and_failure_messages():
     assert StageFailed("train_reg", 1, ["sqlite3.OperationalError: database is locked"]).transient
 
 
-def test_robustness_compares_on_the_shared_grid():
-    from robust_deepfake.monitoring.drift import compare, robustness, score_plan
-
-    assert robustness({"pgd": {0: 0.9, 100: 0.6, 200: 0.4}, "fgsm": {100: 1.0}}) == (0.5, "pgd")
-    # no PGD configured: pgd_accuracy falls back to the mean over every attack
-    assert robustness({"fgsm": {0: 1.0, 100: 0.6}, "bim": {100: 0.4}}) == (0.5, "bim+fgsm")
-    assert robustness({"pgd": {100: 0.6}, "fgsm": {100: 1.0}}, "mean_attack_accuracy") == (0.8, "fgsm+pgd")
-    assert score_plan("pgd_auc", ["fgsm", "pgd"]) == (["pgd"], "auc")
-    assert score_plan("clean_accuracy", ["fgsm", "pgd"]) == (["pgd"], "accuracy")
-    # a new eps (400) is reported but not read as a drop
-    result = compare({"pgd": {0: 0.9, 100: 0.6, 400: 0.0}}, {"pgd": {0: 0.9, 100: 0.7}})
-    assert result.eps_steps == [100] and result.drop == pytest.approx(0.1)
-    assert compare({"pgd": {100: 0.6}}, {}).drop is None
-    # PGD is the score: a previous evaluation without it is not compared on another attack
-    assert compare({"pgd": {100: 0.6}, "fgsm": {100: 0.9}}, {"fgsm": {100: 1.0}}).previous is None
-
-
 def _sweep_metrics():
     """A hand-made SweepMetrics: two seeds per variant, pgd and fgsm at 1/255 and 2/255."""
     from robust_deepfake.paths import model_keys
@@ -148,25 +131,6 @@ def _sweep_metrics():
                 accuracy = 0.7 - 0.1 * e - 0.05 * a + 0.02 * m
                 entries.append(SweepEntry(key, attack, eps, accuracy, accuracy, accuracy + 0.1, 0.2, 10))
     return SweepMetrics(entries, 0.95, True)
-
-
-def test_champion_and_reevaluation_share_one_robustness_definition():
-    from robust_deepfake.monitoring.drift import compare, robustness
-    from robust_deepfake.monitoring.reevaluate import sweep_curves
-    from robust_deepfake.robustness.sweep import SweepMetrics
-    from robust_deepfake.verdict.champion import robustness_score
-
-    metrics = _sweep_metrics()
-    for criterion in ("pgd_accuracy", "pgd_auc", "mean_attack_accuracy"):
-        metric = "auc" if criterion == "pgd_auc" else "accuracy"
-        for key in metrics.models:
-            curves = sweep_curves(metrics, key, metrics.attacks, metric)
-            assert set(curves["pgd"]) == {1, 2}  # MLflow steps: grey levels (k of k/255)
-            assert robustness(curves, criterion)[0] == pytest.approx(robustness_score(metrics, key, criterion))
-            assert compare(curves, curves, criterion).drop == 0
-    without_pgd = SweepMetrics([e for e in metrics.entries if e.attack != "pgd"], 0.95, True)
-    with pytest.raises(ValueError, match="pgd_\\* needs pgd"):  # the champion refuses what it cannot score
-        robustness_score(without_pgd, metrics.models[0], "pgd_accuracy")
 
 
 def test_key_metrics_reads_the_report_else_the_stage_outputs(tmp_path):

@@ -19,6 +19,7 @@ from robust_deepfake.data.materialize import (
     track_raw_dir,
 )
 from robust_deepfake.data.sample import SampleSpec, spec_to_meta
+from robust_deepfake.errors import StageError
 from robust_deepfake.explain.layers import target_layer_problem
 from robust_deepfake.paths import find_repo_root
 
@@ -125,14 +126,13 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _reevaluate_simulate_drop(args: argparse.Namespace) -> None:
-    from robust_deepfake.monitoring.drift import ReevaluationError  # torch: loaded only for this command
-    from robust_deepfake.monitoring.reevaluate import simulate_drop
+    from robust_deepfake.monitoring.reevaluate import simulate_drop  # torch: loaded only for this command
 
     root = find_repo_root()
     params = load_params_or_exit(root / DEFAULT_PARAMS)
     try:
         run_id = simulate_drop(params, root, args.alias, args.previous)
-    except ReevaluationError as error:
+    except StageError as error:  # no such alias, nothing to score
         fail(str(error), code=2)
     print(f"@{args.alias}: its next re-evaluation compares with run {run_id} ({args.previous}) and reports a drop")
 

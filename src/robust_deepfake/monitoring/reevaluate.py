@@ -10,7 +10,8 @@ it. It never trains and never writes DVC outputs.
 The previous evaluation of a version is the run its tag `last_reevaluation_run_id` names
 (metrics `reeval_vs_eps255/<attack>/<metric>`), or, before the first re-evaluation, the
 attack sweep the pipeline logged on its training run (`<runs.SWEEP_PREFIX>/<attack>/<metric>`);
-drift.py scores and compares the two. `robust-deepfake reevaluate simulate-drop`
+verdict.champion scores both the way the champion was chosen (score_plan, curve_score)
+and compares them (score_drift). `robust-deepfake reevaluate simulate-drop`
 (simulate_drop) makes the next re-evaluation of an alias see a drop, to check alerts.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,15 +29,15 @@ from robust_deepfake.config import Params
 from robust_deepfake.data.dataset import ImageSet, load_split
 from robust_deepfake.explain.measure import CamSubset, measure
 from robust_deepfake.model.device import resolve_device
-from robust_deepfake.monitoring.drift import Outcome, ReevaluationError, compare, score_plan
+from robust_deepfake.monitoring.outcome import Outcome, ReevaluationError
 from robust_deepfake.paths import VARIANTS, ModelKey
 from robust_deepfake.robustness.sweep import SweepMetrics, run_sweep, stratified_subset, summarize_sweep
-from robust_deepfake.verdict.champion import curve_score
 from robust_deepfake.tracking.provenance import data_md5, run_origin
 from robust_deepfake.tracking.runs import SWEEP_PREFIX, finite_metrics, log_batched, now_ms
 from robust_deepfake.tracking.store import configure, ensure_experiment, require_store
 from robust_deepfake import units
 from robust_deepfake.units import CLEAN
+from robust_deepfake.verdict.champion import curve_score, score_drift, score_plan, sweep_curves
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -123,13 +124,6 @@ def iinc_under_attack(model: Detector, test: ImageSet, params: Params, device: A
     return rows
 
 
-def sweep_curves(metrics: SweepMetrics, key: ModelKey, attacks: Iterable[str], metric: str) -> dict[str, dict[int, float]]:
-    """attack -> eps step -> `metric` of one model, for eps > 0 (the shape of the MLflow curves)."""
-    return {attack: {units.to_step(e.eps): float(getattr(e, metric)) for e in metrics.entries
-                     if e.model == key and e.attack == attack and e.eps > 0}
-            for attack in attacks}
-
-
 def previous_evaluation(
     client: MlflowClient, version: ModelVersion, metric: str = "accuracy"
 ) -> tuple[dict[str, dict[int, float]], str | None]:
@@ -200,7 +194,7 @@ def reevaluate_alias(
     stability = [r["value"] for r in cam_rows if r["measure"] == "stability" and math.isfinite(r["value"])]
     outcome = Outcome(
         alias=alias, registered_model=name, version=str(version.version), model=key, run_id="",
-        robustness=curve_score(current, attacks), drift=compare(current, previous, params.report.select_by),
+        robustness=curve_score(current, attacks), drift=score_drift(current, previous, params.report.select_by),
         previous_run_id=previous_run_id, clean_accuracy=float(metrics.get(key, CLEAN, 0.0).accuracy),
         iinc_stability=float(np.mean(stability)) if stability else math.nan,
     )

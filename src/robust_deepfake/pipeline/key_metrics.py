@@ -11,8 +11,6 @@ from typing import Any, Protocol, TypeVar
 from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, Params, load_params
 from robust_deepfake.errors import StageError
 from robust_deepfake.explain.outputs import CamMetrics
-from robust_deepfake.monitoring.drift import ReevaluationError, score_plan
-from robust_deepfake.monitoring.reevaluate import sweep_curves
 from robust_deepfake.paths import (
     VARIANTS,
     CamOutputs,
@@ -25,7 +23,7 @@ from robust_deepfake.paths import (
     relative_to_root,
 )
 from robust_deepfake.robustness.sweep import SweepMetrics
-from robust_deepfake.verdict.champion import curve_score
+from robust_deepfake.verdict.champion import NothingToScore, curve_score, score_plan, sweep_curves
 from robust_deepfake.units import CLEAN
 
 T = TypeVar("T")
@@ -48,8 +46,8 @@ def key_metrics(root: Path, graph: CoveredOutputs | None = None) -> Figures:
       `auc_pgd` at report.reference_eps, `iinc_stab`: {"baseline": …, "reg": …});
     * val_auc from metrics/train_<variant>/seed<k>.json;
     * from eval/attack_sweep.json: clean_accuracy / clean_auc, and `<variant>/robustness`,
-      the champion score (report.select_by, scored as the re-evaluation scores it:
-      monitoring.drift.score_plan, verdict.curve_score), named by `robustness_by`;
+      the champion score (report.select_by, scored as the re-evaluation watches it:
+      verdict.champion.score_plan, curve_score), named by `robustness_by`;
     * iinc_stability from eval/cam_iinc.json;
     * `champion`: the model eval/verdict.json's decision names (e.g. reg-seed1).
 
@@ -122,7 +120,7 @@ def _from_sweep(outputs: _Outputs, params: Params | None) -> Figures:
         return {}
     try:
         attacks, metric = score_plan(params.report.select_by if params else "pgd_accuracy", sweep.attacks)
-    except ReevaluationError:  # a sweep without attacks
+    except NothingToScore:  # a sweep without attacks
         attacks, metric = [], "accuracy"
     figures: Figures = {"robustness_by": f"{'+'.join(attacks)} {metric}"} if attacks else {}
     for variant in VARIANTS:
