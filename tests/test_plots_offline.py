@@ -1,4 +1,4 @@
-"""`dvc plots show` works offline, with titled axes (issue #13).
+"""`dvc plots show` works offline, with titled axes.
 
 The real `dvc plots show` renders the committed plots/ CSVs with the page template that
 .dvc/config names (built by `make install`, tools/plots_template.py);

@@ -343,7 +343,7 @@ def test_split_says_when_training_uses_fewer_images(tiny_raw, tmp_path, capsys):
 
 
 def test_data_num_workers_reaches_the_training_loader(tiny_raw, splits, tmp_path, monkeypatch):
-    """`data.num_workers` is passed to `fit` (before, the loader never saw it)."""
+    """`data.num_workers` reaches the training loader (`fit`)."""
     from robust_deepfake.model.training import FitResult
     from robust_deepfake.pipeline import train as train_module
 

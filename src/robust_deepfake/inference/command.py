@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, Params, load_params
+from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, Params, load_params, read_yaml
 from robust_deepfake.explain.gradcam import resolve_layer
 from robust_deepfake.inference.inputs import FileError, collect_images
 from robust_deepfake.inference.model_ref import LoadedModel, ModelRefError, default_model_uri, load_model
@@ -192,13 +192,12 @@ def _entries(items) -> list[str]:
 def dvc_tracked_paths(root: Path) -> list[tuple[str, str]]:
     """(pattern, what it is) for every path DVC tracks in the repository at `root`: the deps
     and outs of dvc.yaml's stages (a templated part such as `seed${item}` becomes the
-    wildcard `seed*`) and the outs of the .dvc files, relative to `root`."""
-    import yaml
-
+    wildcard `seed*`) and the outs of the .dvc files, relative to `root`; a file that
+    cannot be read as plain YAML adds nothing."""
     tracked: list[tuple[str, str]] = []
     try:
-        stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
+        stages = (read_yaml(root / "dvc.yaml") or {}).get("stages") or {}
+    except (ConfigError, AttributeError):
         stages = {}
     for name, stage in stages.items():
         if not isinstance(stage, dict):
@@ -209,8 +208,8 @@ def dvc_tracked_paths(root: Path) -> list[tuple[str, str]]:
                 tracked.append((_TEMPLATE.sub("*", path), f"{role} of stage {name} in dvc.yaml"))
     for dvc_file in _dvc_files(root):
         try:
-            outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
-        except (OSError, yaml.YAMLError, AttributeError):
+            outs = (read_yaml(dvc_file) or {}).get("outs") or []
+        except (ConfigError, AttributeError):
             continue
         for out in outs:
             if isinstance(out, dict) and out.get("path"):

@@ -182,7 +182,7 @@ class QualityFloor:
     the decision boundary scores below both. A model under the floor can never be
     @champion/@challenger; a variant passes when every seed passes (a recipe that
     sometimes trains a useless model does not ship); `predict` refuses a version the
-    report tagged as failing (ops/tracking.py)."""
+    report tagged as failing (tracking/registry.py)."""
 
     min_clean_auc: float
     clean_auc: dict[ModelKey, float]
