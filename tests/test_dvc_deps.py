@@ -1,6 +1,6 @@
 """dvc.yaml's code deps stay honest: every stage lists its script and every project module
-the script imports, transitively, so `dvc repro` re-runs a stage whenever code it runs
-changes.
+the script imports, transitively, and no code it does not import, so `dvc repro` re-runs
+a stage whenever code it runs changes, and only then.
 
 The closure is computed statically (ast, nothing is imported): every `import` and
 `from ... import` anywhere in a file counts, inside functions and under TYPE_CHECKING
@@ -148,6 +148,19 @@ def missing_code_deps(dvc: dict[str, Any], root: Path = ROOT) -> list[tuple[str,
     return gaps
 
 
+def unused_code_deps(dvc: dict[str, Any], root: Path = ROOT) -> list[tuple[str, str]]:
+    """(stage, dep) for every code dep (a file or folder under src/ or stages/) that holds
+    no file of the stage's import closure: editing it would re-run the stage for nothing."""
+    unused = []
+    for name, body in stage_bodies(dvc).items():
+        closure = [PurePosixPath(path.relative_to(root).as_posix())
+                   for path in code_closure(root / stage_script(body), root / "src")]
+        for dep in entry_names(body.get("deps")):
+            if dep.startswith(CODE_DIRS) and not any(covered(path, [dep]) for path in closure):
+                unused.append((name, dep))
+    return unused
+
+
 def missing_files(dvc: dict[str, Any]) -> set[tuple[str, str]]:
     return {(stage, path) for stage, path, _ in missing_code_deps(dvc)}
 
@@ -180,6 +193,28 @@ def test_every_stage_runs_a_script_that_exists():
 def test_code_deps_cover_every_imported_project_module():
     gaps = missing_code_deps(load_dvc_yaml())
     assert not gaps, "dvc.yaml deps miss code the stage runs (stage: file):\n" + _report(gaps)
+
+
+def test_code_deps_hold_only_code_the_stage_imports():
+    unused = unused_code_deps(load_dvc_yaml())
+    assert not unused, "dvc.yaml lists code deps the stage never imports (stage: dep):\n" + _report(unused)
+
+
+def test_checker_reports_an_unused_code_dep():
+    dvc = copy.deepcopy(load_dvc_yaml())
+    dvc["stages"]["attack_sweep"]["deps"].append("src/robust_deepfake/serving.py")
+    assert unused_code_deps(dvc) == [("attack_sweep", "src/robust_deepfake/serving.py")]
+
+
+@pytest.mark.parametrize("stage", ["split", "attack_sweep", "cam_iinc", "report"])
+def test_only_the_train_stages_reach_the_serving_code(stage):
+    """The tracker seam: the pyfunc model and the predict command belong to those who load
+    a registered version, so editing them re-runs no stage (training registers the
+    models-from-code file by path, it does not import it)."""
+    closure = {path.relative_to(ROOT).as_posix()
+               for path in code_closure(ROOT / stage_script(stage_bodies(load_dvc_yaml())[stage]))}
+    serving = {"src/robust_deepfake/serving.py", "src/robust_deepfake/pyfunc_model.py"}
+    assert not closure & serving and not any(path.startswith("src/robust_deepfake/inference/") for path in closure)
 
 
 def test_listed_code_deps_exist():
