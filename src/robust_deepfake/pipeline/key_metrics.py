@@ -3,7 +3,6 @@ outputs are present: what the Prefect pipeline flow shows as a table."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -11,6 +10,7 @@ from typing import Any, Protocol, TypeVar
 from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, Params, load_params
 from robust_deepfake.errors import StageError
 from robust_deepfake.explain.outputs import CamMetrics
+from robust_deepfake.io import finite_number
 from robust_deepfake.paths import (
     VARIANTS,
     CamOutputs,
@@ -162,7 +162,7 @@ def _params(root: Path) -> Params | None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return finite_number(value) is not None
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from robust_deepfake.config import Params, flatten
+from robust_deepfake.io import finite_number
 from robust_deepfake.paths import ModelKey, TrainOutputs
 from robust_deepfake.tracking.provenance import data_md5, run_origin
 from robust_deepfake.tracking.registry import version_of_weights
@@ -47,14 +48,8 @@ def log_batched(client, run_id: str, metrics: Sequence[Any], params: Sequence[An
 
 
 def finite_metrics(values: dict[str, Any]) -> dict[str, float]:
-    """Numbers MLflow can store: drops NaN/inf and non-numeric entries."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if math.isfinite(value):
-            out[key] = float(value)
-    return out
+    """Numbers MLflow can store (io.finite_number): drops NaN/inf and non-numeric entries."""
+    return {key: number for key, value in values.items() if (number := finite_number(value)) is not None}
 
 
 def loggable_params(params: Params) -> dict[str, Any]:
