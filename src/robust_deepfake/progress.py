@@ -8,10 +8,10 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
-def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
+def progress(iterable: Iterable[_T] | None = None, **kwargs: Any) -> tqdm:
     """tqdm that redraws at most every 0.5 s on a terminal and every 10 s in a log file
     (DVC and Prefect capture stage output; a bar per batch would flood them)."""
     interactive = sys.stderr.isatty()

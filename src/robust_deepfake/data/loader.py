@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Sampler
 from robust_deepfake.data.dataset import ImageSet
 from robust_deepfake.data.images import unit_float
 
-Item = TypeVar("Item")
+_Item = TypeVar("_Item")
 
 
 @dataclass
@@ -64,7 +64,7 @@ class _Failure:
 _END = object()
 
 
-def prefetched(items: Iterator[Item], depth: int) -> Iterator[Item]:
+def prefetched(items: Iterator[_Item], depth: int) -> Iterator[_Item]:
     """`items` in the same order, made up to `depth` ahead in a background thread (torch
     and PIL release the GIL while they copy and decode). An error in the thread is
     raised here; leaving the loop early stops the thread."""
