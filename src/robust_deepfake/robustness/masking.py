@@ -60,7 +60,7 @@ class MaskingTolerances:
 
 
 def _points(x: float) -> str:
-    return f"{100 * x:.1f}"
+    return "n/a" if math.isnan(x) else f"{100 * x:.1f}"
 
 
 def iterative_vs_fgsm(fgsm: float, iterative: Mapping[str, float], tol: float = 0.01) -> CheckRow:
