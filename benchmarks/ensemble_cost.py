@@ -33,6 +33,7 @@ import torch
 
 from robust_deepfake import units
 from robust_deepfake.config import load_params
+from robust_deepfake.data.dataset import load_split
 from robust_deepfake.model.detector import build_detector, load_trained
 from robust_deepfake.robustness.attacks import FGSM, attack_mode, quantize_8bit
 from robust_deepfake.robustness.ensemble import EnsembleBudget, misclassified, run_ensemble, score
@@ -62,8 +63,6 @@ def demo_inputs(root: Path | None, params_path: Path):
         pixels = torch.randint(0, 256, (N_IMAGES, 3, IMAGE_SIZE, IMAGE_SIZE), generator=generator)
         labels = torch.randint(0, 2, (N_IMAGES,), generator=generator)
         return model, model, pixels.float() / 255, labels, "untrained detector, random images"
-    from robust_deepfake.data.dataset import load_split
-
     cwd = os.getcwd()
     os.chdir(root)  # split CSVs hold paths relative to the checkout
     try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Literal
 
 Status = Literal["PASS", "WARN"]
@@ -125,8 +126,6 @@ def transfer(transferred: float, white: Mapping[str, float], tol: float = 0.01) 
 
 def wilson_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (defined at 0 and 1, unlike +-z*SE)."""
-    from statistics import NormalDist
-
     z = NormalDist().inv_cdf(0.5 + level / 2)
     centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
