@@ -1,9 +1,10 @@
 """`robust-deepfake params merge` (comments, nulls), `params check` (the paths params
-name) and the CLI's --help texts."""
+name, the cron Prefect would serve) and the CLI's --help texts."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from robust_deepfake.cli import build_parser, main
-from robust_deepfake.config import load_params, validate
+from robust_deepfake.config import ConfigError, load_params, validate
 from robust_deepfake.config.merge import merge_params_file, path_problems
 
 BASE = """\
@@ -211,3 +212,28 @@ def test_shown_paths_are_relative_to_the_params_file(tmp_path):
     assert Path(tmp_path).is_dir()
     problems = path_problems(_params(data={"raw_dir": "raw"}), tmp_path)
     assert str(tmp_path.resolve()) in problems[0]
+
+
+CRONS_PREFECT_REFUSES = [("a b c d e", "not a valid cron expression"), ("61 3 * * 1", "not a valid cron expression"),
+                         ("0 3 30 2 *", "never fires: no date matches it")]
+
+
+@pytest.mark.parametrize(("cron", "says"), CRONS_PREFECT_REFUSES)
+def test_params_check_and_merge_refuse_a_cron_prefect_would_not_run(repo_root, tmp_path, capsys, cron, says):
+    """Five plain fields pass every stage's params load (no Prefect import there); `params
+    check` and `params merge` ask Prefect's own parser, and refuse naming the key."""
+    target = tmp_path / "params.yaml"
+    original = (repo_root / "params.yaml").read_text()
+    target.write_text(original.replace('cron: "0 3 * * 1"', f'cron: "{cron}"', 1))
+    assert load_params(target).reevaluate.cron == cron
+    with pytest.raises(SystemExit) as info:
+        main(["params", "check", "--schema-only", str(target)])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {target}: reevaluate.cron: {says}" + (
+        "" if says.startswith("never") else ": minute hour day-of-month month day-of-week") + f" (got {cron!r})"
+    overrides = tmp_path / "overrides.yaml"
+    overrides.write_text(f'reevaluate:\n  cron: "{cron}"\n')
+    (tmp_path / "base.yaml").write_text(original)
+    with pytest.raises(ConfigError, match=rf"reevaluate\.cron: {re.escape(says)}"):
+        merge_params_file(overrides, tmp_path / "base.yaml")
+    assert (tmp_path / "base.yaml").read_text() == original

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, load_params_or_exit
+from robust_deepfake.config.cron import require_prefect_cron
 from robust_deepfake.config.merge import merge_params_file, path_problems
 from robust_deepfake.data.dffd import IngestError, ingest_dffd
 from robust_deepfake.data.materialize import (
@@ -95,6 +96,10 @@ def _params_check(args: argparse.Namespace) -> None:
     layer = target_layer_problem(params.model.name, params.cam.target_layer)
     if layer:  # needs the architecture: checked here and before the first training, not in config.py
         fail(f"{args.file}: cam.target_layer: {layer} (got {params.cam.target_layer!r})", code=2)
+    try:  # Prefect's own parser (an import of prefect): checked here, not by every stage
+        require_prefect_cron(params.reevaluate.cron, args.file)
+    except ConfigError as error:
+        fail(str(error), code=2)
     if not args.schema_only:
         problems = path_problems(params, Path(args.file).parent)
         if problems:

@@ -11,6 +11,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.representer import RoundTripRepresenter
 
 from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, Params, parse_yaml, read_yaml, validate
+from robust_deepfake.config.cron import require_prefect_cron
 from robust_deepfake.io import atomic_open
 
 
@@ -120,7 +121,8 @@ def merge_params_file(overrides_path: str | Path, params_path: str | Path = DEFA
     buffer = io.StringIO()
     yaml.dump(document, buffer)
     source = f"{params_path} merged with {overrides_path}"
-    validate(parse_yaml(buffer.getvalue(), source), source)
+    merged = validate(parse_yaml(buffer.getvalue(), source), source)
+    require_prefect_cron(merged.reevaluate.cron, source)
     if changed:
         with atomic_open(params_path) as handle:
             handle.write(buffer.getvalue())

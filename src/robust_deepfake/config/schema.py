@@ -26,7 +26,6 @@ from pydantic import (
     model_validator,
 )
 
-from robust_deepfake.config.cron import cron_problem
 from robust_deepfake.config.problems import ConfigError, format_errors, raise_problems
 from robust_deepfake.units import label, parse_pixel_value, require_whole_grey_levels
 
@@ -284,6 +283,19 @@ class TrackingConfig(Strict):
         return value
 
 
+CRON_FIELDS = "minute hour day-of-month month day-of-week"
+
+
+def cron_shape_problem(value: str) -> str | None:
+    """Why `value` is not a 5-field cron expression Prefect accepts the fields of, or None."""
+    fields = value.split()
+    if len(fields) != 5:
+        return f"expected a 5-field cron expression: {CRON_FIELDS}"
+    if any(field.casefold() in {"r", "h"} for field in fields):
+        return "random (R) and hashed (H) fields are not supported by Prefect"
+    return None
+
+
 _ALIAS = re.compile(r"^[\w\-]+$")
 
 
@@ -295,7 +307,7 @@ class ReevaluateConfig(Strict):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str) -> str:
-        problem = cron_problem(value)
+        problem = cron_shape_problem(value)
         if problem:
             raise ValueError(f"{problem} (got {value!r})")
         return value
