@@ -16,6 +16,9 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # pip's config on these machines lists extra local indexes that may be absent: hide the noise.
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
 
+# The pins pyproject.toml lists under [tool.robust-deepfake] install-without-deps.
+export WITHOUT_DEPS := import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["robust-deepfake"]["install-without-deps"]))
+
 .PHONY: install demo test lint
 
 install: $(STAMP) $(PLOTS_TEMPLATE)
@@ -23,9 +26,10 @@ install: $(STAMP) $(PLOTS_TEMPLATE)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' $(PIP_QUIET)
-	@# torchattacks is a test-only oracle; its requests~=2.25.1 pin would send the
-	@# resolver into a 20+ minute backtrack, so it is installed alone without deps.
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1 $(PIP_QUIET)
+	@# pyproject.toml's [tool.robust-deepfake] install-without-deps (torchattacks: its
+	@# requests~=2.25.1 pin conflicts with ours), each installed alone without deps.
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps \
+	  $$($(BIN)/python -c "$$WITHOUT_DEPS") $(PIP_QUIET)
 	@touch $(STAMP)
 
 # vega, vega-lite and vega-embed, pinned in package-lock.json, inlined into one page

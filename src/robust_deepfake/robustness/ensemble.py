@@ -49,7 +49,8 @@ from robust_deepfake.units import rng_offset
 
 MEMBERS = ("apgd", "fab", "square")
 TORCHATTACKS_HELP = ("torchattacks is not installed: `pip install --no-deps torchattacks==3.5.1` "
-                     "(--no-deps: its requests~=2.25.1 pin breaks the resolver; the Makefile does this)")
+                     "(--no-deps: its requests~=2.25.1 pin conflicts with ours; `make install` does this from "
+                     "pyproject.toml's [tool.robust-deepfake] install-without-deps)")
 
 
 def require_torchattacks() -> ModuleType:
