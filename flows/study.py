@@ -33,6 +33,7 @@ from robust_deepfake.orchestration.dvc_runner import OrchestrationError, read_st
 from robust_deepfake.orchestration.gpu_slots import gpu_slot
 from robust_deepfake.study import cell as cells
 from robust_deepfake.study import records
+from robust_deepfake.study.comparisons import StudyRules
 from robust_deepfake.study.spec import Cell, StudySpec, cell_hash, expand, load_spec, with_placebo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,7 +234,9 @@ def study(spec_path: str = "configs/study_demo.yaml", pool: str | None = None, r
     reused = {hashes[cell.label] for cell in grid if done[cell.label] is not None}
     for record in complete:
         record["reused"] = record["cell_hash"] in reused
-    outputs = build_study_report(with_placebo(spec, base), complete, root / report_dir, level=params.eval.ci)
+    judged = grid[0].params(base) if grid else params  # the cells' own report keys (fixed may set them)
+    rules = StudyRules(judged.eval.ci, judged.report.min_effect, judged.report.min_clean_auc)
+    outputs = build_study_report(with_placebo(spec, base), complete, root / report_dir, rules=rules)
     summary = {"cells": len(grid), "computed": len(complete) - len(reused), "reused": len(reused),
                "missing": len(grid) - len(complete)}
     records.finish_study_run(parent, [p for p in outputs.values() if p.is_file()], summary, bool(failures))

@@ -75,24 +75,23 @@ def test_metrics_show_is_the_headline_only(micro_repo):
 
 
 def _check_seed_interval(row: dict) -> None:
-    """A row's interval is at least as wide as the Student-t interval of its per-seed values."""
+    """A row's interval and claim are claims.assess over its per-seed differences and
+    their test SEs: never narrower than the Student-t interval of the d_s."""
     from scipy import stats
 
-    per_seed = np.array(row["per_seed"])
+    from robust_deepfake.verdict.claims import assess
+
+    per_seed = np.array(row["diffs"])
     assert row["mean"] == pytest.approx(per_seed.mean())
-    low, high = row["ci"]
+    same = assess(row["diffs"], row["ses"], row["level"], row["min_effect"])
+    assert [row["low"], row["high"], row["claim"]] == pytest.approx([same.low, same.high, same.claim])
+    low, high = row["low"], row["high"]
     assert low <= row["mean"] <= high
     if np.ptp(per_seed) > 0:
         t_low, t_high = stats.t.interval(row["level"], per_seed.size - 1, loc=per_seed.mean(),
                                          scale=stats.sem(per_seed))
-        assert high - low >= (t_high - t_low) * (1 - 1e-9), row
         assert low <= t_low + 1e-12 and high >= t_high - 1e-12, row
-    else:  # equal differences at every seed: the t-interval has zero width; the two-level
-        # bootstrap (seeds, then images) keeps the test-sampling width around the value
-        assert low <= per_seed[0] <= high
-    excludes_zero = low > 0 or high < 0
-    assert row["excludes_zero"] is excludes_zero
-    assert (row["favours"] == "neither") is not excludes_zero
+    assert (row["favours"] == "neither") is (row["claim"] == 0)
 
 
 def test_verdict_intervals_are_over_seeds(micro_repo):
@@ -100,8 +99,9 @@ def test_verdict_intervals_are_over_seeds(micro_repo):
     of the sweep, with an interval at least as wide as the Student-t interval over those
     seeds; so is every other row."""
     verdict = json.loads((micro_repo / "eval" / "verdict.json").read_text())
-    row = next(d for d in verdict["differences"] if d["attack"] == "pgd" and d["metric"] == "accuracy")
-    assert row["seeds"] == [0, 1] and len(row["per_seed"]) == 2 and len(row["per_image_ci"]) == 2
+    row = next(d for d in verdict["differences"]
+               if (d["comparison"], d["attack"], d["metric"]) == ("reg_baseline", "pgd", "accuracy"))
+    assert row["seeds"] == [0, 1] and len(row["diffs"]) == 2 and len(row["per_image_ci"]) == 2
     _check_seed_interval(row)
     sweep = json.loads((micro_repo / "eval" / "attack_sweep.json").read_text())["entries"]
 
@@ -109,16 +109,17 @@ def test_verdict_intervals_are_over_seeds(micro_repo):
         return np.mean([e["accuracy"] for e in sweep
                         if (e["variant"], e["seed"], e["attack"]) == (variant, seed, "pgd") and e["eps"] > 0])
 
-    np.testing.assert_allclose(row["per_seed"], [pgd_accuracy("reg", s) - pgd_accuracy("baseline", s) for s in (0, 1)])
+    np.testing.assert_allclose(row["diffs"], [pgd_accuracy("reg", s) - pgd_accuracy("baseline", s) for s in (0, 1)])
     report = json.loads((micro_repo / "metrics" / "report.json").read_text())
-    assert report["pgd_acc_diff"]["mean"] == pytest.approx(row["mean"])
-    assert [report["pgd_acc_diff"]["lo"], report["pgd_acc_diff"]["hi"]] == pytest.approx(row["ci"])
+    headline = report["pgd_acc_diff"]["reg_baseline"]
+    assert [headline["mean"], headline["lo"], headline["hi"], headline["claim"]] == pytest.approx(
+        [row["mean"], row["low"], row["high"], row["claim"]])
 
     spread = 0
     for other in verdict["differences"]:
         assert other["seeds"] == [0, 1]
         _check_seed_interval(other)
-        spread += np.ptp(other["per_seed"]) > 0
+        spread += np.ptp(other["diffs"]) > 0
     assert spread > 0  # at least one row exercises a non-degenerate interval
     assert verdict["decision"]["evidence"]["seeds"] == [0, 1]
 

@@ -3,14 +3,13 @@ variant) with every section, figure and verdict row, and the champion choice fol
 report.select_by."""
 
 import json
-import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from scipy import stats
 
 from robust_deepfake.config import EvalConfig, validate
 from robust_deepfake.explain.outputs import CamEntry, CamMetrics, IincValues
@@ -29,7 +28,9 @@ from robust_deepfake.pipeline.report import build_report
 from robust_deepfake import units
 from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepEntry, SweepMetrics, SweepPredictions, summarize_sweep
 from robust_deepfake.tracking.tracker import NullTracker
-from robust_deepfake.verdict.champion import choose_champion
+from robust_deepfake.verdict.champion import EVIDENCE, choose_champion
+from robust_deepfake.verdict.claims import assess
+from robust_deepfake.verdict.seeds import present_pairs, seed_difference
 
 EPS = [0.0, 1 / 255, 2 / 255]
 ATTACKS = ["fgsm", "pgd"]
@@ -118,12 +119,13 @@ def rendered(tmp_path_factory):
 def test_every_section_and_figure_exists(rendered):
     root, summary, _ = rendered
     markdown = (root / "reports" / "report.md").read_text()
-    for section in ["**Conclusion:**", "## Verdict", "### Per seed (test sampling only)", "## Data", "## Training",
+    for section in ["**Answers**", "## Verdict", "### How many seeds a claim would take", "### Every comparison",
+                    "### Per seed (test sampling only)", "## Data", "## Training",
                     "## Robustness", "### FGSM", "### PGD", "## Explanations: Grad-CAM and IINC",
                     "## Per-source generalization", "## ROC curves and confusion matrices", "## Provenance",
                     "## How to read this report"]:
         assert section in markdown, section
-    figures = ["robustness_accuracy.png", "robustness_auc.png", "robustness_asr.png", "iinc.png",
+    figures = ["forest.png", "robustness_accuracy.png", "robustness_auc.png", "robustness_asr.png", "iinc.png",
                "training_curves.png", "per_source.png", "roc.png", "confusion.png"]
     for name in figures:
         path = root / "reports" / "figures" / name
@@ -144,8 +146,8 @@ def test_html_is_self_contained(rendered):
     html = (root / "reports" / "report.html").read_text()
     assert "<table>" in html
     sources = [part.split('"')[0] for part in html.split('<img alt="')[1:]]
-    assert len(sources) == 8 + 4
-    assert html.count('src="data:image/png;base64,') == 12
+    assert len(sources) == 9 + 4
+    assert html.count('src="data:image/png;base64,') == 13
     assert 'src="figures/' not in html and 'src="cam/' not in html
 
 
@@ -158,28 +160,30 @@ def _pgd_accuracy_diffs(metrics: SweepMetrics) -> list[float]:
 def test_verdict_rows_and_numbers_come_from_the_predictions(rendered):
     root, summary, metrics = rendered
     verdict = json.loads((ReportOutputs.at(root).verdict).read_text())
-    rows = {(d["attack"], d["metric"]): d for d in verdict["differences"]}
-    for attack in ["clean", *ATTACKS]:
-        for metric in ("accuracy", "f1", "auc"):
-            assert (attack, metric) in rows
-    for attack in ATTACKS:
-        assert (attack, "asr") in rows
-        assert (attack, "iinc_stability") in rows and (attack, "iinc_localization") in rows
+    rows = {(d["comparison"], d["attack"], d["metric"]): d for d in verdict["differences"]}
+    pairs = [p.key for p in present_pairs(k.variant for k in metrics.models)]
+    assert list(dict.fromkeys(d["comparison"] for d in verdict["differences"])) == pairs
+    for pair in pairs:
+        for attack in ["clean", *ATTACKS]:
+            for metric in ("accuracy", "f1", "auc"):
+                assert (pair, attack, metric) in rows
+        for attack in ATTACKS:
+            assert (pair, attack, "asr") in rows
+            assert (pair, attack, "iinc_stability") in rows and (pair, attack, "iinc_localization") in rows
 
-    pgd = rows[("pgd", "accuracy")]
+    pgd = rows[("reg_baseline", "pgd", "accuracy")]
     expected = _pgd_accuracy_diffs(metrics)
     assert pgd["seeds"] == SEEDS
-    assert pgd["per_seed"] == pytest.approx(expected)
+    assert pgd["diffs"] == pytest.approx(expected)
     assert pgd["mean"] == pytest.approx(np.mean(expected))
-    low, high = stats.t.interval(0.95, len(SEEDS) - 1, loc=np.mean(expected), scale=stats.sem(expected))
-    assert pgd["ci"] == pytest.approx([low, high])
-    assert len(pgd["per_image_ci"]) == len(SEEDS)
+    same = assess(expected, pgd["ses"], 0.95)  # every interval and claim goes through claims.assess
+    assert [pgd["low"], pgd["high"], pgd["claim"]] == pytest.approx([same.low, same.high, same.claim])
+    assert all(se > 0 for se in pgd["ses"]) and len(pgd["per_image_ci"]) == len(SEEDS)
 
-    stability = rows[("pgd", "iinc_stability")]
+    stability = rows[("reg_baseline", "pgd", "iinc_stability")]
     assert stability["mean"] == pytest.approx(-0.03, abs=0.01)
-    assert stability["favours"] == "reg"  # lower IINC is better
-    assert stability["excludes_zero"] is True
-    localization = rows[("pgd", "iinc_localization")]
+    assert stability["favours"] == "reg" and stability["claim"] == -1  # lower IINC is better
+    localization = rows[("reg_baseline", "pgd", "iinc_localization")]
     assert localization["mean"] == pytest.approx(0.0) and localization["favours"] == "neither"
 
     decision = verdict["decision"]
@@ -201,21 +205,26 @@ def _numeric_leaves(node) -> list[float]:
     return [node] if isinstance(node, int | float) and not isinstance(node, bool) else []
 
 
-def test_headline_metrics_are_few_and_match_the_verdict(rendered):
+def test_headline_metrics_are_few_and_answer_the_questions(rendered):
     root, summary, metrics = rendered
     report = json.loads(ReportOutputs.at(root).metrics.read_text())
     assert report == json.loads(json.dumps(summary["metrics"]))
-    assert len(_numeric_leaves(report)) <= 30
-    assert report["seeds"] == len(SEEDS) and report["ref_eps_255"] == 1.0
-    expected = _pgd_accuracy_diffs(metrics)
-    assert report["pgd_acc_diff"]["mean"] == pytest.approx(np.mean(expected))
-    assert report["pgd_acc_diff"]["lo"] <= report["pgd_acc_diff"]["mean"] <= report["pgd_acc_diff"]["hi"]
-    for variant in ("baseline", "reg"):
+    assert len(_numeric_leaves(report)) <= 20
+    assert report["seeds"] == len(SEEDS)
+    variants = list(dict.fromkeys(k.variant for k in metrics.models))
+    pairs = [p.key for p in present_pairs(variants)]
+    assert list(report["pgd_acc_diff"]) == pairs  # in question order
+    rows = {(d.pair.key, d.attack, d.metric): d for d in summary["differences"]}
+    for pair in pairs:
+        row = rows[(pair, "pgd", "accuracy")]
+        assert report["pgd_acc_diff"][pair] == pytest.approx(
+            {"mean": row.mean, "lo": row.ci_low, "hi": row.ci_high, "claim": row.claim.claim})
+    assert report["pgd_acc_diff"]["reg_baseline"]["mean"] == pytest.approx(np.mean(_pgd_accuracy_diffs(metrics)))
+    for variant in variants:
         pgd_1 = np.mean([metrics.get(ModelKey(variant, s), "pgd", EPS[1]).accuracy for s in SEEDS])
         assert report["acc_pgd"][variant] == pytest.approx(pgd_1)  # reference eps 1/255
-        clean = np.mean([metrics.get(ModelKey(variant, s), "clean", 0.0).auc for s in SEEDS])
-        assert report["auc_clean"][variant] == pytest.approx(clean)
-        assert math.isfinite(report["iinc_stab"][variant])
+        clean = np.mean([metrics.get(ModelKey(variant, s), "clean", 0.0).accuracy for s in SEEDS])
+        assert report["acc_clean"][variant] == pytest.approx(clean)
     # no strings or booleans (DVC would show them as metrics), no `reg.` prefix clashing with params
     assert all(isinstance(v, int | float) and not isinstance(v, bool) for v in _leaves(report))
     assert not any(name.startswith("reg") for name in report)
@@ -237,20 +246,32 @@ def _sweep(scores: dict[str, tuple[float, float]], seeds=SEEDS, spread: float = 
     return SweepMetrics(entries, 0.95, True)
 
 
+def _rows_of(sweep: SweepMetrics, se: float = 0.01) -> list:
+    """The verdict's reg - baseline rows of `sweep` for every criterion, each seed with test SE `se`."""
+    rows = []
+    for attack, metric in (("pgd", "accuracy"), ("pgd", "auc"), ("clean", "accuracy"), ("clean", "auc")):
+        at = 0.0 if attack == "clean" else 1 / 255
+        d = [getattr(sweep.get(ModelKey("reg", s), attack, at), metric)
+             - getattr(sweep.get(ModelKey("baseline", s), attack, at), metric) for s in SEEDS]
+        rows.append(seed_difference(EVIDENCE, attack, metric, SEEDS, d, [se] * len(SEEDS), 0.95))
+    return rows
+
+
 def test_champion_follows_the_criterion():
     config = EvalConfig()
     sweep = _sweep({"baseline": (0.95, 0.2), "reg": (0.90, 0.4)})
-    by_pgd = choose_champion(sweep, "pgd_accuracy", config)
+    rows = _rows_of(sweep)
+    by_pgd = choose_champion(sweep, "pgd_accuracy", config, None, rows)
     assert (by_pgd.champion.variant, by_pgd.challenger.variant) == ("reg", "baseline")
     assert by_pgd.champion == ModelKey("reg", 1)  # the seed at its variant's mean
-    by_clean = choose_champion(sweep, "clean_accuracy", config, current_champion="reg")
+    by_clean = choose_champion(sweep, "clean_accuracy", config, "reg", rows)
     assert (by_clean.champion.variant, by_clean.challenger.variant) == ("baseline", "reg")
     assert by_clean.move_champion
-    assert choose_champion(sweep, "pgd_auc", config).champion.variant == "reg"
-    # equal attacked accuracy: no detectable difference, so the alias stays (the baseline when none yet)
+    assert choose_champion(sweep, "pgd_auc", config, None, rows).champion.variant == "reg"
+    # equal attacked accuracy: no claim, so the alias stays (the baseline when none yet)
     tied = _sweep({"baseline": (0.8, 0.3), "reg": (0.85, 0.3)})
-    assert choose_champion(tied, "pgd_accuracy", config).champion.variant == "baseline"
-    kept = choose_champion(tied, "pgd_accuracy", config, current_champion="reg")
+    assert choose_champion(tied, "pgd_accuracy", config, None, _rows_of(tied)).champion.variant == "baseline"
+    kept = choose_champion(tied, "pgd_accuracy", config, "reg", _rows_of(tied))
     assert kept.champion.variant == "reg" and not kept.move_champion
     fgsm_only = SweepMetrics([SweepEntry(e.model, "fgsm" if e.attack == "pgd" else e.attack, e.eps, e.accuracy,
                                          e.f1, e.auc, e.asr, e.n) for e in sweep.entries], 0.95, True)
@@ -320,3 +341,69 @@ def test_aliases_move_only_after_every_out_is_written(tmp_path):
     build_report(params, tmp_path, Recording())
     assert seen["outs"] and all(seen["outs"].values()), seen
     assert seen["cards"] == sorted(k.name for k in model_keys(SEEDS))
+
+
+def markdown_problems(markdown: str, folder: Path) -> list[str]:
+    """What a Markdown viewer would show broken: a table line it does not render as a table
+    row (a raw `| … |` paragraph), a row whose cell count differs from its header (an
+    unescaped pipe), an image that is not there. CommonMark + GFM tables (markdown-it-py)."""
+    from markdown_it import MarkdownIt
+
+    problems = []
+    blocks: list[list[str]] = []
+    previous = ""
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            if previous.startswith("|"):
+                blocks[-1].append(line)
+            else:
+                blocks.append([line])
+        previous = line
+    cells = lambda row: len(re.findall(r"(?<!\\)\|", row)) - 1  # noqa: E731
+    for block in blocks:
+        if len(block) < 2 or not re.fullmatch(r"\|(---\|)+", block[1]):
+            problems.append(f"table without a separator row: {block[0][:60]}")
+        problems += [f"{cells(row)} cells under a {cells(block[0])}-column header: {row[:60]}"
+                     for row in block[2:] if cells(row) != cells(block[0])]
+    tokens = MarkdownIt("commonmark").enable("table").parse(markdown)
+    rendered = sum(1 for t in tokens if t.type == "tr_open")
+    if rendered != sum(len(b) - 1 for b in blocks):
+        problems.append(f"{sum(len(b) - 1 for b in blocks)} table lines, {rendered} rendered table rows")
+    html = MarkdownIt("commonmark").enable("table").render(markdown)
+    problems += [f"raw pipe paragraph: {p[:60]}" for p in re.findall(r"<p>\|[^<]*", html)]
+    problems += [f"missing image: {path}" for path in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+                 if not (folder / path).is_file()]
+    return problems
+
+
+def test_report_markdown_renders_every_table_and_image(rendered):
+    root, _, _ = rendered
+    markdown = (root / "reports" / "report.md").read_text()
+    assert markdown.count("\n|") > 40  # the check below has tables to look at
+    assert markdown_problems(markdown, root / "reports") == []
+    html = (root / "reports" / "report.html").read_text()
+    assert html.count("<table>") == html.count("</table>") == markdown.count("\n|---")
+
+
+def test_the_markdown_check_catches_broken_tables(tmp_path):
+    """A header with a raw pipe, a row with one cell too many, a missing image."""
+    (tmp_path / "there.png").write_bytes(b"png")
+    good = "| a | b |\n|---|---|\n| 1 | x \\| y |\n\n![ok](there.png)\n"
+    assert markdown_problems(good, tmp_path) == []
+    assert markdown_problems("| a |L| b |\n|---|---|\n| 1 | 2 |\n", tmp_path)
+    assert markdown_problems("| a | b |\n|---|---|\n| 1 | 2 | 3 |\n", tmp_path)
+    assert markdown_problems("text\n| a | b |\nmore\n", tmp_path)
+    assert markdown_problems("![gone](missing.png)\n", tmp_path) == ["missing image: missing.png"]
+
+
+def test_the_report_run_logs_the_headline_answers(rendered):
+    """MLflow's report run carries report.json's numbers: every comparison's answer."""
+    from robust_deepfake.tracking.registry import headline_metrics
+
+    root, summary, _ = rendered
+    logged = headline_metrics(ReportOutputs.at(root).metrics)
+    row = next(d for d in summary["differences"] if (d.pair.key, d.attack, d.metric) == ("reg_baseline", "pgd", "accuracy"))
+    assert logged["pgd_acc_diff/reg_baseline/mean"] == pytest.approx(row.mean)
+    assert logged["pgd_acc_diff/reg_baseline/lo"] == pytest.approx(row.ci_low)
+    assert logged["pgd_acc_diff/reg_baseline/claim"] == row.claim.claim
+    assert len(logged) == len(_numeric_leaves(json.loads(ReportOutputs.at(root).metrics.read_text())))

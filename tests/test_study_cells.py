@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
+from robust_deepfake.bootstrap import bootstrap_counts
 from robust_deepfake.config import EvalConfig, read_yaml, validate
 from robust_deepfake.orchestration.gpu_slots import gpu_slot, visible_gpus
 from robust_deepfake.paths import ModelKey
@@ -58,6 +59,16 @@ def test_a_cell_reports_its_sweep_and_the_held_out_method_against_every_real():
         assert held["auc_fgsm"] == pytest.approx(
             roc_auc_score(predictions.labels[subset], predictions.p_fake[m, 0, 1][subset]))
     assert set(measured["heldout"]) == {"stylegan_like"}
+    # the test-sampling SE of reg - baseline: the SD over the paired image resamples
+    weights = bootstrap_counts(len(predictions.labels), params.eval.n_bootstrap, params.eval.seed)
+    right = [((predictions.p_fake[m, 1, 1] >= 0.5) == predictions.labels).astype(float) for m in (0, 1)]
+    accuracy = [(weights @ r) / weights.sum(axis=1) for r in right]
+    assert measured["test_se"]["reg_baseline"]["acc_pgd"] == pytest.approx(np.std(accuracy[1] - accuracy[0], ddof=1))
+    assert set(measured["test_se"]) == {"reg_baseline"}  # no placebo model in this cell
+    assert set(measured["test_se"]["reg_baseline"]) == {"acc_clean", "auc_clean", "f1_clean", "acc_fgsm", "auc_fgsm",
+                                                        "acc_pgd", "auc_pgd"}
+    held_se = measured["heldout_test_se"]["stylegan_like"]["reg_baseline"]
+    assert 0 < held_se["auc_clean"] < 0.5 and held_se["acc_pgd"] != measured["test_se"]["reg_baseline"]["acc_pgd"]
 
 
 def test_one_gpu_per_concurrent_cell(tmp_path):

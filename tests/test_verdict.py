@@ -1,5 +1,6 @@
-"""The seed-level verdict (the verdict package): Student-t intervals over training seeds,
-the per-row wording, and the champion policy, on synthetic predictions whose per-seed
+"""The seed-level verdict (the verdict package): the three comparisons in question order,
+each row's interval and claim through claims.assess (floored at the seeds' own test SE),
+the short readings, and the champion policy, on synthetic predictions whose per-seed
 differences are known exactly."""
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from robust_deepfake import paths
+from robust_deepfake.bootstrap import bootstrap_counts
 from robust_deepfake.config import EvalConfig
+from robust_deepfake.explain.outputs import IincValues
 from robust_deepfake.paths import ModelKey
 from robust_deepfake.robustness.sweep import SweepEntry, SweepMetrics, SweepPredictions, summarize_sweep
 from robust_deepfake.verdict.champion import (
+    EVIDENCE,
     NothingToScore,
     choose_champion,
     robustness_score,
@@ -22,8 +27,9 @@ from robust_deepfake.verdict.champion import (
     sweep_curves,
     watched_score,
 )
-from robust_deepfake.verdict.differences import sweep_differences
-from robust_deepfake.verdict.seeds import detectable_effect, t_interval, two_level_interval
+from robust_deepfake.verdict.claims import MIN_SEEDS, PLAIN_MIN_SEEDS, assess
+from robust_deepfake.verdict.differences import iinc_differences, sweep_differences
+from robust_deepfake.verdict.seeds import COMPARISONS, seed_difference, t_interval
 
 EPS = [0.0, 1 / 255, 2 / 255]
 ATTACKS = ["fgsm", "pgd"]
@@ -31,15 +37,20 @@ SEEDS = [0, 1, 2]
 N = 20
 LABELS = np.array([0, 1] * (N // 2))  # interleaved: any prefix holds both classes
 CONFIG = EvalConfig(n_bootstrap=200, ci=0.95, seed=0)
+VARIANTS = ("baseline", "placebo", "reg")
 
-# Accuracy (in correct images out of N) per seed, variant, attack and attacked eps.
-# PGD: reg is better by 2, 3 and 4 images at both eps -> d_s = 0.10, 0.15, 0.20.
-# FGSM: reg better, worse, better by 2, 2, 1 images -> d_s = +0.10, -0.10, +0.05 (noisy).
-PGD_CORRECT = {0: (8, 10), 1: (6, 9), 2: (7, 11)}  # seed -> (baseline, reg)
-FGSM_CORRECT = {0: (12, 14), 1: (13, 11), 2: (10, 11)}
+# Images classified correctly (of N) per seed, under each attack at both attacked eps,
+# as (baseline, placebo, reg). PGD: the second pass adds 1-2 images, the perturbation 1-2 more.
+PGD_CORRECT = {0: (8, 9, 10), 1: (6, 8, 9), 2: (7, 8, 11)}
+FGSM_CORRECT = {0: (12, 13, 14), 1: (13, 12, 11), 2: (10, 10, 11)}
 CLEAN_CORRECT = 18
-PGD_DIFFS = [(r - b) / N for b, r in PGD_CORRECT.values()]
-FGSM_DIFFS = [(r - b) / N for b, r in FGSM_CORRECT.values()]
+
+
+@pytest.fixture(autouse=True)
+def _placebo_variant(monkeypatch):
+    """ModelKey accepts the placebo (paths.VARIANTS holds it once the DAG trains it)."""
+    if "placebo" not in paths.VARIANTS:
+        monkeypatch.setattr(paths, "VARIANTS", VARIANTS)
 
 
 def _scores(n_correct: int) -> np.ndarray:
@@ -49,91 +60,155 @@ def _scores(n_correct: int) -> np.ndarray:
     return np.where(correct, truth, 1 - truth)
 
 
-def _predictions() -> SweepPredictions:
-    models = [ModelKey(v, s) for v in ("baseline", "reg") for s in SEEDS]
+def _predictions(variants=VARIANTS, seeds=SEEDS, pgd=PGD_CORRECT, skip=()) -> SweepPredictions:
+    """Every (variant, seed) model but those in `skip`."""
+    models = [ModelKey(v, s) for v in variants for s in seeds if (v, s) not in skip]
     p = np.zeros((len(models), len(ATTACKS), len(EPS), N))
     for m, key in enumerate(models):
-        side = 0 if key.variant == "baseline" else 1
+        side = VARIANTS.index(key.variant)
         p[m, :, 0] = _scores(CLEAN_CORRECT)
-        for a, table in ((0, FGSM_CORRECT), (1, PGD_CORRECT)):
+        for a, table in ((0, FGSM_CORRECT), (1, pgd)):
             for e in (1, 2):
-                p[m, a, e] = _scores(table[key.seed][side])
+                p[m, a, e] = _scores(table.get(key.seed, (10, 10, 10))[side])
     sources = np.where(LABELS == 1, "fake_x", "real_a")
     return SweepPredictions(models, ATTACKS, EPS, np.arange(N), LABELS, sources, p)
 
 
-@pytest.fixture(scope="module")
-def differences():
-    return {(d.attack, d.metric): d for d in sweep_differences(_predictions(), CONFIG)}
+def _diffs(table, first: str, second: str, seeds=SEEDS) -> list[float]:
+    return [(table[s][VARIANTS.index(first)] - table[s][VARIANTS.index(second)]) / N for s in seeds]
 
 
-@pytest.mark.parametrize("n", [2, 3, 7, 30])
-@pytest.mark.parametrize("level", [0.8, 0.95])
-def test_t_interval_equals_scipy(n, level):
-    values = np.random.default_rng(n).normal(0.1, 0.3, n)
-    mean, low, high = t_interval(values, level)
-    expected = stats.t.interval(level, n - 1, loc=values.mean(), scale=stats.sem(values))
-    assert mean == pytest.approx(values.mean())
-    assert (low, high) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+def _accuracy_se(table, first: str, second: str, seed: int) -> float:
+    """The SD of the accuracy difference over CONFIG's image-bootstrap resamples, computed
+    directly from the correct-image masks."""
+    weights = bootstrap_counts(N, CONFIG.n_bootstrap, CONFIG.seed)
+    right = [(np.arange(N) < table[seed][VARIANTS.index(v)]).astype(float) for v in (first, second)]
+    accuracy = [(weights @ r) / weights.sum(axis=1) for r in right]
+    return float(np.std(accuracy[0] - accuracy[1], ddof=1))
 
 
-def test_t_interval_needs_two_values():
-    mean, low, high = t_interval(np.array([0.3]), 0.95)
-    assert mean == 0.3 and math.isnan(low) and math.isnan(high)
+_DEFAULT: list = []  # the rows of the default predictions, computed once (sklearn metrics take ~2 s)
 
 
-def test_pgd_row_is_the_t_interval_of_the_per_seed_differences(differences):
-    row = differences[("pgd", "accuracy")]
-    assert row.seeds == SEEDS
-    assert row.per_seed == pytest.approx(PGD_DIFFS)
-    assert row.mean == pytest.approx(np.mean(PGD_DIFFS))
-    low, high = stats.t.interval(0.95, len(SEEDS) - 1, loc=np.mean(PGD_DIFFS), scale=stats.sem(PGD_DIFFS))
-    assert (row.ci_low, row.ci_high) == pytest.approx((low, high))
-    # at least as wide as the seed spread requires: wider than the range of d_s itself here
-    assert row.ci_low < min(PGD_DIFFS) and row.ci_high > max(PGD_DIFFS)
-    assert row.detectable == pytest.approx(detectable_effect(np.array(PGD_DIFFS), 0.95))
-    assert row.excludes_zero and row.favours == "reg"
-    assert row.seeds_favouring == {"reg": 3, "baseline": 0, "tie": 0}
-    assert row.wording() == "favours reg (3 seeds)"
+def _rows(predictions=None, config=CONFIG):
+    if predictions is None and config is CONFIG:
+        if not _DEFAULT:
+            _DEFAULT.append(sweep_differences(_predictions(), CONFIG))
+        found = _DEFAULT[0]
+    else:
+        found = sweep_differences(predictions or _predictions(), config)
+    return {(d.pair.key, d.attack, d.metric): d for d in found}
 
 
-def test_per_image_intervals_are_reported_per_seed(differences):
-    row = differences[("pgd", "accuracy")]
-    assert len(row.per_image_ci) == len(SEEDS)
-    for d, (low, high) in zip(row.per_seed, row.per_image_ci):
-        assert math.isfinite(low) and math.isfinite(high)
-        assert low <= d <= high  # reg is right on a superset of the baseline's images
+def test_the_three_comparisons_come_in_question_order():
+    rows = list(_rows().values())
+    assert [p.key for p in COMPARISONS] == ["reg_placebo", "placebo_baseline", "reg_baseline"]
+    assert list(dict.fromkeys(d.pair.key for d in rows)) == ["reg_placebo", "placebo_baseline", "reg_baseline"]
+    for pair in COMPARISONS:
+        mine = [(d.attack, d.metric) for d in rows if d.pair == pair]
+        assert mine == ([("clean", m) for m in ("accuracy", "f1", "auc")]
+                        + [(a, m) for a in ATTACKS for m in ("accuracy", "f1", "auc", "asr")])
+
+
+@pytest.mark.parametrize("first,second", [("reg", "placebo"), ("placebo", "baseline"), ("reg", "baseline")])
+def test_each_row_is_assess_over_its_seeds_and_their_test_se(first, second):
+    row = _rows()[(f"{first}_{second}", "pgd", "accuracy")]
+    expected = _diffs(PGD_CORRECT, first, second)
+    assert row.seeds == SEEDS and row.per_seed == pytest.approx(expected)
+    ses = [_accuracy_se(PGD_CORRECT, first, second, s) for s in SEEDS]
+    assert row.per_seed_se == pytest.approx(ses)
+    same = assess(expected, ses, 0.95)
+    assert (row.mean, row.ci_low, row.ci_high) == pytest.approx((same.mean, same.low, same.high))
+    assert row.claim.claim == same.claim and row.claim.reason == same.reason
+    spread = max(np.var(expected, ddof=1), np.mean(np.square(ses)))  # the floor: never below the test noise
+    half = stats.t.ppf(0.975, 2) * math.sqrt(spread / 3)
+    assert (row.ci_low, row.ci_high) == pytest.approx((np.mean(expected) - half, np.mean(expected) + half))
+
+
+def test_a_clear_difference_is_claimed_and_read_in_a_few_words():
+    big = {0: (4, 5, 14), 1: (5, 6, 15), 2: (4, 5, 15)}  # reg better by ~0.5 in every seed
+    row = _rows(_predictions(pgd=big))[("reg_placebo", "pgd", "accuracy")]
+    assert row.claimed and row.favours == "reg" and row.ci_low > 0
+    assert row.reading() == "favours reg"
+    assert row.seeds_favouring == {"reg": 3, "placebo": 0, "tie": 0}
     exported = row.as_dict()
-    assert exported["per_seed"] == pytest.approx(PGD_DIFFS)
-    assert len(exported["per_image_ci"]) == len(SEEDS)
+    assert exported["comparison"] == "reg_placebo" and exported["claim"] == 1 and exported["verdict"] == "favours reg"
 
 
-def test_every_attack_and_metric_has_a_row(differences):
-    assert set(differences) == ({("clean", m) for m in ("accuracy", "f1", "auc")}
-                                | {(a, m) for a in ATTACKS for m in ("accuracy", "f1", "auc", "asr")})
-    clean = differences[("clean", "accuracy")]
-    assert clean.per_seed == [0.0, 0.0, 0.0]
-
-
-def test_a_row_whose_interval_includes_zero_favours_neither(differences):
-    row = differences[("fgsm", "accuracy")]
-    assert row.per_seed == pytest.approx(FGSM_DIFFS)
-    assert row.ci_low < 0 < row.ci_high and not row.excludes_zero
-    assert row.favours == "neither"
-    assert row.wording().startswith("no detectable difference at 3 seeds")
-    assert f"{row.detectable:.3f}" in row.wording()
+def test_a_noisy_row_favours_neither():
+    row = _rows()[("reg_baseline", "fgsm", "accuracy")]
+    assert row.per_seed == pytest.approx([0.10, -0.10, 0.05])
+    assert row.ci_low < 0 < row.ci_high and not row.claimed and row.favours == "neither"
+    assert row.reading() == "no detectable difference"
     assert row.seeds_favouring == {"reg": 2, "baseline": 1, "tie": 0}
-    assert row.as_dict()["favours"] == "neither"
 
 
 def test_lower_is_better_metrics_favour_the_lower_side():
-    row = sweep_differences(_predictions(), CONFIG)
-    asr = next(d for d in row if d.attack == "pgd" and d.metric == "asr")
+    asr = _rows(_predictions(pgd={0: (4, 5, 14), 1: (5, 6, 15), 2: (4, 5, 15)}))[("reg_baseline", "pgd", "asr")]
     # both models of a seed are right on the first 18 clean images; PGD flips 18 - correct of them
-    expected = [((CLEAN_CORRECT - r) - (CLEAN_CORRECT - b)) / CLEAN_CORRECT for b, r in PGD_CORRECT.values()]
-    assert asr.per_seed == pytest.approx(expected)
-    assert asr.mean < 0 and asr.excludes_zero
-    assert asr.favours == "reg"  # lower attack success is better
+    assert asr.mean < 0 and asr.claimed and asr.favours == "reg"
+
+
+def test_without_the_placebo_only_reg_minus_baseline_is_there():
+    rows = sweep_differences(_predictions(variants=("baseline", "reg")), CONFIG)
+    assert {d.pair.key for d in rows} == {"reg_baseline"}
+    row = next(d for d in rows if (d.attack, d.metric) == ("pgd", "accuracy"))
+    assert row.per_seed == pytest.approx(_diffs(PGD_CORRECT, "reg", "baseline"))
+
+
+def test_a_comparison_uses_the_seeds_where_both_variants_exist():
+    rows = _rows(_predictions(skip={("placebo", 1)}))
+    assert rows[("reg_placebo", "pgd", "accuracy")].seeds == [0, 2]
+    assert rows[("placebo_baseline", "pgd", "accuracy")].seeds == [0, 2]
+    assert rows[("reg_baseline", "pgd", "accuracy")].seeds == SEEDS
+
+
+def test_no_claim_below_min_seeds():
+    big = {0: (4, 5, 14)}
+    row = _rows(_predictions(seeds=[0], pgd=big))[("reg_placebo", "pgd", "accuracy")]
+    assert row.n_seeds == 1 < MIN_SEEDS and not row.claimed
+    assert math.isnan(row.ci_low) and row.reading() == f"no claim below {MIN_SEEDS} seeds"
+    assert row.claim.reading() == f"no claim below {MIN_SEEDS} seeds (1 usable)"
+
+
+def test_identical_seeds_keep_the_test_sampling_width():
+    """Every seed gives reg the same +2 of 20 images under PGD: the t-interval over seeds
+    has zero width, but the images were few; the floor keeps their noise in the interval."""
+    same = {s: (8, 8, 10) for s in SEEDS}
+    row = _rows(_predictions(pgd=same))[("reg_baseline", "pgd", "accuracy")]
+    assert row.per_seed == pytest.approx([0.1, 0.1, 0.1])
+    _, t_low, t_high = t_interval(np.array(row.per_seed), 0.95)
+    assert t_low == pytest.approx(t_high)  # the degenerate seed-only interval
+    assert row.claim.floored and row.claim.test_se > 0 and row.claim.spread == pytest.approx(row.claim.test_se)
+    assert row.ci_low < 0 < row.ci_high and not row.claimed  # 2 images of 20 per seed: not enough
+
+
+def test_without_test_se_the_plain_minimum_applies():
+    """eval.n_bootstrap 0: no test SE, so no floor: a claim needs PLAIN_MIN_SEEDS seeds."""
+    big = {s: (4, 5, 14 + s % 2) for s in range(PLAIN_MIN_SEEDS)}
+    few = _rows(_predictions(pgd=big), EvalConfig(n_bootstrap=0))[("reg_placebo", "pgd", "accuracy")]
+    assert math.isnan(few.per_seed_se[0]) and not few.claim.has_test_se
+    assert not few.claimed and few.reading() == f"no claim below {PLAIN_MIN_SEEDS} seeds (no test SE)"
+    enough = _rows(_predictions(pgd=big, seeds=list(range(PLAIN_MIN_SEEDS))),
+                   EvalConfig(n_bootstrap=0))[("reg_placebo", "pgd", "accuracy")]
+    assert enough.claimed and enough.favours == "reg"
+
+
+def test_iinc_rows_per_pair():
+    models = [ModelKey(v, s) for v in VARIANTS for s in SEEDS]
+    n, shape = 8, (len(models), 1, 2, 8)
+    stability = np.zeros(shape)
+    for m, key in enumerate(models):
+        stability[m] = 0.4 - 0.05 * VARIANTS.index(key.variant) + 0.01 * key.seed
+    values = IincValues(models, ["pgd"], EPS[1:], np.arange(n), np.ones(n, bool), stability,
+                        np.full(shape, 0.3), np.full((len(models), n), 0.3))
+    rows = {(d.pair.key, d.metric): d for d in iinc_differences(values, CONFIG)}
+    assert rows[("reg_placebo", "iinc_stability")].per_seed == pytest.approx([-0.05] * 3)
+    assert rows[("placebo_baseline", "iinc_stability")].per_seed == pytest.approx([-0.05] * 3)
+    assert rows[("reg_baseline", "iinc_stability")].per_seed == pytest.approx([-0.10] * 3)
+    assert rows[("reg_baseline", "iinc_localization")].per_seed == pytest.approx([0.0] * 3)
+    # identical per-image values: no test noise and no spread, so no noise estimate and no claim
+    assert rows[("reg_baseline", "iinc_stability")].reading() == "no claim: no noise estimate"
 
 
 # --- the champion ---------------------------------------------------------------------
@@ -149,9 +224,16 @@ def _sweep(pgd_accuracy: dict[ModelKey, float]) -> SweepMetrics:
     return SweepMetrics(entries, 0.95, True)
 
 
-def _scores_by_seed(baseline: list[float], reg: list[float]) -> dict[ModelKey, float]:
-    return {**{ModelKey("baseline", s): v for s, v in zip(SEEDS, baseline)},
-            **{ModelKey("reg", s): v for s, v in zip(SEEDS, reg)}}
+def _scores_by_seed(baseline: list[float], reg: list[float], placebo: list[float] | None = None) -> dict:
+    scores = {**{ModelKey("baseline", s): v for s, v in zip(SEEDS, baseline)},
+              **{ModelKey("reg", s): v for s, v in zip(SEEDS, reg)}}
+    return scores | {ModelKey("placebo", s): v for s, v in zip(SEEDS, placebo or [])}
+
+
+def _evidence(scores: dict, se: float = 0.02) -> list:
+    """The verdict's PGD accuracy row for reg - baseline of `scores`, each seed with test SE `se`."""
+    d = [scores[ModelKey("reg", s)] - scores[ModelKey("baseline", s)] for s in SEEDS]
+    return [seed_difference(EVIDENCE, "pgd", "accuracy", SEEDS, d, [se] * len(SEEDS), 0.95)]
 
 
 NOISY = _scores_by_seed([0.40, 0.50, 0.45], [0.50, 0.42, 0.47])  # d_s = +0.10, -0.08, +0.02
@@ -168,26 +250,26 @@ def test_robustness_score_is_the_mean_over_attacked_eps():
 
 
 def test_a_noisy_difference_keeps_the_current_champion():
-    decision = choose_champion(_sweep(NOISY), "pgd_accuracy", CONFIG, current_champion="reg")
-    assert not decision.evidence.excludes_zero
+    decision = choose_champion(_sweep(NOISY), "pgd_accuracy", CONFIG, "reg", _evidence(NOISY))
+    assert not decision.evidence.claimed
     assert decision.move_champion is False
     assert decision.champion.variant == "reg" and decision.challenger.variant == "baseline"
     assert "no detectable difference" in decision.reason
 
 
 def test_a_noisy_difference_without_a_champion_picks_the_baseline():
-    decision = choose_champion(_sweep(NOISY), "pgd_accuracy", CONFIG, current_champion=None)
+    decision = choose_champion(_sweep(NOISY), "pgd_accuracy", CONFIG, None, _evidence(NOISY))
     assert decision.move_champion is True
     assert decision.champion.variant == "baseline" and decision.challenger.variant == "reg"
-    # baseline mean 0.45: seed 2 (0.45) is closest
-    assert decision.champion == ModelKey("baseline", 2)
+    assert decision.champion == ModelKey("baseline", 2)  # baseline mean 0.45: seed 2 (0.45) is closest
 
 
 @pytest.mark.parametrize("current", [None, "baseline", "reg"])
-def test_a_clear_difference_moves_the_champion_to_the_better_variant(current):
-    decision = choose_champion(_sweep(CLEAR), "pgd_accuracy", CONFIG, current_champion=current)
-    assert decision.evidence.excludes_zero and decision.evidence.favours == "reg"
-    assert decision.evidence.per_seed == pytest.approx([0.20, 0.20, 0.29])
+def test_a_claim_moves_the_champion_to_the_better_variant(current):
+    evidence = _evidence(CLEAR)
+    decision = choose_champion(_sweep(CLEAR), "pgd_accuracy", CONFIG, current, evidence)
+    assert decision.evidence is evidence[0]  # the verdict's own row: one interval for one question
+    assert decision.evidence.claimed and decision.evidence.favours == "reg"
     assert decision.move_champion is True
     assert decision.variant_scores == pytest.approx({"baseline": np.mean([0.30, 0.36, 0.31]),
                                                      "reg": np.mean([0.50, 0.56, 0.60])})
@@ -199,11 +281,46 @@ def test_a_clear_difference_moves_the_champion_to_the_better_variant(current):
     assert exported["champion"] == "reg-seed1" and exported["move_champion"] is True
 
 
-def test_a_clear_difference_for_the_baseline_moves_the_champion_back():
+def test_a_raw_interval_excluding_zero_is_not_enough():
+    """The same clear scores with a large test SE per seed: the t-interval over seeds alone
+    excludes 0, the floored one does not, so the champion stays."""
+    d = [CLEAR[ModelKey("reg", s)] - CLEAR[ModelKey("baseline", s)] for s in SEEDS]
+    assert t_interval(np.array(d), 0.95)[1] > 0
+    decision = choose_champion(_sweep(CLEAR), "pgd_accuracy", CONFIG, "baseline", _evidence(CLEAR, se=0.2))
+    assert not decision.evidence.claimed and decision.champion.variant == "baseline"
+    assert not decision.move_champion
+    # without any row there is no test SE: 3 seeds are below the plain minimum
+    bare = choose_champion(_sweep(CLEAR), "pgd_accuracy", CONFIG, "baseline")
+    assert not bare.evidence.claimed and bare.evidence.claim.reason == "below_plain_min_seeds"
+
+
+def test_the_placebo_is_never_champion():
+    """The placebo scores best by far; the choice is still between baseline and reg."""
+    scores = _scores_by_seed([0.30, 0.36, 0.31], [0.50, 0.56, 0.60], placebo=[0.95, 0.96, 0.97])
+    for current in (None, "placebo", "reg", "baseline"):
+        decision = choose_champion(_sweep(scores), "pgd_accuracy", CONFIG, current, _evidence(scores))
+        assert decision.champion.variant == "reg" and decision.challenger.variant == "baseline"
+        assert set(decision.representatives) == {"baseline", "reg"}
+        assert ModelKey("placebo", 0) in decision.floor.clean_auc  # judged by the floor like every model
+
+
+def test_a_claim_for_the_baseline_moves_the_champion_back():
     flipped = {ModelKey("reg" if k.variant == "baseline" else "baseline", k.seed): v for k, v in CLEAR.items()}
-    decision = choose_champion(_sweep(flipped), "pgd_accuracy", CONFIG, current_champion="reg")
+    decision = choose_champion(_sweep(flipped), "pgd_accuracy", CONFIG, "reg", _evidence(flipped))
     assert decision.move_champion is True
     assert decision.champion == ModelKey("baseline", 1)
+
+
+def test_mean_attack_accuracy_floors_with_the_attack_rows_se():
+    """No verdict row scores every attack at once: the evidence takes the mean of the
+    attack rows' se_s per seed (an upper bound on the SE of their mean)."""
+    predictions = _predictions()
+    metrics = summarize_sweep(predictions, CONFIG, holdout=[])[0]
+    rows = sweep_differences(predictions, CONFIG)
+    decision = choose_champion(metrics, "mean_attack_accuracy", CONFIG, None, rows)
+    parts = [d for d in rows if d.pair == EVIDENCE and d.metric == "accuracy" and d.attack in ATTACKS]
+    assert decision.evidence.per_seed_se == pytest.approx(np.mean([d.per_seed_se for d in parts], axis=0))
+    assert decision.evidence.per_seed == pytest.approx(np.mean([d.per_seed for d in parts], axis=0))
 
 
 def test_champion_rejects_a_criterion_the_sweep_cannot_score():
@@ -214,7 +331,7 @@ def test_champion_rejects_a_criterion_the_sweep_cannot_score():
         choose_champion(fgsm_only, "pgd_accuracy", CONFIG)
 
 
-def _with_constant_reg(constant_baseline: bool = False) -> SweepMetrics:
+def _with_constant_reg(constant_baseline: bool = False) -> tuple[SweepMetrics, list]:
     """reg answers p(fake) = 0.6 for every image: AUC 0.5 and the class share as accuracy,
     whatever the attack. The real baseline models rank images well when clean and are
     pushed below chance by PGD (a constant baseline too when `constant_baseline`)."""
@@ -229,17 +346,17 @@ def _with_constant_reg(constant_baseline: bool = False) -> SweepMetrics:
                 p[m, :, e] = np.clip(1 - clean + rng.normal(0, 0.15 / e, N), 0, 1)  # mostly flipped
     predictions = SweepPredictions(models, ATTACKS, EPS, np.arange(N), LABELS,
                                    np.where(LABELS == 1, "fake_x", "real_a"), p)
-    return summarize_sweep(predictions, CONFIG, holdout=[])[0]
+    return summarize_sweep(predictions, CONFIG, holdout=[])[0], sweep_differences(predictions, CONFIG)
 
 
 @pytest.mark.parametrize("criterion", ["pgd_auc", "pgd_accuracy", "mean_attack_accuracy"])
 @pytest.mark.parametrize("current", [None, "reg", "baseline"])
 def test_a_constant_classifier_never_becomes_champion(criterion, current):
-    metrics = _with_constant_reg()
+    metrics, rows = _with_constant_reg()
     # the robustness scores alone prefer the constant model: that is what the floor is for
     assert robustness_score(metrics, ModelKey("reg", 0), criterion) > robustness_score(
         metrics, ModelKey("baseline", 0), criterion)
-    decision = choose_champion(metrics, criterion, CONFIG, current_champion=current, min_clean_auc=0.75)
+    decision = choose_champion(metrics, criterion, CONFIG, current, rows, min_clean_auc=0.75)
     assert decision.champion.variant == "baseline", decision.reason
     assert decision.move_champion and not decision.move_challenger  # @challenger never lands on it
     assert not decision.floor.variant_passes("reg") and decision.floor.variant_passes("baseline")
@@ -248,40 +365,14 @@ def test_a_constant_classifier_never_becomes_champion(criterion, current):
 
 
 def test_no_alias_moves_when_every_variant_is_under_the_floor():
-    decision = choose_champion(_with_constant_reg(constant_baseline=True), "pgd_auc", CONFIG, min_clean_auc=0.75)
+    metrics, rows = _with_constant_reg(constant_baseline=True)
+    decision = choose_champion(metrics, "pgd_auc", CONFIG, None, rows, min_clean_auc=0.75)
     assert not decision.move_champion and not decision.move_challenger
     assert "no variant passes the quality floor" in decision.reason
     assert decision.as_dict()["floor"]["models"]["baseline-seed0"] == {"clean_auc": 0.5, "passes": False}
 
 
-def test_identical_seeds_keep_the_test_sampling_width():
-    """Every seed gives reg the same +2 of 20 images under PGD: the t-interval over seeds
-    has zero width, but the images were few; the two-level bootstrap (seeds, then
-    images) keeps their noise in the verdict, so it cannot read as certain."""
-    same = {seed: (8, 10) for seed in SEEDS}
-    models = [ModelKey(v, s) for v in ("baseline", "reg") for s in SEEDS]
-    p = np.zeros((len(models), 1, 2, N))
-    for m, key in enumerate(models):
-        p[m, 0, 0] = _scores(CLEAN_CORRECT)
-        p[m, 0, 1] = _scores(same[key.seed][0 if key.variant == "baseline" else 1])
-    sources = np.where(LABELS == 1, "fake_x", "real_a")
-    predictions = SweepPredictions(models, ["pgd"], [0.0, 1 / 255], np.arange(N), LABELS, sources, p)
-    row = next(d for d in sweep_differences(predictions, CONFIG) if d.attack == "pgd" and d.metric == "accuracy")
-    assert row.per_seed == pytest.approx([0.1, 0.1, 0.1])
-    t_mean, t_low, t_high = t_interval(np.array(row.per_seed), 0.95)
-    assert t_low == pytest.approx(t_high)  # the degenerate seed-only interval
-    assert row.ci_low < t_low and row.ci_high >= t_high  # widened by test sampling, still contains it
-    assert row.ci_low <= 0 <= row.ci_high  # 2 images of 20 per seed: not enough to call it
-    assert row.favours == "neither" and "same difference" in row.wording()
-
-
-def test_two_level_interval_resamples_seeds_then_images():
-    rng = np.random.default_rng(0)
-    replicates = [rng.normal(loc, 0.01, 2000) for loc in (0.1, 0.2, 0.3)]
-    low, high = two_level_interval(replicates, 0.95, seed=1)
-    assert 0.1 <= low < 0.2 < high <= 0.3  # seed resampling spans the seeds' means
-    flat = two_level_interval([rng.normal(0.2, 0.01, 2000) for _ in range(3)], 0.95, seed=1)
-    assert flat[1] - flat[0] < 0.05  # equal seeds: only the image noise is left
+# --- the watched score ------------------------------------------------------------------
 
 
 def test_the_watched_score_falls_back_to_what_the_curves_can_score():

@@ -266,6 +266,9 @@ class ReportConfig(Strict):
     # @champion/@challenger, and `predict` refuses it (a constant classifier scores 0.5).
     # 0 switches it off (the micro test profile, whose 1-epoch models sit near chance).
     min_clean_auc: float = Field(0.75, ge=0, le=1)
+    # The smallest difference between variants worth detecting (accuracy, AUC: on the
+    # metric's own scale): the report states how many seeds would detect it with 80% power.
+    min_effect: float = Field(0.02, gt=0, lt=1)
 
 
 class TrackingConfig(Strict):

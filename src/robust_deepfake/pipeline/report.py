@@ -33,11 +33,14 @@ from robust_deepfake import units
 from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import SweepMetrics, SweepPredictions
 from robust_deepfake.tracking.model_card import report_section
-from robust_deepfake.tracking.provenance import data_md5, run_origin
+from robust_deepfake.tracking.provenance import data_md5, machine_facts, run_origin
 from robust_deepfake.tracking.tracker import Tracker
 from robust_deepfake.verdict.champion import choose_champion
 from robust_deepfake.verdict.differences import iinc_differences, sweep_differences
 from robust_deepfake.verdict.seeds import SeedDifference
+
+
+FOREST = "forest.png"
 
 
 @dataclass(frozen=True)
@@ -114,27 +117,30 @@ def build_report(params: Params, root: Path, tracker: Tracker) -> dict:
     report_figures.roc_curves(inputs.predictions, attack, ref_eps, outputs.figures / "roc.png")
     report_figures.confusion_matrices(inputs.predictions, attack, ref_eps, outputs.figures / "confusion.png")
 
-    differences = sweep_differences(inputs.predictions, params.eval)
-    differences += iinc_differences(inputs.iinc_values, params.eval)
+    min_effect = params.report.min_effect
+    differences = sweep_differences(inputs.predictions, params.eval, min_effect)
+    differences += iinc_differences(inputs.iinc_values, params.eval, min_effect)
+    report_figures.forest_plot(differences, outputs.figures / FOREST)
     current = tracker.alias_variant("champion")
     decision = choose_champion(inputs.sweep, params.report.select_by, params.eval, current, differences,
-                               min_clean_auc=params.report.min_clean_auc)
+                               min_clean_auc=params.report.min_clean_auc, min_effect=min_effect)
     provenance = _provenance(params, root)
 
     blocks = [
         Heading(report_doc.TITLE, 1),
         *report_doc.setup_section(params, len(inputs.predictions.labels), inputs.predictions.eps,
                                   inputs.predictions.attacks, inputs.predictions.quantized),
-        *report_doc.headline(differences, attack, len(params.train.seeds)),
-        *report_doc.verdict_section(differences, decision, params.report.select_by, level),
-        *report_doc.per_seed_section(differences, level),
-        *report_doc.dose_response_section(inputs.dose_response),
+        *report_doc.headline(differences, attack),
+        *report_doc.verdict_section(differences, decision, params.report.select_by, level, attack, FOREST),
+        *report_doc.all_comparisons_section(differences, level),
+        *report_doc.per_seed_section(differences, level, attack),
         *report_doc.data_section(inputs.split),
         *report_doc.training_section(inputs.train, inputs.sweep),
         *report_doc.robustness_section(inputs.sweep, robustness_figures),
         *report_doc.iinc_section(inputs.cam, inputs.cam_figures),
         *report_doc.per_source_section(inputs.sweep_rows, attack, ref_eps),
         *report_doc.provenance_section(provenance),
+        *report_doc.dose_response_section(inputs.dose_response),
         *report_doc.how_to_read(),
     ]
     with atomic_open(outputs.markdown) as handle:
@@ -153,8 +159,8 @@ def build_report(params: Params, root: Path, tracker: Tracker) -> dict:
 
 def model_cards(inputs: ReportInputs, differences: list[SeedDifference], decision, level: float) -> dict:
     """The report's section of each model's card: its test rows, the verdict, the floor."""
-    verdict = [f"{d.attack.upper()} {d.metric}: reg − baseline {d.mean:+.3f}, {level:.0%} CI over "
-               f"{len(d.seeds)} seeds [{d.ci_low:+.3f}, {d.ci_high:+.3f}]: {d.wording()}" for d in differences
+    verdict = [f"{d.attack.upper()} {d.metric}: {d.pair.label} {d.mean:+.3f}, {level:.0%} CI over "
+               f"{d.n_seeds} seeds [{d.ci_low:+.3f}, {d.ci_high:+.3f}]: {d.reading()}" for d in differences
                if d.metric in ("accuracy", "auc")]
     cards = {}
     for key in decision.floor.clean_auc:
@@ -165,42 +171,41 @@ def model_cards(inputs: ReportInputs, differences: list[SeedDifference], decisio
 
 
 def headline_metrics(inputs: ReportInputs, differences: list[SeedDifference], attack: str, eps: float) -> dict:
-    """The ~15 numbers `dvc metrics show` and `dvc exp show` display (every other table is
-    an out): seed means per variant, clean and at the reference attack and eps, IINC
-    stability, and the verdict's difference with its interval. Short names nested by
-    variant (`acc_pgd.baseline`, `acc_pgd.reg`) keep `dvc exp show` narrow and clear of
-    the `reg.` params prefix."""
+    """The <= 20 numbers `dvc metrics show` and `dvc exp show` display (every other table is
+    an out): seed means per variant of clean accuracy and of accuracy under the reference
+    attack and eps, and per comparison (in question order) the verdict's accuracy
+    difference under that attack: seed mean, interval and claim (+1 / -1: the first / second
+    variant of the pair is higher, 0: no claim). Short names nested by variant or pair
+    (`acc_pgd.placebo`, `pgd_acc_diff.reg_placebo.lo`) keep `dvc exp show` narrow and clear
+    of the `reg.` params prefix; numbers only."""
+    variants = [v for v in VARIANTS if v in inputs.predictions.variants]
     seeds = sorted({k.seed for k in inputs.sweep.models})
 
-    def per_variant(value) -> dict[str, float]:
-        return {v: float(value([ModelKey(v, s) for s in seeds])) for v in VARIANTS}
+    def per_variant(attack_name: str, at: float, metric: str) -> dict[str, float]:
+        return {v: float(np.mean([getattr(inputs.sweep.get(k, attack_name, at), metric)
+                                  for k in inputs.sweep.models if k.variant == v])) for v in variants}
 
-    def mean_of(attack_name: str, at: float, metric: str):
-        return lambda keys: np.mean([getattr(inputs.sweep.get(k, attack_name, at), metric) for k in keys])
-
-    def stability(keys: list[ModelKey]) -> float:
-        values = [inputs.cam.get(k, a, e, "stability").mean for k in keys
-                  for a in inputs.cam.attacks for e in inputs.cam.attacked_eps]
-        return float(np.nanmean(values)) if values else float("nan")
-
-    verdict = next(d for d in differences if d.attack == attack and d.metric == "accuracy")
+    rows = [d for d in differences if d.attack == attack and d.metric == "accuracy"]
     return {
         "seeds": len(seeds),
-        "ref_eps_255": units.grey_levels(eps),
-        "acc_clean": per_variant(mean_of(CLEAN, 0.0, "accuracy")),
-        "auc_clean": per_variant(mean_of(CLEAN, 0.0, "auc")),
-        f"acc_{attack}": per_variant(mean_of(attack, eps, "accuracy")),
-        f"auc_{attack}": per_variant(mean_of(attack, eps, "auc")),
-        "iinc_stab": per_variant(stability),
-        f"{attack}_acc_diff": {"mean": verdict.mean, "lo": verdict.ci_low, "hi": verdict.ci_high},
+        "acc_clean": per_variant(CLEAN, 0.0, "accuracy"),
+        f"acc_{attack}": per_variant(attack, eps, "accuracy"),
+        f"{attack}_acc_diff": {d.pair.key: {"mean": d.mean, "lo": d.ci_low, "hi": d.ci_high, "claim": d.claim.claim}
+                               for d in rows},
     }
 
 
 def _provenance(params: Params, root: Path) -> dict[str, str]:
-    # the commit without `-dirty`: a run dirties its own outs (dvc.lock), and the report
-    # must be the same bytes on a rerun; MLflow tags keep the full form
-    return {"git commit": run_origin(root).git_commit.removesuffix("-dirty"), "data.dvc md5": data_md5(root),
-            "params hash": params_hash(params)}
+    """What the report was produced from and where: the commit (without `-dirty`: a run
+    dirties its own outs, dvc.lock), whether tracked inputs had uncommitted changes, the
+    data and params, and the machine (another CPU is another draw of training noise)."""
+    origin = run_origin(root)
+    machine = machine_facts(params.train.num_threads)
+    return {"git commit": origin.git_commit.removesuffix("-dirty"),
+            "uncommitted changes": f"yes ({len(origin.changed)} tracked files)" if origin.changed else "no",
+            "data.dvc md5": data_md5(root), "params hash": params_hash(params),
+            "CPU": machine["cpu"], "accelerator": machine["accelerator"], "torch": machine["torch"],
+            "torch threads (train.num_threads)": machine["threads"]}
 
 
 def _write_training_plots(directory: Path, history: pd.DataFrame) -> None:

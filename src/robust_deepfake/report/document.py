@@ -20,20 +20,24 @@ from robust_deepfake.units import CLEAN
 from robust_deepfake.verdict.champion import ChampionDecision
 from robust_deepfake.verdict.seeds import SeedDifference
 
-TITLE = "Robust deepfake detection: baseline vs regularized"
+TITLE = "Robust deepfake detection report"
+PLACEBO_NOTE = (" The placebo is the regularized recipe with epsilon 0 (the alpha-weighted second pass, no "
+                "perturbation), so reg − placebo isolates the perturbation.")
+NO_PLACEBO_NOTE = (" These outputs have no placebo (the recipe with epsilon 0), so the perturbation cannot be told "
+                   "apart from the second pass.")
 
 
 def _f(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _ci(interval) -> str:
-    low, high = interval
-    return f"[{_f(low)}, {_f(high)}]"
-
-
 def _signed(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:+.3f}"
+
+
+def _signed_ci(low: float, high: float) -> str:
+    """A difference's interval: `[-0.012, +0.034]`; `n/a` below 2 seeds."""
+    return "n/a" if math.isnan(low) else f"[{_signed(low)}, {_signed(high)}]"
 
 
 def _figure(folder: str, name: str, alt: str | None = None) -> Figure:
@@ -45,45 +49,119 @@ def _pct(level: float) -> str:
     return f"{level:.0%}"
 
 
-def headline(differences: list[SeedDifference], attack: str, n_seeds: int) -> list[Block]:
-    """One sentence: does the regularizer help against `attack`, by accuracy, at n seeds?"""
-    row = next((d for d in differences if d.attack == attack and d.metric == "accuracy"), None)
-    clean = next((d for d in differences if d.attack == CLEAN and d.metric == "accuracy"), None)
-    if row is None:
+def headline_rows(differences: list[SeedDifference], attack: str) -> list[SeedDifference]:
+    """The rows the top of the report answers with: per comparison, accuracy under `attack`
+    and on clean images (a gain under attack equal to the clean gain is accuracy, not
+    robustness)."""
+    wanted = [(attack, "accuracy"), (CLEAN, "accuracy")]
+    pairs = list(dict.fromkeys(d.pair for d in differences))
+    found = {(d.pair, d.attack, d.metric): d for d in differences}
+    return [found[(p, a, m)] for p in pairs for a, m in wanted if (p, a, m) in found]
+
+
+def headline(differences: list[SeedDifference], attack: str) -> list[Block]:
+    """The answers, in question order, by accuracy under `attack`."""
+    rows = [d for d in headline_rows(differences, attack) if d.attack == attack]
+    if not rows:
         return [Para("No attack rows: nothing to conclude.")]
-    text = (f"under {attack.upper()}, regularized − baseline accuracy is {_signed(row.mean)} "
-            f"({_pct(row.level)} CI over {n_seeds} seeds {_ci((row.ci_low, row.ci_high))}): {row.wording()}.")
-    if clean is not None:
-        text += f" On clean images: {_signed(clean.mean)} {_ci((clean.ci_low, clean.ci_high))}."
-    return [Para(text, lead="Conclusion:")]
+    answers = [f"{d.pair.question} {d.pair.label} {_signed(d.mean)} {_signed_ci(d.ci_low, d.ci_high)} "
+               f"({d.n_seeds} seeds): {d.reading()}." for d in rows]
+    return [Para(f"(accuracy under {attack.upper()}, seed mean and {_pct(rows[0].level)} interval over seeds): "
+                 + " ".join(answers), lead="Answers")]
 
 
 def verdict_section(differences: list[SeedDifference], decision: ChampionDecision, criterion: str,
-                    level: float) -> list[Block]:
-    rows = []
-    for d in differences:
-        counts = d.seeds_favouring
-        rows.append([d.attack.upper(), METRIC_NAMES[d.metric], _signed(d.mean), _ci((d.ci_low, d.ci_high)),
-                     f"{counts['reg']} / {counts['baseline']}", _f(d.detectable), d.wording()])
+                    level: float, attack: str, forest: str) -> list[Block]:
+    """The short verdict table, the forest plot of every seed-level difference, the power
+    plan, the champion and the quality floor."""
+    shown = headline_rows(differences, attack)
+    rows = [[d.pair.question if i == 0 or shown[i - 1].pair != d.pair else "", d.pair.label,
+             f"{METRIC_NAMES[d.metric]}, {_where(d.attack)}", _signed(d.mean), _signed_ci(d.ci_low, d.ci_high),
+             str(d.n_seeds), d.reading()] for i, d in enumerate(shown)]
     champion = decision.champion
     return [
         Heading("Verdict"),
-        Para(f"Per training seed s, d_s = metric(regularized_s) − metric(baseline_s) on the same test images "
-             f"(both variants of a seed share initial weights and data order); per attack it is averaged over the "
-             f"attacked eps. The table gives the mean of d_s and a {_pct(level)} interval **over seeds** that "
-             "includes both training variance and test sampling: the wider of a Student-t interval over the seeds "
-             "and a two-level bootstrap (seeds, then test images). The *attack success rate* rows compare attack "
-             "success on the images both models of a seed classify correctly when clean (lower is better); for IINC "
-             "lower is better too. A side is favoured only when the interval excludes 0; otherwise the row says "
-             "what effect these seeds could have detected (80% power at the observed seed spread)."),
-        Table(["attack", "metric", "reg − baseline (seed mean)", f"{_pct(level)} CI over seeds",
-               "seeds favouring reg / baseline", "detectable effect", "reading"], rows),
+        Table(["question", "comparison", "metric", "seed mean", f"{_pct(level)} CI over seeds", "seeds",
+               "reading"], rows),
+        _figure("figures", forest, "forest plot of every seed-level difference"),
+        Para(f"Per training seed s, d_s is the difference between two variants of seed s (same initial weights and "
+             "data order) on the same test images; per attack it is averaged over the attacked eps. The interval is "
+             f"a {_pct(level)} Student-t interval over seeds whose spread is never below the seeds' own test-sampling "
+             "SE (the SD of each d_s over image-bootstrap resamples): the floor keeps a few seeds that happen to "
+             "agree from reading as certain. A sign is claimed only when the interval excludes 0 at enough seeds "
+             "(docs/statistics.md)." + (PLACEBO_NOTE if any("placebo" in (d.pair.first, d.pair.second) for d in shown)
+                                        else NO_PLACEBO_NOTE), lead="How these are computed."),
+        *power_section(differences, attack),
         Para(f"by `report.select_by: {criterion}` (seed-mean score: baseline "
              f"{_f(decision.variant_scores['baseline'])}, regularized {_f(decision.variant_scores['reg'])}): "
              f"{decision.reason}. Registered as `@champion`: **{champion.name}**, the {champion.variant} seed whose "
              f"score is closest to its variant's mean; `@challenger`: {decision.challenger.name}."
-             + ("" if decision.move_champion else " The aliases were not moved by this run."), lead="Champion"),
+             + (" The placebo is a control and never either." if any(k.variant == "placebo" for k in decision.floor.clean_auc)
+                else "")
+             + ("" if decision.move_champion else " The aliases were not moved by this run."),
+             lead="Champion"),
         floor_paragraph(decision),
+    ]
+
+
+def _where(attack: str) -> str:
+    return "clean" if attack == CLEAN else f"under {attack.upper()}"
+
+
+def _seeds(count: int | None, max_seeds: int) -> str:
+    return f"{count}" if count is not None else f"> {max_seeds}"
+
+
+def _plan_reading(d: SeedDifference) -> str:
+    """What the seeds would have to become for min_effect, in a few words."""
+    claim = d.claim
+    if not claim.spread > 0:
+        return "no spread to plan with"
+    needed = claim.seeds_for_min_effect
+    if needed is None:
+        return f"{claim.min_effect:g} is out of reach"
+    if needed <= d.n_seeds:
+        return f"enough seeds for {claim.min_effect:g}"
+    return f"{needed - d.n_seeds} more seeds for {claim.min_effect:g}"
+
+
+def power_section(differences: list[SeedDifference], attack: str) -> list[Block]:
+    """For each headline comparison: the spread, the seeds the observed effect and
+    report.min_effect would need (80% power), and the effect these seeds detect."""
+    rows = headline_rows(differences, attack)
+    if not rows:
+        return []
+    first = rows[0].claim
+    table = [[d.pair.label, f"{METRIC_NAMES[d.metric]}, {_where(d.attack)}", str(d.n_seeds), _f(d.claim.spread),
+              _signed(d.mean), _seeds(d.claim.seeds_for_observed, d.claim.max_seeds),
+              _seeds(d.claim.seeds_for_min_effect, d.claim.max_seeds), _f(d.claim.detectable), _plan_reading(d)]
+             for d in rows]
+    return [
+        Heading("How many seeds a claim would take", 3),
+        Table(["comparison", "metric", "seeds", "spread (SD of d_s)", "observed effect", "seeds for it",
+               f"seeds for {first.min_effect:g}", "detectable now", "plan"], table),
+        Para(f"{first.power:.0%} power, two-sided t-test at the spread shown (floored at the test SE); "
+             f"`report.min_effect` = {first.min_effect:g}. **No claim below {first.min_seeds} seeds.** A spread "
+             "estimated from few seeds is itself uncertain: read these counts as orders of magnitude. The numbers "
+             "differ from machine to machine (another CPU is another draw of training noise); the reading must not."),
+    ]
+
+
+def all_comparisons_section(differences: list[SeedDifference], level: float) -> list[Block]:
+    """Every seed-level difference, pair by pair in question order."""
+    rows = []
+    for d in differences:
+        counts = d.seeds_favouring
+        rows.append([d.pair.label, _where(d.attack), METRIC_NAMES[d.metric], _signed(d.mean),
+                     _signed_ci(d.ci_low, d.ci_high), f"{counts[d.pair.first]} / {counts[d.pair.second]}",
+                     d.favours if d.claimed else "—"])
+    return [
+        Heading("Every comparison", 3),
+        Para("Attack success rate compares attack success on the images both models of a seed classify correctly "
+             "when clean; for it and for IINC lower is better. *favours*: the side a claimed sign favours (— where "
+             "no sign is claimed)."),
+        Table(["comparison", "where", "metric", "seed mean", f"{_pct(level)} CI over seeds",
+               "seeds favouring first / second", "favours"], rows),
     ]
 
 
@@ -98,22 +176,24 @@ def floor_paragraph(decision: ChampionDecision) -> Para:
     return Para(text + "Under the floor: " + ", ".join(f"{k.name} ({_f(floor.clean_auc[k])})" for k in failing) + ".")
 
 
-def per_seed_section(differences: list[SeedDifference], level: float) -> list[Block]:
-    """Per-seed differences with per-image intervals (test sampling only)."""
+def per_seed_section(differences: list[SeedDifference], level: float, attack: str) -> list[Block]:
+    """Per-seed accuracy differences under `attack` with their test-sampling SE and
+    per-image intervals (test sampling only)."""
     rows = []
     for d in differences:
-        if not d.per_image_ci or d.metric != "accuracy":
+        if not d.per_image_ci or d.metric != "accuracy" or d.attack != attack:
             continue
-        for seed, value, ci in zip(d.seeds, d.per_seed, d.per_image_ci):
-            rows.append([d.attack.upper(), str(seed), _signed(value), _ci(ci)])
+        for seed, value, se, ci in zip(d.seeds, d.per_seed, d.per_seed_se, d.per_image_ci):
+            rows.append([d.pair.label, str(seed), _signed(value), _f(se), _signed_ci(*ci)])
     if not rows:
         return []
     return [
         Heading("Per seed (test sampling only)", 3),
-        Para(f"Accuracy difference of each seed with a paired bootstrap {_pct(level)} interval over test images. These "
-             "intervals ignore training variance: two seeds of the *same* variant often differ by more than they "
-             "suggest. Read the seed-level table above for the verdict."),
-        Table(["attack", "seed", "reg − baseline", f"{_pct(level)} CI (images)"], rows),
+        Para(f"Accuracy difference under {attack.upper()} of each seed, its test-sampling SE (the floor of the "
+             f"seed-level interval) and a paired bootstrap {_pct(level)} interval over test images. These intervals "
+             "ignore training variance: two seeds of the *same* variant often differ by more than they suggest. "
+             "Read the seed-level verdict above."),
+        Table(["comparison", "seed", "d_s", "test SE", f"{_pct(level)} CI (images)"], rows),
     ]
 
 
@@ -131,13 +211,16 @@ def setup_section(params, n_images: int, eps: list[float], attacks: list[str], q
 
 
 def dose_response_section(dose: dict | None) -> list[Block]:
-    """The measured dose-response behind the demo's reg.epsilon (benchmarks/dose_response.py)."""
+    """The measured dose-response behind the demo's reg.epsilon (benchmarks/dose_response.py):
+    a fixed benchmark, not this run, so an appendix."""
     if not dose:
         return []
     rows = [[str(r["epsilon"]), _f(r["loss_gap"], 4), _f(r["relative"], 3), _f(r["clean_accuracy"]),
              _f(r["attacked_accuracy"]), str(r["seeds"])] for r in dose["rows"]]
     return [
-        Heading("Why this reg.epsilon"),
+        Heading("Appendix: why this reg.epsilon (a fixed benchmark, not this run)"),
+        Para("Measured once, on the machine named below, with its own seeds and settings "
+             "(benchmarks/results/dose_response.json): it does not change when this pipeline reruns."),
         *([Para(dose["description"])] if dose.get("description") else []),
         Table(["reg.epsilon (relative)", "mean |L_pert − L_clean|", "measured relative size", "clean accuracy",
                f"accuracy under {dose.get('attack', 'attack')}", "seeds"], rows),
@@ -292,10 +375,15 @@ def how_to_read() -> list[Block]:
         Bullets([
             "The verdict's unit is the training seed: an interval over seeds contains the seed-to-seed spread that "
             "per-image intervals leave out. More seeds narrow it (`train.seeds` in params.yaml).",
-            "Compare each attack row with the *clean* row: if the regularized model is better under attack by about "
-            "as much as it is better on clean images, the gain is accuracy, not robustness.",
-            "\"No detectable difference\" is a statement about these seeds and this data, not proof of equality: the "
-            "*detectable effect* column says how large a difference they could have shown.",
+            "Read the comparisons in order: reg − placebo says whether the perturbation itself matters; placebo − "
+            "baseline whether the extra, alpha-weighted pass does; reg − baseline is the two together.",
+            "Compare each attack row with the *clean* row: if a variant is better under attack by about as much as "
+            "it is better on clean images, the gain is accuracy, not robustness.",
+            "\"No detectable difference\" is a statement about these seeds and this data, not proof of equality: "
+            "the seeds table says how large a difference they could have shown and how many seeds "
+            "`report.min_effect` would take.",
+            "Another CPU changes the training floats from the first epoch: a fresh clone's numbers differ from the "
+            "committed ones (the provenance names the machine), while the reading must not flip a claimed sign.",
             "The sample data are synthetic and small: the figures show the pipeline works, not how DFFD behaves. "
             "Run on DFFD (README: *Using DFFD instead*) for real conclusions.",
             "Regenerate with `dvc repro`; compare parameter variants with `dvc exp run -S ...` and `dvc exp show`.",

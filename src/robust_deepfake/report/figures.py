@@ -16,10 +16,12 @@ from robust_deepfake.io import atomic_path
 from robust_deepfake.report.names import metric_name
 from robust_deepfake.robustness.sweep import SweepPredictions
 from robust_deepfake.units import CLEAN
-from robust_deepfake.verdict.seeds import t_interval
+from robust_deepfake.verdict.seeds import HIGHER_IS_BETTER, SeedDifference, t_interval
 
-COLORS = {"baseline": "#1f77b4", "reg": "#d62728"}
-VARIANT_LABELS = {"baseline": "baseline", "reg": "regularized"}
+COLORS = {"baseline": "#1f77b4", "placebo": "#7f7f7f", "reg": "#d62728"}
+VARIANT_LABELS = {"baseline": "baseline", "placebo": "placebo", "reg": "regularized"}
+FOREST_FAMILIES = (("accuracy", ("accuracy",)), ("macro-F1", ("f1",)), ("ROC-AUC", ("auc",)),
+                   ("attack success rate", ("asr",)), ("IINC", ("iinc_stability", "iinc_localization")))
 
 
 def pyplot():
@@ -49,7 +51,7 @@ def _eps_axis(axis, eps_values: list[float]) -> None:
 
 
 def _seed_curves(axis, frame: pd.DataFrame, variant: str, level: float, value: str = "value") -> None:
-    """Thin line per seed, thick seed mean, band = t-interval over seeds at each eps."""
+    """Thin line per seed, thick seed mean, band = t-interval over seeds at each eps, within [0, 1]."""
     color = COLORS.get(variant)
     for _, seed_frame in frame.groupby("seed"):
         seed_frame = seed_frame.sort_values("eps")
@@ -62,7 +64,8 @@ def _seed_curves(axis, frame: pd.DataFrame, variant: str, level: float, value: s
     x = np.array([s[0] for s in stats]) * 255
     axis.plot(x, [s[1] for s in stats], marker="o", color=color, linewidth=2,
               label=f"{VARIANT_LABELS.get(variant, variant)} (mean of {frame.seed.nunique()} seeds)")
-    axis.fill_between(x, [s[2] for s in stats], [s[3] for s in stats], color=color, alpha=0.15, linewidth=0)
+    low, high = (np.clip([s[i] for s in stats], 0, 1) for i in (2, 3))  # every curve's metric lies in [0, 1]
+    axis.fill_between(x, low, high, color=color, alpha=0.15, linewidth=0)
 
 
 def robustness_curves(sweep: pd.DataFrame, metric: str, level: float, path: Path) -> Path:
@@ -204,4 +207,52 @@ def confusion_matrices(predictions: SweepPredictions, attack: str, eps: float, p
         when = "clean" if idx == 0 else f"{attack.upper()} {units.label(predictions.eps[idx])}"
         axis.set_title(f"{VARIANT_LABELS.get(variant, variant)}, {when}\n(summed over {len(members)} seeds)", fontsize=8)
     axes[0][0].set_ylabel("true")
+    return save_figure(figure, path)
+
+
+def _forest_label(d: SeedDifference) -> str:
+    if d.metric.startswith("iinc_"):
+        return f"{d.attack.upper()} {d.metric.removeprefix('iinc_')}"
+    return d.attack.upper() if d.attack != CLEAN else "clean"
+
+
+def forest_plot(differences: list[SeedDifference], path: Path) -> Path:
+    """Every seed-level difference: one column per comparison (in question order), one row
+    per metric family; per row of a panel the seeds' d_s (dots), the seed mean (marker) and
+    its interval over seeds (line), filled where a sign is claimed, and the zero line."""
+    plt = pyplot()
+    pairs = list(dict.fromkeys(d.pair for d in differences))
+    families = [(name, metrics) for name, metrics in FOREST_FAMILIES
+                if any(d.metric in metrics for d in differences)]
+    heights = [max(1, len({_forest_label(d) for d in differences if d.metric in metrics}))
+               for _, metrics in families]
+    figure, axes = plt.subplots(len(families), len(pairs), squeeze=False, sharey="row", sharex="row",
+                                figsize=(3.6 * len(pairs) + 1.2, 0.42 * sum(heights) + 0.9 * len(families) + 0.6),
+                                gridspec_kw={"height_ratios": [h + 1.2 for h in heights]})
+    for r, (family, metrics) in enumerate(families):
+        labels = list(dict.fromkeys(_forest_label(d) for d in differences if d.metric in metrics))
+        for c, pair in enumerate(pairs):
+            axis = axes[r][c]
+            axis.axvline(0, color="black", linewidth=0.8)
+            for d in (d for d in differences if d.pair == pair and d.metric in metrics):
+                y = len(labels) - 1 - labels.index(_forest_label(d))
+                dots = np.array([v for v in d.per_seed if np.isfinite(v)])
+                jitter = np.linspace(-0.18, 0.18, dots.size) if dots.size > 1 else np.zeros(dots.size)
+                axis.scatter(dots, y + jitter, s=12, color="#333333", alpha=0.55, linewidths=0, zorder=5)
+                color = COLORS.get(d.favours, "#444444")
+                if np.isfinite(d.ci_low) and np.isfinite(d.ci_high):
+                    axis.plot([d.ci_low, d.ci_high], [y, y], color=color, linewidth=2, zorder=3)
+                axis.plot([d.mean], [y], marker="D", markersize=6, zorder=4, color=color,
+                          markerfacecolor=color if d.claimed else "white")
+            axis.set_yticks(range(len(labels)), labels[::-1], fontsize=8)
+            axis.set_ylim(-0.7, len(labels) - 0.3)
+            axis.grid(axis="x", alpha=0.3)
+            axis.tick_params(axis="x", labelsize=7)
+            if r == 0:
+                axis.set_title(f"{pair.label}\n{pair.question}", fontsize=9)
+        better = "higher" if HIGHER_IS_BETTER[metrics[0]] else "lower"
+        axes[r][0].set_ylabel(f"{family}\n({better} is better)", fontsize=8)
+    figure.suptitle("Seed-level differences: dots = seeds, diamond = seed mean, line = interval over seeds;\n"
+                    "filled and coloured (by the side it favours) where a sign is claimed", fontsize=9)
+    figure.tight_layout()
     return save_figure(figure, path)

@@ -1,10 +1,10 @@
 """A study's cell records -> the numbers its report may claim (pure functions, no I/O).
 
-The unit of evidence is the training seed (docs/architecture.md, "Comparing the variants"), so
-every interval here is a Student-t interval over seeds (each seed a separate training).
-This module holds the curves (dose-response, held-out methods), the tidy table and the
-cost tables; the grid points are study/points.py's, the paired comparisons
-study/comparisons.py's, and `aggregate` computes all of them once for the report.
+The unit of evidence is the training seed (docs/architecture.md, "Comparing the variants").
+This module holds the curves (dose-response, held-out methods: each variant's seed mean
+with a descriptive Student-t interval over seeds) and the cost tables; the grid points are
+study/points.py's, the paired comparisons and their claims study/comparisons.py's, and
+`aggregate` computes all of them once for the report.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import numpy as np
 from robust_deepfake.io import jsonable
 from robust_deepfake.study.comparisons import (
     PairedDifference,
+    StudyRules,
+    comparisons,
     heldout_differences,
-    reg_vs_baseline,
-    reg_vs_placebo,
+    variants_of,
 )
 from robust_deepfake.study.points import (
     TEST,
@@ -59,10 +60,14 @@ def seed_summary(by_seed: Mapping[int, float], level: float) -> dict[str, Any]:
     return {"n": len(finite), "mean": mean, "ci_low": low, "ci_high": high, "seeds": list(finite)}
 
 
+POOLED = ("baseline", "placebo")  # variants the regularizer's strength does not change
+
+
 def _curve_rows(members: Sequence[Point], metrics: Sequence[str], get: Getter, subset: str,
-                level: float) -> list[dict[str, Any]]:
-    """Per dose: reg per line, and the baseline pooled over lines (per seed the mean of its
-    cells: reg params do not touch the baseline, so each seed has one baseline)."""
+                level: float, pooled: Sequence[str]) -> list[dict[str, Any]]:
+    """Per dose: reg per line, and each `pooled` variant (baseline, placebo) pooled over
+    lines (per seed the mean of its cells: reg params do not touch them, so each seed has
+    one such model)."""
     rows = []
     doses = list(dict.fromkeys(p.dose for p in members))
     for dose in doses:
@@ -74,13 +79,15 @@ def _curve_rows(members: Sequence[Point], metrics: Sequence[str], get: Getter, s
                 values = {s: get(r, "reg", metric) for s, r in point.cells.items()}
                 rows.append({**head, "line": point.line, "variant": "reg", "metric": metric,
                              **seed_summary(values, level)})
-            pooled: dict[int, list[float]] = {}
-            for point in at:
-                for seed, record in point.cells.items():
-                    pooled.setdefault(seed, []).append(get(record, "baseline", metric))
-            means = {s: float(np.mean(f)) if (f := [v for v in vs if math.isfinite(v)]) else math.nan
-                     for s, vs in pooled.items()}
-            rows.append({**head, "line": None, "variant": "baseline", "metric": metric, **seed_summary(means, level)})
+            for variant in pooled:
+                per_seed: dict[int, list[float]] = {}
+                for point in at:
+                    for seed, record in point.cells.items():
+                        per_seed.setdefault(seed, []).append(get(record, variant, metric))
+                means = {s: float(np.mean(f)) if (f := [v for v in vs if math.isfinite(v)]) else math.nan
+                         for s, vs in per_seed.items()}
+                rows.append({**head, "line": None, "variant": variant, "metric": metric,
+                             **seed_summary(means, level)})
     return rows
 
 
@@ -89,9 +96,10 @@ def dose_response(spec: StudySpec, records: Sequence[Mapping[str, Any]], *, leve
     """Test-set metrics vs the dose, for every group: rows of group, line, dose, variant,
     metric, n, mean, ci_low, ci_high, seeds (baseline rows have line None: pooled)."""
     metrics = list(metrics or dose_metrics(attacks_of(records)))
+    pooled = [v for v in POOLED if v in variants_of(records)]
     rows = []
     for members in groups_of(grid_points(spec, records)).values():
-        rows += _curve_rows(members, metrics, test_value, TEST, level)
+        rows += _curve_rows(members, metrics, test_value, TEST, level, pooled)
     return rows
 
 
@@ -103,7 +111,7 @@ def generalization(spec: StudySpec, records: Sequence[Mapping[str, Any]], *, lev
     rows = []
     for method in dict.fromkeys(m for p in points for m in p.held_out):
         for members in groups_of([p for p in points if method in p.held_out]).values():
-            rows += _curve_rows(members, metrics, heldout_getter(method), method, level)
+            rows += _curve_rows(members, metrics, heldout_getter(method), method, level, ["baseline"])
     return rows
 
 
@@ -153,45 +161,49 @@ class StudyAggregate:
     """Every number the study report shows, computed once."""
 
     spec: StudySpec
-    level: float
+    rules: StudyRules
     attacks: list[str]
     seeds: list[int]
     points: list[Point]
     primary: list[tuple]  # the groups the headline answers read (primary_groups)
     dose: list[dict[str, Any]]
-    vs_baseline: list[PairedDifference]
-    vs_placebo: list[PairedDifference]
+    comparisons: dict[str, list[PairedDifference]]  # per pair key, in question order
     heldout: list[PairedDifference]
     generalization: list[dict[str, Any]]
     cost: list[dict[str, Any]]
     totals: dict[str, Any]
     workers: list[dict[str, Any]]
 
+    @property
+    def level(self) -> float:
+        return self.rules.level
+
     def as_json(self) -> dict[str, Any]:
-        """study.json: strict JSON (undefined numbers are null)."""
+        """study.json: strict JSON (undefined numbers are null); intervals as computed, not clipped."""
         return jsonable({
             "study": self.spec.name, "spec": self.spec.model_dump(mode="json"), "level": self.level,
-            "interval": "Student-t over seeds (each seed a separate training)", "attacks": self.attacks,
-            "seeds": self.seeds, "cells": len(self.cost),
+            "rules": {"min_effect": self.rules.min_effect, "min_clean_auc": self.rules.min_clean_auc,
+                      "interval": "Student-t over seeds, spread floored at the seeds' test-sampling SE "
+                                  "(verdict/claims.assess)"},
+            "attacks": self.attacks, "seeds": self.seeds, "cells": len(self.cost),
             "ref_eps_255": sorted({r.get("ref_eps_255") for p in self.points for r in p.cells.values()
                                    if r.get("ref_eps_255") is not None}),
             "primary_groups": [group_label(g) for g in self.primary],
             "dose_response": self.dose,
-            "verdicts": {"reg_vs_baseline": [c.as_dict() for c in self.vs_baseline],
-                         "reg_vs_placebo": [c.as_dict() for c in self.vs_placebo],
-                         "heldout_reg_vs_baseline": [c.as_dict() for c in self.heldout]},
+            "verdicts": {**{key: [c.as_dict() for c in found] for key, found in self.comparisons.items()},
+                         "heldout_reg_baseline": [c.as_dict() for c in self.heldout]},
             "generalization": self.generalization,
             "cost": {"cells": self.cost, "totals": self.totals, "workers": self.workers},
         })
 
 
-def aggregate(spec: StudySpec, records: Sequence[Mapping[str, Any]], level: float) -> StudyAggregate:
-    """Every number of the study report; `level` is the confidence of every interval over
-    seeds (the base params' eval.ci)."""
+def aggregate(spec: StudySpec, records: Sequence[Mapping[str, Any]], rules: StudyRules) -> StudyAggregate:
+    """Every number of the study report, read by `rules` (the base params' eval.ci,
+    report.min_effect and report.min_clean_auc)."""
     points = grid_points(spec, records)
     return StudyAggregate(
-        spec, level, attacks_of(records), sorted({int(r["seed"]) for r in records}), points,
-        primary_groups(points), dose_response(spec, records, level=level),
-        reg_vs_baseline(spec, records, level=level), reg_vs_placebo(spec, records, level=level),
-        heldout_differences(spec, records, level=level), generalization(spec, records, level=level),
-        cost_table(records), cost_totals(records), workers_table(records))
+        spec, rules, attacks_of(records), sorted({int(r["seed"]) for r in records}), points,
+        primary_groups(points), dose_response(spec, records, level=rules.level),
+        comparisons(spec, records, rules), heldout_differences(spec, records, rules),
+        generalization(spec, records, level=rules.level), cost_table(records), cost_totals(records),
+        workers_table(records))

@@ -1,22 +1,23 @@
-"""Paired comparisons: sides[0] − sides[1] in one metric at one grid point, paired by seed.
+"""Paired comparisons: first − second in one metric at one grid point, paired by seed, read
+by the pipeline's rules (verdict/claims.assess).
 
 Cells of one seed share initial weights and data order, so a difference is taken inside a
-seed and the interval is a Student-t interval over those per-seed differences: reg −
-baseline inside the same cells, or reg at a strength − reg at the epsilon = 0 placebo of
-the same seed and otherwise identical setting (does the regularizer beat the loss
-reweighting alone?).
+seed. The pairs are the pipeline's COMPARISONS in question order, inside each cell (the
+cell trains every variant); cells without a placebo variant answer reg − placebo across
+cells instead: reg at a strength − reg at the epsilon = 0 grid point of the same seed and
+otherwise identical setting (no test SE then: the two models were scored in different
+cells). Every interval is floored at the seeds' test-sampling SE (recorded per cell) and
+no sign is claimed below claims.MIN_SEEDS seeds, nor where a compared model is under the
+quality floor (clean test ROC-AUC < report.min_clean_auc): the comparison names those cells.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from robust_deepfake.verdict.seeds import SeedInterval, detectable_effect, t_interval
 from robust_deepfake.study.points import (
     TEST,
     Getter,
@@ -25,9 +26,27 @@ from robust_deepfake.study.points import (
     grid_points,
     heldout_getter,
     is_placebo,
+    pair_se,
     test_value,
 )
 from robust_deepfake.study.spec import PLACEBO_KEY, StudySpec
+from robust_deepfake.verdict.claims import MIN_EFFECT, SeedClaim, assess
+from robust_deepfake.verdict.seeds import COMPARISONS, Pair, present_pairs
+
+FLOOR_METRIC = "auc_clean"
+REG_BASELINE = next(p for p in COMPARISONS if p.key == "reg_baseline")
+REG_PLACEBO = next(p for p in COMPARISONS if p.key == "reg_placebo")
+
+
+@dataclass(frozen=True)
+class StudyRules:
+    """What a study comparison may claim: the interval's level, the minimum effect of
+    interest for the power plan and the quality floor (0 switches it off); the base params'
+    eval.ci, report.min_effect and report.min_clean_auc."""
+
+    level: float = 0.95
+    min_effect: float = MIN_EFFECT
+    min_clean_auc: float = 0.75
 
 
 def lower_is_better(metric: str) -> bool:
@@ -36,87 +55,177 @@ def lower_is_better(metric: str) -> bool:
 
 
 @dataclass(frozen=True)
-class PairedDifference(SeedInterval):
-    """sides[0] − sides[1] in one metric at one grid point, paired by seed. The wording
-    follows verdict.SeedDifference: a side is favoured only when the interval excludes 0."""
+class PairedDifference:
+    """pair.first − pair.second in one metric at one grid point, over the seeds with both."""
 
-    question: str  # reg_vs_baseline | reg_vs_placebo | heldout_reg_vs_baseline
+    pair: Pair
     metric: str
     group: str
     line: Any
     dose: Any
     subset: str  # `test` or the held-out method
-    sides: tuple[str, str]
     seeds: list[int]
-    per_seed: list[float]
-    mean: float
-    ci_low: float
-    ci_high: float
-    level: float
-    detectable: float  # the effect these seeds could detect (80% power at their spread)
+    claim: SeedClaim
+    under_floor: tuple[WeakModel, ...] = ()  # the compared models under the quality floor
     placebo: bool = False  # the point is epsilon = 0 itself
+    across_cells: bool = False  # reg − the epsilon = 0 cell's reg (cells without a placebo variant)
+
+    @property
+    def question(self) -> str:
+        return self.pair.key if self.subset == TEST else f"heldout_{self.pair.key}"
+
+    @property
+    def sides(self) -> tuple[str, str]:
+        return self.pair.first, self.pair.second
+
+    @property
+    def per_seed(self) -> list[float]:
+        return list(self.claim.diffs)
+
+    @property
+    def mean(self) -> float:
+        return self.claim.mean
+
+    @property
+    def ci_low(self) -> float:
+        return self.claim.low
+
+    @property
+    def ci_high(self) -> float:
+        return self.claim.high
+
+    @property
+    def level(self) -> float:
+        return self.claim.level
+
+    @property
+    def n_seeds(self) -> int:
+        return self.claim.n
+
+    @property
+    def claimed(self) -> bool:
+        """A sign is claimed: by claims.assess, and no compared model is under the floor."""
+        return self.claim.claim != 0 and not self.under_floor
 
     @property
     def favours(self) -> str:
-        """The side the seed-level interval favours, or 'neither'."""
-        if not self.excludes_zero:
+        """The side the claim favours, or 'neither'."""
+        if not self.claimed:
             return "neither"
-        return self.sides[0] if (self.mean > 0) != lower_is_better(self.metric) else self.sides[1]
+        return self.pair.first if (self.claim.claim > 0) != lower_is_better(self.metric) else self.pair.second
 
-    def wording(self) -> str:
-        """The plain reading of this comparison."""
-        n = self.n_seeds
-        if n == 0:
+    def reading(self) -> str:
+        """A few words: the claim, or why there is none."""
+        if self.n_seeds == 0:
             return "no seed has both values: no claim"
-        if math.isnan(self.ci_low) and n == 1:
-            return f"interval undefined with {n} seed (at least 2 are needed): no claim"
-        if math.isnan(self.ci_low):
-            return (f"every one of {n} seeds gave the same difference ({self.mean:+.3f}): with no spread over seeds "
-                    "the interval is undefined: no claim (add seeds)")
-        if self.excludes_zero:
-            return f"favours {self.favours} ({n} seeds)"
-        return self.no_difference_wording()
+        if self.under_floor:
+            return "no claim: under the quality floor"
+        if self.claimed:
+            return f"favours {self.favours}"
+        if self.claim.reason in ("below_min_seeds", "below_plain_min_seeds"):
+            return f"no claim below {self.claim.min_seeds} seeds" + ("" if self.claim.has_test_se else " (no test SE)")
+        if self.claim.reason == "no_noise_estimate":
+            return "no claim: no noise estimate"
+        return "no detectable difference"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"question": self.question, "metric": self.metric, "group": self.group, "line": self.line,
-                "dose": self.dose, "subset": self.subset, "difference": f"{self.sides[0]} - {self.sides[1]}",
-                "lower_is_better": lower_is_better(self.metric), "placebo": self.placebo, "mean": self.mean,
-                "ci": [self.ci_low, self.ci_high], "level": self.level, "n_seeds": self.n_seeds,
-                "seeds": self.seeds, "per_seed": self.per_seed, "detectable": self.detectable,
-                "excludes_zero": self.excludes_zero, "favours": self.favours, "wording": self.wording()}
+        return {"question": self.question, "comparison": self.pair.key, "metric": self.metric, "group": self.group,
+                "line": self.line, "dose": self.dose, "subset": self.subset,
+                "difference": f"{self.pair.first} - {self.pair.second}", "lower_is_better": lower_is_better(self.metric),
+                "placebo": self.placebo, "across_cells": self.across_cells, "seeds": self.seeds,
+                **self.claim.as_dict(), "under_floor": [str(m) for m in self.under_floor], "favours": self.favours,
+                "verdict": self.reading()}
 
 
-def paired(question: str, metric: str, point: Point, subset: str, sides: tuple[str, str],
-           first: Mapping[int, float], second: Mapping[int, float], level: float) -> PairedDifference:
-    """first − second over the seeds where both are finite, with its t-interval."""
-    seeds = sorted(s for s in first if s in second and math.isfinite(first[s]) and math.isfinite(second[s]))
-    diffs = np.array([first[s] - second[s] for s in seeds], dtype=float)
-    mean, low, high = t_interval(diffs, level)
-    if diffs.size >= 2 and np.ptp(diffs) == 0 and mean != 0:
-        # identical non-zero differences (accuracy moves in steps of 1/n images): a
-        # zero-width t-interval is an artefact, not evidence; the spread is unknown
-        low = high = math.nan
-    return PairedDifference(question, metric, point.group_label, point.line, point.dose, subset, sides, seeds,
-                      [float(d) for d in diffs], mean, low, high, level, detectable_effect(diffs, level),
-                      is_placebo(point))
+Side = Mapping[int, tuple[Mapping[str, Any], str]]  # seed -> (cell record, variant)
 
 
-def _by_seed(point: Point, variant: str, metric: str, get: Getter = test_value) -> dict[int, float]:
-    return {s: get(r, variant, metric) for s, r in point.cells.items()}
+@dataclass(frozen=True)
+class WeakModel:
+    """A compared model under the quality floor: its cell, its variant, its clean test AUC."""
+
+    cell: str  # the cell's label
+    variant: str
+    clean_auc: float  # NaN where the cell did not report it
+
+    def __str__(self) -> str:
+        shown = "n/a" if math.isnan(self.clean_auc) else f"{self.clean_auc:.3f}"
+        return f"{self.cell}: {self.variant} clean AUC {shown}"
 
 
-def reg_vs_baseline(spec: StudySpec, records: Sequence[Mapping[str, Any]], metric: str | None = None,
-                    *, level: float) -> list[PairedDifference]:
-    """reg − baseline inside the same cells, at every grid point (the placebo's flagged)."""
+def _under_floor(records: Sequence[tuple[Mapping[str, Any], str]], rules: StudyRules) -> tuple[WeakModel, ...]:
+    """The compared models under the quality floor, in the order compared."""
+    if rules.min_clean_auc <= 0:
+        return ()
+    found = []
+    for record, variant in records:
+        auc = test_value(record, variant, FLOOR_METRIC)
+        if not auc >= rules.min_clean_auc:
+            found.append(WeakModel(str(record.get("label", record.get("cell"))), variant, auc))
+    return tuple(dict.fromkeys(found))
+
+
+def compare(pair: Pair, metric: str, point: Point, subset: str, first: Side, second: Side, rules: StudyRules,
+            get: Getter = test_value, se: Callable[[Mapping[str, Any]], float] | None = None,
+            across_cells: bool = False) -> PairedDifference:
+    """first − second over the seeds where both are finite; `se(record)` is a seed's test
+    SE of the difference (None: not known, so no floor and claims.PLAIN_MIN_SEEDS)."""
+    seeds, diffs, ses, compared = [], [], [], []
+    for seed in sorted(s for s in first if s in second):
+        (record_a, variant_a), (record_b, variant_b) = first[seed], second[seed]
+        d = get(record_a, variant_a, metric) - get(record_b, variant_b, metric)
+        if not math.isfinite(d):
+            continue
+        seeds.append(seed)
+        diffs.append(d)
+        ses.append(se(record_a) if se else math.nan)
+        compared += [(record_a, variant_a), (record_b, variant_b)]
+    claim = assess(diffs, ses, rules.level, rules.min_effect)
+    return PairedDifference(pair, metric, point.group_label, point.line, point.dose, subset, seeds, claim,
+                            _under_floor(compared, rules), is_placebo(point), across_cells)
+
+
+def _side(point: Point, variant: str) -> dict[int, tuple[Mapping[str, Any], str]]:
+    return {s: (r, variant) for s, r in point.cells.items() if variant in (r.get("variants") or {})}
+
+
+def variants_of(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(v for r in records for v in (r.get("variants") or {})))
+
+
+def within_cells(spec: StudySpec, records: Sequence[Mapping[str, Any]], rules: StudyRules,
+                 metric: str | None = None) -> dict[str, list[PairedDifference]]:
+    """Per present pair (question order), its comparisons inside the cells. reg − placebo
+    skips the epsilon = 0 points (there reg is the placebo); placebo − baseline does not
+    depend on the regularizer's strength, so it is read once per group and line (at the
+    first point); reg − baseline at epsilon = 0 is flagged `placebo`."""
     metric = metric or spec.metric
-    return [paired("reg_vs_baseline", metric, p, TEST, ("reg", "baseline"), _by_seed(p, "reg", metric),
-                   _by_seed(p, "baseline", metric), level) for p in grid_points(spec, records)]
+    points = grid_points(spec, records)
+    out: dict[str, list[PairedDifference]] = {}
+    for pair in present_pairs(variants_of(records)):
+        seen: set[tuple] = set()
+        found = []
+        for point in points:
+            if pair.key == "reg_placebo" and is_placebo(point):
+                continue
+            if pair.key == "placebo_baseline":
+                if (point.group, point.line) in seen:
+                    continue
+                seen.add((point.group, point.line))
+            first, second = _side(point, pair.first), _side(point, pair.second)
+            if first and second:
+                found.append(compare(pair, metric, point, TEST, first, second, rules,
+                                     se=lambda record: pair_se(record, pair.key, metric)))
+        if found:
+            out[pair.key] = found
+    return out
 
 
-def reg_vs_placebo(spec: StudySpec, records: Sequence[Mapping[str, Any]], metric: str | None = None,
-                   *, level: float) -> list[PairedDifference]:
-    """reg at each epsilon > 0 − reg at epsilon = 0, same seed and every other setting equal:
-    what the perturbation adds over the loss reweighting alone. [] without placebo cells."""
+def reg_vs_placebo_across_cells(spec: StudySpec, records: Sequence[Mapping[str, Any]], rules: StudyRules,
+                                metric: str | None = None) -> list[PairedDifference]:
+    """reg at each epsilon > 0 − reg at epsilon = 0, same seed and every other setting
+    equal: what the perturbation adds, for cells without a placebo variant. [] without
+    epsilon = 0 cells."""
     metric = metric or spec.metric
     points = grid_points(spec, records)
     by_setting = {p.setting: p for p in points}
@@ -126,22 +235,34 @@ def reg_vs_placebo(spec: StudySpec, records: Sequence[Mapping[str, Any]], metric
             continue
         partner = by_setting.get(point.replaced(PLACEBO_KEY, 0.0))
         if partner is not None:
-            out.append(paired("reg_vs_placebo", metric, point, TEST, ("reg", "placebo"),
-                              _by_seed(point, "reg", metric), _by_seed(partner, "reg", metric), level))
+            out.append(compare(REG_PLACEBO, metric, point, TEST, _side(point, "reg"), _side(partner, "reg"),
+                               rules, across_cells=True))
     return out
 
 
-def heldout_differences(spec: StudySpec, records: Sequence[Mapping[str, Any]],
-                        metrics: Sequence[str] | None = None, *, level: float) -> list[PairedDifference]:
+def comparisons(spec: StudySpec, records: Sequence[Mapping[str, Any]], rules: StudyRules,
+                metric: str | None = None) -> dict[str, list[PairedDifference]]:
+    """Every question the cells can answer, in question order: inside the cells, and
+    reg − placebo across cells where no cell has a placebo variant."""
+    found = within_cells(spec, records, rules, metric)
+    if "reg_placebo" not in found and (across := reg_vs_placebo_across_cells(spec, records, rules, metric)):
+        found["reg_placebo"] = across
+    return {p.key: found[p.key] for p in COMPARISONS if p.key in found}
+
+
+def heldout_differences(spec: StudySpec, records: Sequence[Mapping[str, Any]], rules: StudyRules,
+                        metrics: Sequence[str] | None = None) -> list[PairedDifference]:
     """reg − baseline per held-out method and grid point, on held-out AUC (clean and under
-    each attack at the reference eps) unless `metrics` says otherwise."""
+    each attack at the reference eps) unless `metrics` says otherwise. The quality floor
+    is the cells' test-set one."""
     attacks = attacks_of(records)
     metrics = list(metrics or ["auc_clean", *(f"auc_{a}" for a in attacks)])
     out = []
     for point in grid_points(spec, records):
         for method in point.held_out:
             get = heldout_getter(method)
-            out += [paired("heldout_reg_vs_baseline", m, point, method, ("reg", "baseline"),
-                           _by_seed(point, "reg", m, get), _by_seed(point, "baseline", m, get), level)
-                    for m in metrics]
+            for m in metrics:
+                out.append(compare(REG_BASELINE, m, point, method, _side(point, "reg"), _side(point, "baseline"),
+                                   rules, get, se=lambda record, m=m, method=method:
+                                   pair_se(record, REG_BASELINE.key, m, method)))
     return out

@@ -1,8 +1,8 @@
 """The study report's figures: a dose-response grid per primary group, one of held-out methods.
 
 Each panel is one metric against the dose: the regularized model per line, the baseline
-dashed; points are seed means, bars and bands the t-interval over seeds, so training
-variance is part of the picture.
+dashed and the placebo dotted; points are seed means, bars and bands the t-interval over
+seeds within [0, 1], so training variance is part of the picture.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from robust_deepfake.study.aggregate import StudyAggregate
 from robust_deepfake.report.blocks import Figure
 from robust_deepfake.study.points import group_label, shown
 from robust_deepfake.study.spec import PLACEBO_KEY, StudySpec
-from robust_deepfake.study.wording import beside_holdout, metric_title, ref_eps
+from robust_deepfake.study.wording import METRIC_RANGE, beside_holdout, metric_title, ref_eps
 
 LINE_COLORS = ("#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
@@ -34,11 +34,12 @@ def _x(doses: Sequence[Any]) -> tuple[dict[Any, float], list[str]]:
 def _panel(axis, rows: list[dict], metric: str, lines: list[Any], lines_key: str | None,
            xs: dict[Any, float]) -> None:
     """One metric vs the dose: reg per line (error bars and band: the t-interval over
-    seeds), the baseline dashed with its band."""
+    seeds), the baseline dashed and the placebo dotted with their bands, all within [0, 1]."""
     mine = [r for r in rows if r["metric"] == metric and r["n"] > 0]
     span = (max(xs.values()) - min(xs.values())) or 1.0
-    base = [r for r in mine if r["variant"] == "baseline"]
-    series = [("baseline (dashed)", None, base, COLORS["baseline"], "--", 0.0)]
+    series = [(f"{variant} ({style_name})", None, members, COLORS[variant], style, 0.0)
+              for variant, style, style_name in (("baseline", "--", "dashed"), ("placebo", ":", "dotted"))
+              if (members := [r for r in mine if r["variant"] == variant])]
     for i, line in enumerate(lines):
         label = f"reg ({lines_key}={shown(line)})" if lines_key else "regularized"
         members = [r for r in mine if r["variant"] == "reg" and r["line"] == line]
@@ -49,10 +50,11 @@ def _panel(axis, rows: list[dict], metric: str, lines: list[Any], lines_key: str
             continue
         x = np.array([xs[r["dose"]] for r in members]) + dodge
         mean, low, high = (np.array([r[k] for r in members], dtype=float) for k in ("mean", "ci_low", "ci_high"))
+        low, high = np.clip(low, *METRIC_RANGE), np.clip(high, *METRIC_RANGE)  # every study metric lies in [0, 1]
         axis.plot(x, mean, linestyle=style, marker="o", markersize=4, color=color, label=label)
         axis.fill_between(x, low, high, color=color, alpha=0.12, linewidth=0)
         ok = np.isfinite(low) & np.isfinite(high)
-        if ok.any() and style == "-":  # the baseline has its band only: bars on every line would hide the reg's
+        if ok.any() and style == "-":  # baseline and placebo have their band only: bars would hide reg's
             axis.errorbar(x[ok], mean[ok], yerr=[mean[ok] - low[ok], high[ok] - mean[ok]], fmt="none",
                           ecolor=color, capsize=3, linewidth=1)
     if not mine:
@@ -113,7 +115,7 @@ def draw_figures(agg: StudyAggregate, folder: Path) -> tuple[dict[tuple, Figure]
         rows = [r for r in agg.dose if r["group"] == label]
         name = "dose_response.png" if len(agg.primary) == 1 else f"dose_response_{i + 1}.png"
         title = (f"{spec.name}: dose-response{f' ({label})' if label else ''}, {_seeds_phrase(rows, agg.level)}; "
-                 "dashed: baseline")
+                 "dashed: baseline, dotted: placebo")
         path = curve_figure(rows, panels, spec, title, folder / name)
         dose_figures[group] = Figure(path, f"dose-response {label}".strip(), title)
     if not agg.generalization:

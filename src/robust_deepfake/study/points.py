@@ -81,6 +81,13 @@ def test_value(record: Mapping[str, Any], variant: str, metric: str) -> float:
     return as_float(((record.get("variants") or {}).get(variant) or {}).get(metric))
 
 
+def pair_se(record: Mapping[str, Any], pair: str, metric: str, method: str | None = None) -> float:
+    """The cell's test-sampling SE of `pair`'s difference (`reg_placebo`) in `metric`, on
+    the test set or on a held-out method's images; NaN where the cell did not record it."""
+    table = record.get("test_se") if method is None else (record.get("heldout_test_se") or {}).get(method)
+    return as_float(((table or {}).get(pair) or {}).get(metric))
+
+
 def heldout_getter(method: str) -> Getter:
     """A Getter for one held-out method's metrics."""
     def get(record: Mapping[str, Any], variant: str, metric: str) -> float:

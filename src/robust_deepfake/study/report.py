@@ -15,6 +15,7 @@ from typing import Any
 from robust_deepfake.io import atomic_open, write_json
 from robust_deepfake.report.blocks import to_html, to_markdown
 from robust_deepfake.study.aggregate import aggregate
+from robust_deepfake.study.comparisons import StudyRules
 from robust_deepfake.study.figures import draw_figures
 from robust_deepfake.study.sections import all_sections
 from robust_deepfake.study.spec import StudySpec
@@ -23,11 +24,11 @@ FIGURES = "study_figures"
 
 
 def build_study_report(spec: StudySpec, records: Sequence[dict[str, Any]], out_dir: Path,
-                       *, level: float) -> dict[str, Path]:
+                       *, rules: StudyRules) -> dict[str, Path]:
     """Write out_dir/study.md, study.html, study.json and study_figures/*.png (each
     atomically); the written paths by name relative to out_dir."""
     out_dir = Path(out_dir)
-    agg = aggregate(spec, records, level)
+    agg = aggregate(spec, records, rules)
     dose_figures, heldout_figure = draw_figures(agg, out_dir / FIGURES)
     blocks = all_sections(agg, dose_figures, heldout_figure)
     figures = [*dose_figures.values(), *([heldout_figure] if heldout_figure else [])]

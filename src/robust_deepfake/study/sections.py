@@ -16,6 +16,7 @@ from robust_deepfake.report.blocks import Block, Bullets, Figure, Heading, Para,
 from robust_deepfake.study.points import group_label, groups_of, shown
 from robust_deepfake.study.spec import PLACEBO_KEY, StudySpec
 from robust_deepfake.study.wording import (
+    CLIP_NOTE,
     answer,
     beside_holdout,
     claim,
@@ -25,7 +26,10 @@ from robust_deepfake.study.wording import (
     metric_title,
     ref_eps,
     seconds,
+    seeds_for,
 )
+from robust_deepfake.verdict.claims import MIN_SEEDS, PLAIN_MIN_SEEDS
+from robust_deepfake.verdict.seeds import COMPARISONS
 
 
 def overview(agg: StudyAggregate) -> list[Block]:
@@ -35,40 +39,61 @@ def overview(agg: StudyAggregate) -> list[Block]:
     return [Heading(f"Study {spec.name}", 1), Para(
         f"{agg.totals['cells']} cells ({len(agg.seeds)} seed(s) {agg.seeds} × {len(agg.points)} grid point(s)). "
         f"Grid: {grid}. Fixed: {fixed}. Headline metric: {spec.metric}; attacks {', '.join(agg.attacks) or 'none'} "
-        f"at {ref_eps(agg)}. Every interval is a {agg.level:.0%} Student-t interval over training seeds (each "
-        "seed a separate training, so training variance is inside it); every comparison is paired by seed.")]
+        f"at {ref_eps(agg)}. Every comparison is paired by seed and read by the pipeline's rules "
+        f"(docs/statistics.md): a {agg.level:.0%} Student-t interval over training seeds whose spread is never "
+        "below the seeds' own test-sampling SE; a sign only with an interval that excludes 0, at least "
+        f"{MIN_SEEDS} seeds ({PLAIN_MIN_SEEDS} where a cell recorded no test SE), and every compared model at or "
+        f"above the quality floor (clean test ROC-AUC ≥ {agg.rules.min_clean_auc:g}, `report.min_clean_auc`).")]
+
+
+def floor_table(comparisons: Sequence[PairedDifference]) -> Table | None:
+    """One row per cell with a compared model under the quality floor: which, and its clean AUC."""
+    cells: dict[str, dict[str, float]] = {}
+    for model in (m for c in comparisons for m in c.under_floor):
+        cells.setdefault(model.cell, {})[model.variant] = model.clean_auc
+    if not cells:
+        return None
+    return Table(["cell", "models under the floor (clean test ROC-AUC)"],
+                 [[cell, ", ".join(f"{v} {fmt(auc)}" for v, auc in sorted(found.items()))]
+                  for cell, found in cells.items()])
 
 
 def answers(agg: StudyAggregate) -> list[Block]:
     spec = agg.spec
     primary = {group_label(g) for g in agg.primary}
     with_group = len(primary) > 1
-    vs_base = [c for c in agg.vs_baseline if c.group in primary and not c.placebo]
-    vs_placebo = [c for c in agg.vs_placebo if c.group in primary]
     attack = spec.metric.partition("_")[2]
     held_metrics = list(dict.fromkeys(["auc_clean", *([f"auc_{attack}"] if attack in agg.attacks else [])]))
     held = [c for c in agg.heldout if c.metric in held_metrics and not c.placebo]
     held_groups = len({beside_holdout(c.group) for c in held}) > 1
     ref = ref_eps(agg)
     direction = " (lower is better)" if lower_is_better(spec.metric) else ""
+    floor = agg.rules.min_clean_auc
     blocks: list[Block] = [Heading("Answers")]
     if agg.points and all(p.held_out for p in agg.points):
-        blocks.append(Para("Every cell holds a method out: the first two answers read those cells' test sets."))
-    blocks += [
-        Para(answer(vs_base, "reg", "baseline"), lead="Does the regularizer beat the baseline at each strength?"),
-        Para(f"reg − baseline in {spec.metric}{direction}, inside the same cells (same seed, same data):"),
-        Bullets([claim(c, spec, with_group) for c in vs_base] or ["no finished cell at a strength above the placebo"]),
-        Para(answer(vs_placebo, "reg", "placebo"),
-             lead="Does it beat the placebo (epsilon = 0, loss reweighting alone)?"),
-        Para(f"reg at each strength − reg at epsilon = 0 in {spec.metric}{direction}, same seed and setting:"),
-        Bullets([claim(c, spec, with_group) for c in vs_placebo] or ["no placebo cells to pair with"]),
-    ]
+        blocks.append(Para("Every cell holds a method out: the answers read those cells' test sets."))
+    weak = floor_table([c for found in agg.comparisons.values() for c in found] + held)
+    if weak:
+        blocks += [Para(f"clean test ROC-AUC < {floor:g} (`report.min_clean_auc`) in {len(weak.rows)} cell(s), "
+                        "so no comparison that involves their models claims anything:", lead="Under the quality floor:"),
+                   weak]
+    for pair in COMPARISONS:
+        found = [c for c in agg.comparisons.get(pair.key, []) if c.group in primary
+                 and not (c.placebo and pair.key == "reg_baseline")]
+        if pair.key not in agg.comparisons:
+            blocks.append(Para(f"no cell has both a {pair.first} and a {pair.second} model.", lead=pair.question))
+            continue
+        how = ("across cells: reg at each strength − reg at epsilon = 0, same seed and setting (no test SE)"
+               if any(c.across_cells for c in found) else "inside the same cells (same seed, same data)")
+        blocks += [Para(answer(found, floor), lead=f"{pair.question} ({pair.label})"),
+                   Para(f"{pair.label} in {spec.metric}{direction}, {how}:"),
+                   Bullets([claim(c, spec, with_group) for c in found] or ["no finished cell to compare"])]
     if held:
         blocks.append(Para("reg − baseline on each held-out method (test reals + that method's fakes), per "
                            "metric:", lead="Does it help on held-out methods?"))
         for metric in held_metrics:
             mine = [c for c in held if c.metric == metric]
-            blocks += [Para(f"{metric_title(metric, ref)}: {answer(mine, 'reg', 'baseline')}"),
+            blocks += [Para(f"{metric_title(metric, ref)}: {answer(mine, floor)}"),
                        Bullets([claim(c, spec, held_groups) for c in mine])]
     else:
         blocks.append(Para("No cell held a method out, so this study cannot say.",
@@ -81,10 +106,11 @@ def dose_section(agg: StudyAggregate, figures: dict[tuple, Figure]) -> list[Bloc
     metrics = list(dict.fromkeys(r["metric"] for r in agg.dose))
     blocks: list[Block] = [Heading("Dose-response"), Para(
         f"Test-set metrics against {spec.dose}, one line per {spec.lines or 'setting'} value; points are seed "
-        "means, bars and bands the t-interval over seeds (none with one seed). The baseline is drawn dashed: reg "
-        "parameters do not change it, so per seed it is the mean of its cells at that x. "
+        "means, bars and bands a descriptive t-interval over seeds (none with one seed), drawn and written within "
+        "[0, 1]. The baseline (dashed) and the placebo (dotted, where the cells train one) do not depend on reg "
+        "parameters, so per seed each is the mean of its cells at that x. "
         + ("Groups that hold methods out are in study.json." if len(agg.primary) < len(groups_of(agg.points))
-           else ""))]
+           else "")), Para(CLIP_NOTE)]
     for group in agg.primary:
         label = group_label(group)
         rows = [r for r in agg.dose if r["group"] == label]
@@ -103,12 +129,13 @@ def _curve_table(rows: list[dict], metrics: list[str], spec: StudySpec, subset: 
     first: dict[tuple, int] = {}
     for head in heads:
         first.setdefault(head[:3], len(first))
-    heads.sort(key=lambda h: (first[h[:3]], h[3] != "baseline"))  # per dose: baseline, then each line
+    order = {"baseline": 0, "placebo": 1, "reg": 2}
+    heads.sort(key=lambda h: (first[h[:3]], order.get(h[3], 3)))  # per dose: baseline, placebo, each line
     body = []
     for head in heads:
         found = [keyed.get((*head, m)) for m in metrics]
         seeds = max((r["n"] for r in found if r), default=0)
-        which = "baseline" if head[3] == "baseline" else (f"reg {shown(head[4])}" if spec.lines else "reg")
+        which = head[3] if head[3] != "reg" else (f"reg {shown(head[4])}" if spec.lines else "reg")
         other = beside_holdout(head[1])
         lead = [head[0] + (f" ({other})" if other else "")] if subset else []
         dose = shown(head[2]) + (" (placebo)" if spec.dose == PLACEBO_KEY and head[2] == 0 else "")
@@ -117,19 +144,20 @@ def _curve_table(rows: list[dict], metrics: list[str], spec: StudySpec, subset: 
     return Table(header, body)
 
 
-def _comparison_table(comparisons: Sequence[PairedDifference], spec: StudySpec) -> Table:
+def _comparison_table(comparisons: Sequence[PairedDifference], spec: StudySpec, min_effect: float) -> Table:
     groups = any(c.group for c in comparisons)
     held = any(c.subset != "test" for c in comparisons)
     header = [*(["group"] if groups else []), *(["held-out method", "metric"] if held else []),
               *([spec.lines] if spec.lines else []), spec.dose, "seeds", "difference",
-              f"{comparisons[0].level:.0%} CI" if comparisons else "CI",
-              "detectable effect", "reading"]
+              f"{comparisons[0].level:.0%} CI" if comparisons else "CI", "spread (SD of d_s)",
+              f"seeds for {min_effect:g}", "reading"]
     rows = []
     for c in comparisons:
         dose = shown(c.dose) + (" (placebo)" if c.placebo else "")
         rows.append([*([c.group] if groups else []), *([c.subset, c.metric] if held else []),
                      *([shown(c.line)] if spec.lines else []), dose, str(c.n_seeds),
-                     f"{c.sides[0]} − {c.sides[1]}: {fmt(c.mean, True)}", interval(c), fmt(c.detectable), c.wording()])
+                     f"{c.sides[0]} − {c.sides[1]}: {fmt(c.mean, True)}", interval(c), fmt(c.claim.spread),
+                     seeds_for(c), c.reading()])
     return Table(header, rows)
 
 
@@ -137,13 +165,15 @@ def comparisons_section(agg: StudyAggregate) -> list[Block]:
     spec = agg.spec
     blocks: list[Block] = [Heading("Paired comparisons"), Para(
         f"Per seed s, d_s is a difference in {spec.metric} between two models of seed s; the table gives the mean "
-        f"of d_s, its {agg.level:.0%} t-interval over seeds and the effect these seeds could detect (80% power at "
-        "their spread). A side is favoured only when the interval excludes 0"
+        f"of d_s, its {agg.level:.0%} interval over seeds (spread floored at the test SE), the spread behind it "
+        f"and the seeds `report.min_effect` ({agg.rules.min_effect:g}) would need with 80% power at that spread. "
+        f"No claim below {MIN_SEEDS} seeds"
         + ("; lower is better for IINC." if lower_is_better(spec.metric) else "."))]
-    blocks += [Heading("reg − baseline (same cells)", 3), _comparison_table(agg.vs_baseline, spec)]
-    if agg.vs_placebo:
-        blocks += [Heading("reg − placebo (epsilon = 0, same seed and setting)", 3),
-                   _comparison_table(agg.vs_placebo, spec)]
+    for pair in COMPARISONS:
+        if pair.key in agg.comparisons:
+            blocks += [Heading(f"{pair.label}: {pair.question}", 3),
+                       _comparison_table(agg.comparisons[pair.key], spec, agg.rules.min_effect)]
+    blocks.append(Para(CLIP_NOTE))
     return blocks
 
 
@@ -155,7 +185,8 @@ def heldout_section(agg: StudyAggregate, figure: Figure | None) -> list[Block]:
         "Each held-out method is never seen in training; its metrics are on the test reals plus that method's "
         f"fakes, clean and under each attack at {ref_eps(agg)}. Seed mean [t-interval over seeds]."),
         *([figure] if figure else []), _curve_table(agg.generalization, metrics, agg.spec, subset=True),
-        Heading("reg − baseline on held-out methods", 3), _comparison_table(agg.heldout, agg.spec)]
+        Heading("reg − baseline on held-out methods", 3),
+        _comparison_table(agg.heldout, agg.spec, agg.rules.min_effect)]
 
 
 def cost_section(agg: StudyAggregate) -> list[Block]:
@@ -182,10 +213,12 @@ def reading_guide() -> list[Block]:
     return [Heading("How to read this report"), Bullets([
         "The unit of evidence is the training seed: a cell is one seed at one grid point, and the cells of a seed "
         "share initial weights and data order, so comparisons are paired by seed.",
-        "Beating the baseline is not enough: with epsilon = 0 the loss reweighting alone changes the model, so the "
-        "regularizer helps only where it also beats the placebo.",
-        "\"No detectable difference\" describes these seeds, not equality: the detectable effect says how large a "
-        "difference they could have shown. More seeds narrow the interval.",
+        "Beating the baseline is not enough: with epsilon = 0 the alpha-weighted second pass alone changes the "
+        "model, so the perturbation helps only where reg also beats the placebo.",
+        "\"No detectable difference\" describes these seeds, not equality: the tables say how many seeds "
+        "`report.min_effect` would need at the observed spread. More seeds narrow the interval.",
+        "A comparison of models under the quality floor claims nothing: a model that cannot tell real from fake "
+        "when clean has no robustness worth comparing.",
         "Compare attacked metrics with the clean ones: a gain under attack that equals the clean gain is accuracy, "
         "not robustness.",
         "Every number is in study.json (null where undefined).",

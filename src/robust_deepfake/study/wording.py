@@ -24,17 +24,42 @@ def fmt(value: float, signed: bool = False) -> str:
     return f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
+METRIC_RANGE = (0.0, 1.0)  # every study metric (accuracy, ROC-AUC, F1, IINC) lies in [0, 1]
+CLIP_NOTE = ("* clipped to the metric's range: a t-interval over few seeds can reach past it; study.json keeps "
+             "each interval as computed.")
+
+
+def _bounds(low: float, high: float, lowest: float, highest: float, signed: bool) -> str:
+    """`[low, high]` within [lowest, highest], marked `*` where that clipped it."""
+    clipped = low < lowest or high > highest
+    low, high = max(low, lowest), min(high, highest)
+    return f"[{fmt(low, signed)}, {fmt(high, signed)}]" + ("*" if clipped else "")
+
+
 def estimate(row: dict[str, Any] | None, seeds: int) -> str:
-    """`0.812 [0.700, 0.924]`; the seed count when it differs from the row's."""
+    """`0.812 [0.700, 0.924]` (the interval within [0, 1]); the seed count when it differs from the row's."""
     if row is None or row["n"] == 0:
         return "n/a"
-    text = fmt(row["mean"]) + (f" [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]" if row["n"] > 1 else "")
+    text = fmt(row["mean"])
+    if row["n"] > 1 and math.isfinite(row["ci_low"]):
+        text += " " + _bounds(row["ci_low"], row["ci_high"], *METRIC_RANGE, signed=False)
     return text + (f" (n={row['n']})" if row["n"] != seeds else "")
 
 
 def interval(c: PairedDifference) -> str:
-    """A comparison's interval as `[-0.012, +0.034]`; `undefined` below 2 seeds."""
-    return "undefined" if math.isnan(c.ci_low) else f"[{fmt(c.ci_low, True)}, {fmt(c.ci_high, True)}]"
+    """A comparison's interval as `[-0.012, +0.034]` within [-1, 1]; `undefined` below 2 seeds."""
+    if not math.isfinite(c.ci_low):
+        return "undefined"
+    span = METRIC_RANGE[1] - METRIC_RANGE[0]
+    return _bounds(c.ci_low, c.ci_high, -span, span, signed=True)
+
+
+def seeds_for(c: PairedDifference) -> str:
+    """The seeds report.min_effect would need with 80% power at this comparison's spread."""
+    if not c.claim.spread > 0:
+        return "n/a"
+    needed = c.claim.seeds_for_min_effect
+    return str(needed) if needed is not None else f"> {c.claim.max_seeds}"
 
 
 def seconds(value: float) -> str:
@@ -79,22 +104,25 @@ def _where(c: PairedDifference, spec: StudySpec, with_group: bool) -> str:
 
 def claim(c: PairedDifference, spec: StudySpec, with_group: bool) -> str:
     """One bullet: where, which difference, its interval over seeds and what it says."""
-    return (f"{_where(c, spec, with_group)}: {c.sides[0]} − {c.sides[1]} in {c.metric} = {fmt(c.mean, True)}, "
-            f"{c.level:.0%} CI {interval(c)} over {c.n_seeds} seed(s): {c.wording()}")
+    text = (f"{_where(c, spec, with_group)}: {c.sides[0]} − {c.sides[1]} in {c.metric} = {fmt(c.mean, True)}, "
+            f"{c.level:.0%} CI {interval(c)} over {c.n_seeds} seed(s): {c.reading()}")
+    return text + (f" ({len(c.under_floor)} model(s) under the floor)" if c.under_floor else "")
 
 
-def answer(comparisons: Sequence[PairedDifference], first: str, second: str) -> str:
-    """One sentence over a question's comparisons: where each side is favoured, where not."""
+def answer(comparisons: Sequence[PairedDifference], floor: float) -> str:
+    """One sentence over a question's comparisons: where a side is favoured, and why the
+    others claim nothing."""
     if not comparisons:
         return "Nothing to compare in this study."
-    undecided = [c for c in comparisons if math.isnan(c.ci_low)]
-    if len(undecided) == len(comparisons):
-        seeds = max(c.n_seeds for c in comparisons)
-        return (f"No claim: with {seeds} seed(s) per point the interval over seeds is undefined "
-                "(at least 2 seeds are needed).")
+    if all(c.under_floor for c in comparisons):
+        return (f"Cannot answer: at every point a compared model is under the quality floor (clean ROC-AUC < "
+                f"{floor:g}, `report.min_clean_auc`); the table above names the cells.")
+    first, second = comparisons[0].sides
     n = len(comparisons)
     counts = {side: sum(c.favours == side for c in comparisons) for side in (first, second)}
-    neither = n - len(undecided) - sum(counts.values())
-    text = (f"Favours {first} at {counts[first]} of {n} point(s), favours {second} at {counts[second]}, "
-            f"no detectable difference at {neither}")
-    return text + (f", no claim at {len(undecided)} (fewer than 2 seeds)." if undecided else ".")
+    text = f"Favours {first} at {counts[first]} of {n} point(s), favours {second} at {counts[second]}"
+    others: dict[str, int] = {}
+    for c in comparisons:
+        if not c.claimed:
+            others[c.reading()] = others.get(c.reading(), 0) + 1
+    return text + "".join(f", {reading} at {count}" for reading, count in others.items()) + "."

@@ -12,6 +12,7 @@ commit is recorded as that commit, without `-dirty`.
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,3 +98,23 @@ def _changed_inputs(root: Path) -> list[str]:
             continue
         changed.append(path)
     return changed
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else the platform's word for it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_facts(threads: int) -> dict[str, str]:
+    """Where numbers were produced, since training floats differ by machine: the CPU model,
+    the accelerator torch sees (or none), the torch version and the pinned thread count."""
+    import torch
+
+    accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"cpu": cpu_model(), "accelerator": accelerator, "torch": torch.__version__, "threads": str(threads)}

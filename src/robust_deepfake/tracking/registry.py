@@ -13,8 +13,9 @@ from pathlib import Path
 
 from robust_deepfake.config import Params
 from robust_deepfake.errors import StageError
+from robust_deepfake.io import finite_number
 from robust_deepfake.paths import ModelKey, TrainOutputs
-from robust_deepfake.tracking.provenance import RunOrigin, run_origin
+from robust_deepfake.tracking.provenance import RunOrigin, machine_facts, run_origin
 from robust_deepfake.tracking.store import configure, ensure_experiment
 
 WEIGHTS_TAG = "weights_sha256"
@@ -95,10 +96,29 @@ def _log_report_run(params: Params, root: Path, decision, outputs, origin: RunOr
         mlflow.log_params({"select_by": params.report.select_by, "seeds": json.dumps(params.train.seeds),
                            "min_clean_auc": params.report.min_clean_auc, "champion": decision.champion.name,
                            "move_champion": decision.move_champion})
+        mlflow.log_param("min_effect", params.report.min_effect)
+        mlflow.set_tags({f"machine.{k}": v for k, v in machine_facts(params.train.num_threads).items()})
         mlflow.log_metrics({f"score_{variant}": value for variant, value in decision.variant_scores.items()})
+        mlflow.log_metrics(headline_metrics(outputs.metrics))
         for path in (outputs.html, outputs.markdown, outputs.verdict, outputs.metrics):
             mlflow.log_artifact(str(path))
         mlflow.log_artifacts(str(outputs.figures), artifact_path="figures")
+
+
+def headline_metrics(path: Path) -> dict[str, float]:
+    """metrics/report.json's finite numbers as MLflow metrics, nested keys joined by `/`
+    (`pgd_acc_diff/reg_placebo/mean`, `acc_pgd/placebo`): the verdict's answers in the run."""
+    found: dict[str, float] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}/{key}" if prefix else str(key))
+        elif (number := finite_number(node)) is not None:
+            found[prefix] = number
+
+    walk(json.loads(Path(path).read_text()), "")
+    return found
 
 
 def _tag_versions(client, params: Params, root: Path, decision, versions: dict[str, str],

@@ -21,7 +21,8 @@ from robust_deepfake.errors import StageError
 from robust_deepfake.paths import ModelKey
 from robust_deepfake.robustness.sweep import SweepMetrics
 from robust_deepfake.units import CLEAN
-from robust_deepfake.verdict.seeds import SeedDifference, paired_difference
+from robust_deepfake.verdict.claims import MIN_EFFECT
+from robust_deepfake.verdict.seeds import COMPARISONS, SeedDifference, paired_seeds, seed_difference
 
 Curves = Mapping[str, Mapping[Any, float]]  # attack -> eps (or eps step) -> metric value
 
@@ -147,6 +148,10 @@ def score_drift(current: Curves, previous: Curves | None, select_by: str = "pgd_
                  "+".join(common), metric, sorted(shared))
 
 
+CANDIDATES = ("baseline", "reg")  # the placebo is a control: never @champion / @challenger
+EVIDENCE = next(p for p in COMPARISONS if (p.first, p.second) == ("reg", "baseline"))
+
+
 @dataclass(frozen=True)
 class ChampionDecision:
     """Which registered model becomes @champion, and why."""
@@ -155,7 +160,7 @@ class ChampionDecision:
     challenger: ModelKey
     representatives: dict[str, ModelKey]  # per variant: the seed closest to its mean
     variant_scores: dict[str, float]  # seed-mean score per variant
-    evidence: SeedDifference  # reg - baseline of the score, over seeds
+    evidence: SeedDifference  # reg - baseline of the score, over seeds: its claim decides
     move_champion: bool  # False: the evidence is not enough to change @champion
     reason: str
     floor: QualityFloor
@@ -210,43 +215,61 @@ CRITERION_ROWS = {"pgd_accuracy": ("pgd", "accuracy"), "pgd_auc": ("pgd", "auc")
                   "clean_accuracy": (CLEAN, "accuracy"), "clean_auc": (CLEAN, "auc")}
 
 
+def _evidence(metrics: SweepMetrics, criterion: str, seeds: list[int], per_seed: list[float],
+              differences: Sequence[SeedDifference], config: EvalConfig, min_effect: float) -> SeedDifference:
+    """reg - baseline of the criterion over `seeds`: the verdict's own row when it scores the
+    same thing (so the report shows one interval for one question); otherwise a claim on
+    the per-seed scores whose se_s is the mean of the se_s of the verdict rows the score
+    averages (the SD of a mean is at most the mean of the SDs: a floor that is never too
+    narrow), or none (no floor: claims.PLAIN_MIN_SEEDS applies)."""
+    rows = [d for d in differences if d.pair.key == EVIDENCE.key and d.seeds == seeds]
+    row = CRITERION_ROWS.get(criterion)
+    for d in rows:
+        if (d.attack, d.metric) == row and np.allclose(d.per_seed, per_seed, equal_nan=True):
+            return d
+    ses = [math.nan] * len(seeds)
+    if not criterion.startswith("clean_"):
+        attacks, metric = criterion_plan(criterion, metrics.attacks)
+        parts = [d for d in rows if d.attack in attacks and d.metric == metric]
+        if len(parts) == len(attacks):
+            ses = list(np.mean([d.per_seed_se for d in parts], axis=0))
+    return seed_difference(EVIDENCE, "select_by", "score", seeds, per_seed, ses, config.ci, min_effect)
+
+
 def choose_champion(metrics: SweepMetrics, criterion: str, config: EvalConfig,
                     current_champion: str | None = None,
-                    differences: list[SeedDifference] | None = None,
-                    min_clean_auc: float = 0.75) -> ChampionDecision:
-    """Champion by the seed-mean score: the alias follows only a difference whose
-    seed-level interval excludes 0; otherwise the current champion's variant stays (the
-    baseline, the simpler model, when there is none). When `differences` holds the
-    verdict's row for the criterion (e.g. PGD accuracy), that row is the evidence, so the
-    report shows one interval for one question. Over all of it stands the QualityFloor: a
-    variant under it never wins, and when both are under it no alias moves."""
-    keys = metrics.models
-    seeds = sorted({k.seed for k in keys if ModelKey("baseline", k.seed) in keys and ModelKey("reg", k.seed) in keys})
-    scores = {key: robustness_score(metrics, key, criterion) for key in keys}
+                    differences: Sequence[SeedDifference] = (),
+                    min_clean_auc: float = 0.75, min_effect: float = MIN_EFFECT) -> ChampionDecision:
+    """Champion among CANDIDATES (never the placebo) by the seed-mean score: the alias
+    follows only a claim (claims.assess) on reg - baseline of the criterion; otherwise the
+    current champion's variant stays (the baseline, the simpler model, when there is none).
+    The evidence is the verdict's row for the criterion when `differences` holds it (e.g.
+    PGD accuracy). Over all of it stands the QualityFloor: a variant under it never wins,
+    and when both are under it no alias moves."""
+    keys = [k for k in metrics.models if k.variant in CANDIDATES]
+    seeds = paired_seeds(keys, EVIDENCE)
+    if not seeds:
+        raise ValueError("no seed has both a baseline and a reg model: nothing to choose a champion from")
+    scores = {key: robustness_score(metrics, key, criterion) for key in keys if key.seed in seeds}
     floor = QualityFloor(min_clean_auc, {key: float(metrics.get(key, CLEAN, 0.0).auc)
-                                         for key in keys if key.seed in seeds})
+                                         for key in metrics.models if key.seed in seeds})
     variant_scores, representatives = {}, {}
-    for variant in ("baseline", "reg"):
+    for variant in CANDIDATES:
         members = [ModelKey(variant, s) for s in seeds]
         mean = float(np.mean([scores[k] for k in members]))
         variant_scores[variant] = mean
         representatives[variant] = min(members, key=lambda k: (abs(scores[k] - mean), k.seed))
     per_seed = [scores[ModelKey("reg", s)] - scores[ModelKey("baseline", s)] for s in seeds]
-    evidence = paired_difference(seeds, per_seed, [], "select_by", "score", config)
-    row = CRITERION_ROWS.get(criterion)
-    matching = [d for d in differences or [] if (d.attack, d.metric) == row and d.seeds == seeds
-                and np.allclose(d.per_seed, per_seed)]
-    if matching:
-        evidence = matching[0]
-    if evidence.excludes_zero:
+    evidence = _evidence(metrics, criterion, seeds, per_seed, differences, config, min_effect)
+    shown = (f"reg - baseline {evidence.mean:+.3f}, {config.ci:.0%} CI [{evidence.ci_low:+.3f}, "
+             f"{evidence.ci_high:+.3f}] over {evidence.n_seeds} seeds")
+    if evidence.claimed:
         winner = evidence.favours
-        reason = (f"{winner} is better by {criterion} over {len(seeds)} seeds "
-                  f"(reg - baseline {evidence.mean:+.3f}, {config.ci:.0%} CI [{evidence.ci_low:+.3f}, {evidence.ci_high:+.3f}])")
+        reason = f"{winner} is better by {criterion} ({shown})"
         move = True
     else:
-        winner = current_champion if current_champion in ("baseline", "reg") else "baseline"
-        reason = (f"no detectable difference by {criterion} at {len(seeds)} seeds "
-                  f"(reg - baseline {evidence.mean:+.3f}, {config.ci:.0%} CI [{evidence.ci_low:+.3f}, {evidence.ci_high:+.3f}]): "
+        winner = current_champion if current_champion in CANDIDATES else "baseline"
+        reason = (f"no claim by {criterion} ({shown}: {evidence.reading()}): "
                   + ("@champion stays where it is" if current_champion else "the baseline becomes the first champion"))
         move = current_champion is None
     if not floor.variant_passes(winner):

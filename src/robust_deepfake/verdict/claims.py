@@ -10,7 +10,8 @@ is the unit of evidence:
   accuracies, so a few seeds can agree exactly by chance).
 - claim: a sign only with n >= MIN_SEEDS usable seeds, a noise estimate (s > 0) and an
   interval that excludes 0; otherwise "no claim below MIN_SEEDS seeds" or "no detectable
-  difference at n seeds".
+  difference at n seeds". A usable seed without a test SE leaves the interval without its
+  floor: then the plain Student-t interval's own minimum, PLAIN_MIN_SEEDS, applies.
 - power: the seeds a two-sided one-sample t-test at this spread needs to detect an effect
   with POWER (noncentral t), and the effect the current n detects.
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MIN_SEEDS = 2  # smallest n at which the floored interval is calibrated in every simulated scenario
+PLAIN_MIN_SEEDS = 5  # the same for the plain t interval (no test SE, so no floor)
 POWER = 0.8
 MIN_EFFECT = 0.02  # default minimum effect of interest (accuracy)
 MAX_SEEDS = 200  # seed counts above this are reported as "more than MAX_SEEDS"
@@ -138,6 +140,7 @@ REASONS = {
     "claimed": "the interval excludes 0",
     "below_min_seeds": "fewer usable seeds than the minimum for a claim",
     "no_noise_estimate": "every seed gave the same difference and no test SE was given",
+    "below_plain_min_seeds": "a seed has no test SE, so the unfloored interval needs more seeds",
     "includes_zero": "the interval contains 0",
 }
 
@@ -158,7 +161,8 @@ class SeedClaim:
     floored: bool  # the floor set the spread
     claim: int  # +1: A > B, -1: A < B, 0: no claim
     reason: str  # a key of REASONS
-    min_seeds: int
+    min_seeds: int  # the minimum that applied: MIN_SEEDS, or PLAIN_MIN_SEEDS without test SEs
+    has_test_se: bool  # every usable seed has a finite se_s (the floor applies)
     min_effect: float
     power: float
     detectable: float  # the effect n seeds detect with `power` at this spread
@@ -172,6 +176,8 @@ class SeedClaim:
             return f"{'positive' if self.claim > 0 else 'negative'} difference at {self.n} seeds"
         if self.reason == "below_min_seeds":
             head = f"no claim below {self.min_seeds} seeds ({self.n} usable)"
+        elif self.reason == "below_plain_min_seeds":
+            head = f"no claim below {self.min_seeds} seeds without test SEs ({self.n} usable)"
         elif self.reason == "no_noise_estimate":
             head = f"no claim: {REASONS[self.reason]}"
         else:
@@ -195,29 +201,34 @@ class SeedClaim:
 def assess(diffs: Sequence[float], ses: Sequence[float], level: float = 0.95,
            min_effect: float = MIN_EFFECT, min_seeds: int = MIN_SEEDS, target: float = POWER,
            max_seeds: int = MAX_SEEDS) -> SeedClaim:
-    """The interval, the claim and the power plan for one comparison (d_s, se_s per seed)."""
+    """The interval, the claim and the power plan for one comparison (d_s, se_s per seed).
+    A usable seed (finite d_s) without a finite se_s raises the minimum to PLAIN_MIN_SEEDS."""
     d = np.asarray(diffs, dtype=float).reshape(-1)
     se = np.asarray(ses, dtype=float).reshape(-1)
     found = {k: v.item() for k, v in seed_interval(d, se, level).items()}
     n, mean, spread = int(found["n"]), float(found["mean"]), float(found["spread"])
-    sign = int(claim_sign(found["low"], found["high"], n, spread, min_seeds))
+    has_test_se = bool(n) and bool(np.isfinite(se[np.isfinite(d)]).all())
+    needed = min_seeds if has_test_se else max(min_seeds, PLAIN_MIN_SEEDS)
+    sign = int(claim_sign(found["low"], found["high"], n, spread, needed))
     if sign:
         reason = "claimed"
     elif n < max(min_seeds, 2):
         reason = "below_min_seeds"
     elif not spread > 0:
         reason = "no_noise_estimate"
+    elif n < needed:
+        reason = "below_plain_min_seeds"
     else:
         reason = "includes_zero"
 
     def plan(effect: float) -> int | None:
-        return seeds_needed(effect, spread, level, target, max_seeds, min_seeds)
+        return seeds_needed(effect, spread, level, target, max_seeds, needed)
 
     return SeedClaim(
         n=n, diffs=tuple(map(float, d)), ses=tuple(map(float, se)), mean=mean,
         low=float(found["low"]), high=float(found["high"]), level=level, spread=spread,
         test_se=float(found["test_se"]), floored=bool(found["floored"]), claim=sign,
-        reason=reason, min_seeds=min_seeds, min_effect=min_effect, power=target,
+        reason=reason, min_seeds=needed, has_test_se=has_test_se, min_effect=min_effect, power=target,
         detectable=detectable_effect(spread, n, level, target),
         seeds_for_observed=plan(mean) if math.isfinite(mean) else None,
         seeds_for_min_effect=plan(min_effect), max_seeds=max_seeds)

@@ -1,9 +1,16 @@
-"""reg - baseline per training seed, from the attack sweep's predictions and from the
-CAM stage's IINC values: the rows of eval/verdict.json (seeds.paired_difference)."""
+"""The verdict's rows: every pair of COMPARISONS present, per training seed, from the attack
+sweep's predictions and from the CAM stage's IINC values (eval/verdict.json).
+
+For each seed both variants of a pair are scored on the same test images; d_s is the
+difference and se_s the SD of its image-bootstrap replicates (the same resampled images
+for every model, so the replicates are paired). Rows come pair by pair in question order
+(seeds.COMPARISONS); within a pair: clean first, then each attack (averaged over eps > 0).
+"""
 
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import numpy as np
 
@@ -14,7 +21,17 @@ from robust_deepfake.metrics import classification_metrics
 from robust_deepfake.paths import ModelKey
 from robust_deepfake.robustness.sweep import SweepPredictions
 from robust_deepfake.units import CLEAN
-from robust_deepfake.verdict.seeds import SeedDifference, paired_difference
+from robust_deepfake.verdict.claims import MIN_EFFECT
+from robust_deepfake.verdict.seeds import Pair, SeedDifference, paired_seeds, present_pairs, seed_difference
+
+SCORES = ("accuracy", "f1", "auc")
+
+
+def replicate_se(replicates: np.ndarray) -> float:
+    """Test-sampling SE of a statistic: the SD of its finite bootstrap replicates (NaN below 2)."""
+    finite = np.asarray(replicates, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.std(ddof=1)) if finite.size >= 2 else math.nan
 
 
 def _weighted_mean_replicates(per_image: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -24,72 +41,91 @@ def _weighted_mean_replicates(per_image: np.ndarray, weights: np.ndarray) -> np.
     return (w @ per_image[valid]) / np.maximum(w.sum(axis=1), 1)
 
 
-def sweep_differences(predictions: SweepPredictions, config: EvalConfig) -> list[SeedDifference]:
-    """reg - baseline per seed in accuracy, macro-F1, AUC (clean row first, then each
-    attack averaged over eps > 0) and attack success rate on the images both models of
-    the seed classify correctly when clean."""
+class _Seed:
+    """What one seed contributes to a row: d_s, its replicates and its per-image interval."""
+
+    def __init__(self) -> None:
+        self.diffs: list[float] = []
+        self.ses: list[float] = []
+        self.per_image: list[tuple[float, float]] = []
+
+    def add(self, diff: float, replicates: np.ndarray, config: EvalConfig) -> None:
+        self.diffs.append(diff)
+        bootstrapped = config.n_bootstrap >= 2 and math.isfinite(diff)
+        self.ses.append(replicate_se(replicates) if bootstrapped else math.nan)
+        self.per_image.append(percentile_ci(replicates, config.ci) if bootstrapped else (math.nan, math.nan))
+
+
+def sweep_differences(predictions: SweepPredictions, config: EvalConfig,
+                      min_effect: float = MIN_EFFECT) -> list[SeedDifference]:
+    """Per present pair: accuracy, macro-F1 and AUC (clean row first, then each attack
+    averaged over eps > 0) and attack success rate on the images both models of the seed
+    classify correctly when clean."""
     labels = predictions.labels
     weights = bootstrap_counts(len(labels), max(config.n_bootstrap, 1), config.seed)
     attacked = [e for e, eps in enumerate(predictions.eps) if eps > 0]
     plan = [(CLEAN, 0, [0])] + [(attack, k, attacked) for k, attack in enumerate(predictions.attacks)]
-    seeds = [s for s in predictions.seeds
-             if ModelKey("baseline", s) in predictions.models and ModelKey("reg", s) in predictions.models]
+
+    @cache
+    def scored(model: int, k: int, e: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        p = predictions.p_fake[model, k, e]
+        return classification_metrics(labels, p), metric_replicates(labels, p, weights)
+
+    def wrong(model: int, k: int, e: int) -> np.ndarray:
+        return ((predictions.p_fake[model, k, e] >= 0.5) != labels).astype(float)
+
     out = []
-    for attack, k, eps_indices in plan:
-        metrics = ("accuracy", "f1", "auc") + (("asr",) if attack != CLEAN else ())
-        per_seed = {m: [] for m in metrics}
-        per_image = {m: [] for m in metrics}
-        seed_reps = {m: [] for m in metrics}
-        for seed in seeds:
-            ia, ib = predictions.index(ModelKey("baseline", seed)), predictions.index(ModelKey("reg", seed))
-            both_correct = ((predictions.p_fake[ia, 0, 0] >= 0.5) == labels) & ((predictions.p_fake[ib, 0, 0] >= 0.5) == labels)
-            point = {m: [] for m in metrics}
-            reps = {m: [] for m in metrics}
-            for e in eps_indices:
-                pa, pb = predictions.p_fake[ia, k, e], predictions.p_fake[ib, k, e]
-                ma, mb = classification_metrics(labels, pa), classification_metrics(labels, pb)
-                ra, rb = metric_replicates(labels, pa, weights), metric_replicates(labels, pb, weights)
-                for metric in ("accuracy", "f1", "auc"):
-                    point[metric].append(mb[metric] - ma[metric])
-                    reps[metric].append(rb[metric] - ra[metric])
-                if "asr" in point:
-                    flips = (((pb >= 0.5) != labels).astype(float) - ((pa >= 0.5) != labels).astype(float))
-                    flips[~both_correct] = np.nan  # ASR counts only images both models got right
-                    point["asr"].append(float(np.nanmean(flips)) if both_correct.any() else 0.0)
-                    reps["asr"].append(_weighted_mean_replicates(flips, weights))
-            for metric in metrics:
-                per_seed[metric].append(float(np.mean(point[metric])))
-                replicate = np.mean(reps[metric], axis=0)
-                seed_reps[metric].append(replicate)
-                per_image[metric].append(percentile_ci(replicate, config.ci) if config.n_bootstrap
-                                         else (math.nan, math.nan))
-        for metric in metrics:
-            out.append(paired_difference(seeds, per_seed[metric], per_image[metric], attack, metric, config, seed_reps[metric]))
+    for pair in present_pairs(predictions.variants):
+        seeds = paired_seeds(predictions.models, pair)
+        for attack, k, eps_indices in plan:
+            metrics = SCORES + (("asr",) if attack != CLEAN else ())
+            rows = {m: _Seed() for m in metrics}
+            for seed in seeds:
+                ib, ia = predictions.index(ModelKey(pair.second, seed)), predictions.index(ModelKey(pair.first, seed))
+                both_correct = (wrong(ia, 0, 0) == 0) & (wrong(ib, 0, 0) == 0)
+                point = {m: [] for m in metrics}
+                reps = {m: [] for m in metrics}
+                for e in eps_indices:
+                    (ma, ra), (mb, rb) = scored(ia, k, e), scored(ib, k, e)
+                    for metric in SCORES:
+                        point[metric].append(ma[metric] - mb[metric])
+                        reps[metric].append(ra[metric] - rb[metric])
+                    if "asr" in point:
+                        flips = wrong(ia, k, e) - wrong(ib, k, e)
+                        flips[~both_correct] = np.nan  # ASR counts only images both models got right
+                        point["asr"].append(float(np.nanmean(flips)) if both_correct.any() else 0.0)
+                        reps["asr"].append(_weighted_mean_replicates(flips, weights))
+                for metric in metrics:
+                    rows[metric].add(float(np.mean(point[metric])), np.mean(reps[metric], axis=0), config)
+            out += [_row(pair, attack, metric, seeds, rows[metric], config, min_effect) for metric in metrics]
     return out
 
 
-def iinc_differences(values: IincValues, config: EvalConfig) -> list[SeedDifference]:
-    """reg - baseline in mean IINC per seed (stability, localization), per attack,
-    averaged over eps and the CAM subset's images (paired per image within a seed)."""
-    seeds = sorted({k.seed for k in values.models
-                    if ModelKey("baseline", k.seed) in values.models and ModelKey("reg", k.seed) in values.models})
+def _row(pair: Pair, attack: str, metric: str, seeds: list[int], found: _Seed, config: EvalConfig,
+         min_effect: float) -> SeedDifference:
+    return seed_difference(pair, attack, metric, seeds, found.diffs, found.ses, config.ci, min_effect, found.per_image)
+
+
+def iinc_differences(values: IincValues, config: EvalConfig, min_effect: float = MIN_EFFECT) -> list[SeedDifference]:
+    """Per present pair: the difference in mean IINC per seed (stability, localization),
+    per attack, averaged over eps and the CAM subset's images (paired per image within a
+    seed). A row is left out when a seed has no finite IINC for it."""
     weights = bootstrap_counts(len(values.indices), max(config.n_bootstrap, 1), config.seed)
     out = []
-    for measure, array in (("stability", values.stability), ("localization", values.localization)):
-        for a, attack in enumerate(values.attacks):
-            per_seed, per_image, replicates = [], [], []
-            for seed in seeds:
-                ia, ib = values.index(ModelKey("baseline", seed)), values.index(ModelKey("reg", seed))
-                diff = array[ib, a] - array[ia, a]  # (E, n)
-                valid = np.isfinite(diff).any(axis=0)
-                image_diff = np.full(diff.shape[1], np.nan)
-                image_diff[valid] = np.nanmean(diff[:, valid], axis=0)  # average over eps, per image
-                per_seed.append(float(np.nanmean(image_diff)) if valid.any() else math.nan)
-                replicate = _weighted_mean_replicates(image_diff, weights)
-                replicates.append(replicate)
-                per_image.append(percentile_ci(replicate, config.ci) if config.n_bootstrap and valid.any()
-                                 else (math.nan, math.nan))
-            if not per_seed or any(math.isnan(d) for d in per_seed):
-                continue
-            out.append(paired_difference(seeds, per_seed, per_image, attack, f"iinc_{measure}", config, replicates))
+    for pair in present_pairs(k.variant for k in values.models):
+        seeds = paired_seeds(values.models, pair)
+        for measure, array in (("stability", values.stability), ("localization", values.localization)):
+            for a, attack in enumerate(values.attacks):
+                found = _Seed()
+                for seed in seeds:
+                    ia, ib = values.index(ModelKey(pair.first, seed)), values.index(ModelKey(pair.second, seed))
+                    diff = array[ia, a] - array[ib, a]  # (E, n)
+                    valid = np.isfinite(diff).any(axis=0)
+                    image_diff = np.full(diff.shape[1], np.nan)
+                    image_diff[valid] = np.nanmean(diff[:, valid], axis=0)  # average over eps, per image
+                    mean = float(np.nanmean(image_diff)) if valid.any() else math.nan
+                    found.add(mean, _weighted_mean_replicates(image_diff, weights), config)
+                if not found.diffs or any(math.isnan(d) for d in found.diffs):
+                    continue
+                out.append(_row(pair, attack, f"iinc_{measure}", seeds, found, config, min_effect))
     return out

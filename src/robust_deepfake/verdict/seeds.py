@@ -1,41 +1,77 @@
-"""Is the regularized model more robust? The seed-level interval every verdict row uses.
+"""A difference between two variants over paired training seeds: every verdict row.
 
-Training noise dominates test-sampling noise on small data: the same seed on two
-machines has flipped the sign of a per-image "significant" difference. So the unit of
-evidence is the training seed. For each seed s both variants share initial weights and
-data order, and
+Training noise dominates test-sampling noise on small data: the same seed on two machines
+has flipped the sign of a per-image "significant" difference. So the unit of evidence is
+the training seed. The variants of a seed share initial weights and data order, and for a
+pair (A, B)
 
-    d_s = metric(reg_s) - metric(baseline_s)
+    d_s = metric(A_s) - metric(B_s)
 
-on the same test images (per attack: averaged over the attacked eps). The verdict is
-the mean of d_s with an interval that contains both noises: the union of the Student-t
-interval over seeds (n - 1 degrees of freedom: the seed-to-seed spread) and a two-level
-bootstrap (resample seeds, then test images within each seed: the test-sampling noise,
-which a t-interval misses when every seed happens to give the same d_s, as small test
-sets with discrete accuracies do). A side is *favoured* only when that interval excludes
-0, and otherwise the report says "no detectable difference at n seeds" together with the
-effect size n seeds could detect (80% power at the observed spread). Per-seed intervals
-over test images stay available, labelled as test sampling only.
+on the same test images (per attack: averaged over the attacked eps), with se_s, the
+test-sampling SE of d_s (the SD of its image-bootstrap replicates). The interval, the
+claim and the power plan come from verdict/claims.assess: the interval is never narrower
+than the seeds' own test noise allows, and no sign is claimed below its minimum number of
+seeds. The pairs are asked in the order of COMPARISONS; a pair whose variants are not both
+present (no placebo in older outputs) has no rows.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from robust_deepfake.bootstrap import percentile_ci
-from robust_deepfake.config import EvalConfig
+from robust_deepfake.verdict.claims import MIN_EFFECT, SeedClaim, assess
 
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "auc": True, "asr": False, "score": True,
                     "iinc_stability": False, "iinc_localization": False}
-POWER = 0.8
-TWO_LEVEL_SALT = 7919  # the seed-level bootstrap's stream, apart from the image bootstrap's
+
+
+@dataclass(frozen=True)
+class Pair:
+    """first - second, and the question that difference answers."""
+
+    first: str
+    second: str
+    question: str
+
+    @property
+    def key(self) -> str:
+        """`reg_placebo`: the name of this pair in report.json and MLflow."""
+        return f"{self.first}_{self.second}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.first} − {self.second}"
+
+
+COMPARISONS = (
+    Pair("reg", "placebo", "Does the perturbation matter?"),
+    Pair("placebo", "baseline", "Does the second pass matter?"),
+    Pair("reg", "baseline", "Do both together matter?"),
+)
+
+
+def present_pairs(variants: Iterable[str]) -> list[Pair]:
+    """The COMPARISONS whose two variants are both among `variants`, in question order."""
+    have = set(variants)
+    return [p for p in COMPARISONS if p.first in have and p.second in have]
+
+
+def paired_seeds(models: Iterable, pair: Pair) -> list[int]:
+    """The seeds with both variants of `pair` among `models` (objects with .variant, .seed)."""
+    found: dict[str, set[int]] = {}
+    for key in models:
+        found.setdefault(key.variant, set()).add(key.seed)
+    return sorted(found.get(pair.first, set()) & found.get(pair.second, set()))
 
 
 def t_interval(values: np.ndarray, level: float) -> tuple[float, float, float]:
-    """(mean, low, high): Student-t interval of the mean; NaN bounds with fewer than 2 values."""
+    """(mean, low, high): Student-t interval of a mean over seeds; NaN bounds with fewer
+    than 2 values. Descriptive only (a variant's level in the figures and the study's
+    curves); a difference between variants is read through `seed_difference`."""
     from scipy import stats
 
     values = np.asarray(values, dtype=float)
@@ -46,109 +82,88 @@ def t_interval(values: np.ndarray, level: float) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def detectable_effect(values: np.ndarray, level: float, power: float = POWER) -> float:
-    """The smallest mean difference n seeds would detect with `power` at this spread
-    (one-sample t, two-sided): (t_{1-a/2} + t_{power}) * sd / sqrt(n)."""
-    from scipy import stats
+@dataclass(frozen=True)
+class SeedDifference:
+    """pair.first - pair.second for one attack and metric, over the seeds with both."""
 
-    values = np.asarray(values, dtype=float)
-    if values.size < 2 or values.std(ddof=1) == 0:
-        return math.nan  # no spread: nothing to scale an effect size by
-    df = values.size - 1
-    return float((stats.t.ppf(0.5 + level / 2, df) + stats.t.ppf(power, df)) * values.std(ddof=1)
-                 / math.sqrt(values.size))
-
-
-class SeedInterval:
-    """What every paired difference over seeds with a t-interval shares: the subclass, a
-    frozen dataclass, declares `seeds`, `per_seed`, `mean`, `ci_low`, `ci_high`, `level`
-    and `detectable` (left out here so that it keeps its own field order)."""
-
+    pair: Pair
+    attack: str  # `clean` for eps = 0; `select_by` for the champion score
+    metric: str
     seeds: list[int]
-    ci_low: float
-    ci_high: float
-    detectable: float
+    claim: SeedClaim  # d_s, se_s, the interval, the claim and the power plan
+    per_image_ci: list[tuple[float, float]]  # per seed: test sampling only
+
+    @property
+    def per_seed(self) -> list[float]:
+        return list(self.claim.diffs)
+
+    @property
+    def per_seed_se(self) -> list[float]:
+        return list(self.claim.ses)
+
+    @property
+    def mean(self) -> float:
+        return self.claim.mean
+
+    @property
+    def ci_low(self) -> float:
+        return self.claim.low
+
+    @property
+    def ci_high(self) -> float:
+        return self.claim.high
+
+    @property
+    def level(self) -> float:
+        return self.claim.level
 
     @property
     def n_seeds(self) -> int:
-        return len(self.seeds)
+        return self.claim.n
 
     @property
-    def excludes_zero(self) -> bool:
-        return self.ci_low > 0 or self.ci_high < 0
+    def claimed(self) -> bool:
+        return self.claim.claim != 0
 
-    def no_difference_wording(self) -> str:
-        """The reading when the interval contains 0: what these seeds could have detected."""
-        if math.isnan(self.detectable):
-            return f"no detectable difference at {self.n_seeds} seeds (every seed gave the same difference)"
-        return (f"no detectable difference at {self.n_seeds} seeds (could detect about "
-                f"{self.detectable:.3f} with {POWER:.0%} power)")
-
-
-@dataclass(frozen=True)
-class SeedDifference(SeedInterval):
-    """reg - baseline for one attack and metric, over paired seeds."""
-
-    attack: str  # `clean` for eps = 0
-    metric: str
-    seeds: list[int]
-    per_seed: list[float]  # d_s
-    mean: float
-    ci_low: float  # t-interval over seeds: includes training variance
-    ci_high: float
-    level: float
-    detectable: float  # effect size these seeds could detect (80% power)
-    per_image_ci: list[tuple[float, float]] = field(default_factory=list)  # per seed, test sampling only
-
-    def _better(self, diff: float) -> str:
-        return "reg" if (diff > 0) == HIGHER_IS_BETTER[self.metric] else "baseline"
+    def better(self, diff: float) -> str:
+        """The side a difference of this sign is better for."""
+        return self.pair.first if (diff > 0) == HIGHER_IS_BETTER[self.metric] else self.pair.second
 
     @property
     def favours(self) -> str:
-        """The side the seed-level interval favours, or 'neither'."""
-        return self._better(self.mean) if self.excludes_zero else "neither"
+        """The side the claim favours, or 'neither'."""
+        return self.better(self.claim.claim) if self.claimed else "neither"
 
     @property
     def seeds_favouring(self) -> dict[str, int]:
-        counts = {"reg": 0, "baseline": 0, "tie": 0}
+        counts = {self.pair.first: 0, self.pair.second: 0, "tie": 0}
         for d in self.per_seed:
-            counts["tie" if d == 0 else self._better(d)] += 1
+            if math.isfinite(d):
+                counts["tie" if d == 0 else self.better(d)] += 1
         return counts
 
-    def wording(self) -> str:
-        """The plain-language reading of this row."""
-        if math.isnan(self.ci_low):
-            return f"not decidable from {self.n_seeds} seed(s): at least 2 are needed for an interval"
-        if self.excludes_zero:
-            return f"favours {self.favours} ({self.n_seeds} seeds)"
-        return self.no_difference_wording()
+    def reading(self) -> str:
+        """A few words: `favours reg`, `no detectable difference`, `no claim below 2 seeds`."""
+        claim = self.claim
+        if self.claimed:
+            return f"favours {self.favours}"
+        if claim.reason in ("below_min_seeds", "below_plain_min_seeds"):
+            return f"no claim below {claim.min_seeds} seeds" + ("" if claim.has_test_se else " (no test SE)")
+        if claim.reason == "no_noise_estimate":
+            return "no claim: no noise estimate"
+        return "no detectable difference"
 
     def as_dict(self) -> dict:
-        return {"attack": self.attack, "metric": self.metric, "mean": self.mean, "ci": [self.ci_low, self.ci_high],
-                "level": self.level, "seeds": self.seeds, "per_seed": self.per_seed, "detectable": self.detectable,
-                "per_image_ci": [list(ci) for ci in self.per_image_ci], "excludes_zero": self.excludes_zero,
-                "favours": self.favours, "seeds_favouring": self.seeds_favouring}
+        """JSON-ready: the comparison, its claim (claims.SeedClaim.as_dict, whose `reading`
+        adds the power plan) and the short `verdict`."""
+        return {"comparison": self.pair.key, "attack": self.attack, "metric": self.metric, "seeds": self.seeds,
+                **self.claim.as_dict(), "per_image_ci": [list(ci) for ci in self.per_image_ci],
+                "favours": self.favours, "seeds_favouring": self.seeds_favouring, "verdict": self.reading()}
 
 
-def two_level_interval(replicates: list[np.ndarray], level: float, seed: int) -> tuple[float, float]:
-    """Bootstrap seeds, then images: replicate b draws the seeds with replacement and
-    takes each drawn seed's b-th image-bootstrap replicate of its d_s."""
-    stacked = np.stack(replicates)  # (S, B)
-    n_seeds, n_boot = stacked.shape
-    rng = np.random.default_rng(seed)
-    drawn = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    values = stacked[drawn, np.arange(n_boot)[:, None]].mean(axis=1)
-    return percentile_ci(values[np.isfinite(values)], level) if np.isfinite(values).any() else (math.nan, math.nan)
-
-
-def paired_difference(seeds: list[int], per_seed: list[float], per_image: list[tuple[float, float]], attack: str, metric: str,
-            config: EvalConfig, replicates: list[np.ndarray] | None = None) -> SeedDifference:
-    """reg - baseline over paired seeds: the t-interval over `per_seed`, widened to the
-    two-level bootstrap interval of `replicates` (one array per seed) when given."""
-    values = np.array(per_seed)
-    mean, low, high = t_interval(values, config.ci)
-    if replicates and len(replicates) >= 2 and config.n_bootstrap and math.isfinite(low):
-        boot_low, boot_high = two_level_interval(replicates, config.ci, config.seed + TWO_LEVEL_SALT)
-        low, high = min(low, boot_low), max(high, boot_high)
-    return SeedDifference(attack, metric, list(seeds), [float(v) for v in per_seed], mean, low, high, config.ci,
-                          detectable_effect(values, config.ci), per_image)
+def seed_difference(pair: Pair, attack: str, metric: str, seeds: Sequence[int], per_seed: Sequence[float],
+                    ses: Sequence[float], level: float, min_effect: float = MIN_EFFECT,
+                    per_image_ci: Sequence[tuple[float, float]] = ()) -> SeedDifference:
+    """The verdict row of one pair, attack and metric: claims.assess over the seeds' d_s and se_s."""
+    return SeedDifference(pair, attack, metric, list(seeds), assess(per_seed, ses, level, min_effect),
+                          [tuple(ci) for ci in per_image_ci])
