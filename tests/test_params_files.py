@@ -237,3 +237,16 @@ def test_params_check_and_merge_refuse_a_cron_prefect_would_not_run(repo_root, t
     with pytest.raises(ConfigError, match=rf"reevaluate\.cron: {re.escape(says)}"):
         merge_params_file(overrides, tmp_path / "base.yaml")
     assert (tmp_path / "base.yaml").read_text() == original
+
+
+def test_the_sample_gpu_overrides_are_sized_for_power(repo_root, tmp_path):
+    """configs/sample_gpu.yaml: enough seeds to detect report.min_effect with 80% power at
+    the spread measured on the sample (SD 0.048, docs/statistics.md), the whole test split."""
+    from robust_deepfake.verdict.claims import seeds_needed
+
+    target = tmp_path / "params.yaml"
+    target.write_text((repo_root / "params.yaml").read_text())
+    merge_params_file(repo_root / "configs" / "sample_gpu.yaml", target)
+    params = load_params(target)
+    assert len(params.train.seeds) >= seeds_needed(params.report.min_effect, 0.048) == 48
+    assert params.attack.max_samples is None and params.eval.n_bootstrap >= 200
