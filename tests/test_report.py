@@ -397,8 +397,8 @@ def test_the_markdown_check_catches_broken_tables(tmp_path):
 
 
 def test_the_report_run_logs_the_headline_answers(rendered):
-    """MLflow's report run carries report.json's numbers: every comparison's answer."""
-    from robust_deepfake.tracking.registry import headline_metrics
+    """MLflow's report run carries report.json's numbers and each comparison's reading."""
+    from robust_deepfake.tracking.registry import answer_tags, headline_metrics
 
     root, summary, _ = rendered
     logged = headline_metrics(ReportOutputs.at(root).metrics)
@@ -407,3 +407,6 @@ def test_the_report_run_logs_the_headline_answers(rendered):
     assert logged["pgd_acc_diff/reg_baseline/lo"] == pytest.approx(row.ci_low)
     assert logged["pgd_acc_diff/reg_baseline/claim"] == row.claim.claim
     assert len(logged) == len(_numeric_leaves(json.loads(ReportOutputs.at(root).metrics.read_text())))
+    tags = answer_tags(ReportOutputs.at(root).metrics, ReportOutputs.at(root).verdict)
+    assert set(tags) == {f"answer.{d.pair.key}" for d in summary["differences"]}
+    assert tags["answer.reg_baseline"] == f"pgd accuracy: {row.reading()}"

@@ -357,7 +357,7 @@ def per_source_section(sweep_rows: pd.DataFrame, attack: str, eps: float) -> lis
     return [
         Heading("Per-source generalization"),
         Para("Accuracy per source (seed mean ± sd); *n* = test images of that source."),
-        Table(["source", "held out", "n", "baseline clean", "reg clean", f"baseline {label}", f"reg {label}"], rows),
+        Table(["source", "held out", "n", *(f"{v} {where}" for where in ("clean", label) for v in VARIANTS)], rows),
         _figure("figures", "per_source.png", "per-source accuracy"),
         Heading("ROC curves and confusion matrices"),
         _figure("figures", "roc.png", "ROC"),

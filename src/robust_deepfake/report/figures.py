@@ -137,14 +137,16 @@ def per_source(sweep: pd.DataFrame, attack: str, eps: float, path: Path) -> Path
     sources = sorted(set(rows.source))
     held = set(rows[rows.heldout.astype(str).str.lower() == "true"].source)
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.4), sharey=True)
-    width = 0.38
+    variants = list(dict.fromkeys(rows.variant))
+    width = 0.8 / len(variants)
+    offsets = [(i - (len(variants) - 1) / 2) * width for i in range(len(variants))]
     for axis, (title, name, at_eps) in zip(axes, [("clean", CLEAN, 0.0),
                                                   (f"{attack.upper()} eps={units.label(eps)}", attack, eps)]):
-        for offset, variant in zip((-width / 2, width / 2), ("baseline", "reg")):
+        for offset, variant in zip(offsets, variants):
             frame = rows[(rows.variant == variant) & (rows.attack == name) & np.isclose(rows.eps, at_eps)]
             stats = frame.groupby("source").value.agg(["mean", "std"]).reindex(sources)
             x = np.arange(len(sources)) + offset
-            axis.bar(x, stats["mean"], width, color=COLORS[variant], label=VARIANT_LABELS[variant],
+            axis.bar(x, stats["mean"], width, color=COLORS.get(variant), label=VARIANT_LABELS.get(variant, variant),
                      yerr=np.nan_to_num(stats["std"].to_numpy()), capsize=2, error_kw={"linewidth": 0.8})
         axis.set_xticks(np.arange(len(sources)))
         axis.set_xticklabels([f"{s}*" if s in held else s for s in sources], rotation=30, ha="right", fontsize=8)

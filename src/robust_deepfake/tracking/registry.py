@@ -100,6 +100,7 @@ def _log_report_run(params: Params, root: Path, decision, outputs, origin: RunOr
         mlflow.set_tags({f"machine.{k}": v for k, v in machine_facts(params.train.num_threads).items()})
         mlflow.log_metrics({f"score_{variant}": value for variant, value in decision.variant_scores.items()})
         mlflow.log_metrics(headline_metrics(outputs.metrics))
+        mlflow.set_tags(answer_tags(outputs.metrics, outputs.verdict))
         for path in (outputs.html, outputs.markdown, outputs.verdict, outputs.metrics):
             mlflow.log_artifact(str(path))
         mlflow.log_artifacts(str(outputs.figures), artifact_path="figures")
@@ -119,6 +120,22 @@ def headline_metrics(path: Path) -> dict[str, float]:
 
     walk(json.loads(Path(path).read_text()), "")
     return found
+
+
+def answer_tags(metrics_path: Path, verdict_path: Path) -> dict[str, str]:
+    """`answer.<pair>`: the short reading (`favours reg`, `no detectable difference`) of each
+    comparison report.json answers with (its `<attack>_acc_diff` rows), from eval/verdict.json."""
+    headline = json.loads(Path(metrics_path).read_text())
+    rows = json.loads(Path(verdict_path).read_text()).get("differences", [])
+    tags = {}
+    for key, pairs in headline.items():
+        if not key.endswith("_acc_diff") or not isinstance(pairs, dict):
+            continue
+        attack = key.removesuffix("_acc_diff")
+        for row in rows:
+            if (row.get("attack"), row.get("metric")) == (attack, "accuracy") and row.get("comparison") in pairs:
+                tags[f"answer.{row['comparison']}"] = f"{attack} accuracy: {row.get('verdict')}"
+    return tags
 
 
 def _tag_versions(client, params: Params, root: Path, decision, versions: dict[str, str],
