@@ -19,6 +19,7 @@ from torch import nn
 from robust_deepfake.config import ModelConfig
 from robust_deepfake.errors import MissingInputError, StageError
 from robust_deepfake.io import atomic_path
+from robust_deepfake.model.depthwise import use_fast_depthwise
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -119,6 +120,8 @@ def build_detector(config: ModelConfig, split_at: int, for_inference: bool = Fal
     """Create the detector; with `pretrained`, load ImageNet weights offline or fail fast.
 
     `for_inference` skips pretrained loading (a checkpoint will overwrite the weights).
+    Depthwise convolutions train through model/depthwise.py's fast weight gradient on
+    the CPU (same parameters, same forward).
     """
     import timm
 
@@ -140,6 +143,7 @@ def build_detector(config: ModelConfig, split_at: int, for_inference: bool = Fal
     else:
         body = timm.create_model(config.name, pretrained=False, **kwargs)
     _init_head(body.classifier)
+    use_fast_depthwise(body)
     model = Detector(body, split_at=split_at, channels_last=config.channels_last)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
