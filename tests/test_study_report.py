@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
+from markdown_check import markdown_problems
 from robust_deepfake.study import aggregate as agg
 from robust_deepfake.study import comparisons as cmp
 from robust_deepfake.study import points as pts
@@ -289,10 +290,11 @@ def html_images(out: Path) -> list[bytes]:
 
 
 def check_report(out: Path, written: dict[str, Path]) -> dict:
-    """Every figure the md links exists, the html embeds exactly those as valid PNGs, and
-    study.json is strict JSON (no NaN)."""
+    """Every figure the md links exists, every table renders, the html embeds exactly those
+    figures as valid PNGs, and study.json is strict JSON (no NaN)."""
     figures = md_figures(out)
     assert figures and all((out / f).is_file() for f in figures)
+    assert markdown_problems((out / "study.md").read_text(encoding="utf-8"), out) == []
     assert sorted(k for k in written if k.startswith("study_figures/")) == sorted(figures)
     images = html_images(out)
     assert len(images) == len(figures)

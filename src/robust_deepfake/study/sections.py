@@ -110,7 +110,7 @@ def dose_section(agg: StudyAggregate, figures: dict[tuple, Figure]) -> list[Bloc
         "[0, 1]. The baseline (dashed) and the placebo (dotted, where the cells train one) do not depend on reg "
         "parameters, so per seed each is the mean of its cells at that x. "
         + ("Groups that hold methods out are in study.json." if len(agg.primary) < len(groups_of(agg.points))
-           else "")), Para(CLIP_NOTE)]
+           else ""))]
     for group in agg.primary:
         label = group_label(group)
         rows = [r for r in agg.dose if r["group"] == label]
@@ -119,7 +119,13 @@ def dose_section(agg: StudyAggregate, figures: dict[tuple, Figure]) -> list[Bloc
         if group in figures:
             blocks.append(figures[group])
         blocks.append(_curve_table(rows, metrics, spec))
-    return blocks
+    return blocks + _clip_note(blocks)
+
+
+def _clip_note(blocks: Sequence[Block]) -> list[Block]:
+    """CLIP_NOTE, when a table among `blocks` shows a clipped interval."""
+    clipped = any(cell.endswith("]*") for b in blocks if isinstance(b, Table) for row in b.rows for cell in row)
+    return [Para(CLIP_NOTE)] if clipped else []
 
 
 def _curve_table(rows: list[dict], metrics: list[str], spec: StudySpec, subset: bool = False) -> Table:
@@ -173,20 +179,20 @@ def comparisons_section(agg: StudyAggregate) -> list[Block]:
         if pair.key in agg.comparisons:
             blocks += [Heading(f"{pair.label}: {pair.question}", 3),
                        _comparison_table(agg.comparisons[pair.key], spec, agg.rules.min_effect)]
-    blocks.append(Para(CLIP_NOTE))
-    return blocks
+    return blocks + _clip_note(blocks)
 
 
 def heldout_section(agg: StudyAggregate, figure: Figure | None) -> list[Block]:
     if not agg.generalization:
         return []
     metrics = list(dict.fromkeys(r["metric"] for r in agg.generalization))
-    return [Heading("Held-out methods"), Para(
+    blocks: list[Block] = [Heading("Held-out methods"), Para(
         "Each held-out method is never seen in training; its metrics are on the test reals plus that method's "
         f"fakes, clean and under each attack at {ref_eps(agg)}. Seed mean [t-interval over seeds]."),
         *([figure] if figure else []), _curve_table(agg.generalization, metrics, agg.spec, subset=True),
         Heading("reg − baseline on held-out methods", 3),
         _comparison_table(agg.heldout, agg.spec, agg.rules.min_effect)]
+    return blocks + _clip_note(blocks)
 
 
 def cost_section(agg: StudyAggregate) -> list[Block]:
