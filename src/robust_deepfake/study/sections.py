@@ -1,9 +1,9 @@
 """What the study report says, section by section in reading order, as document blocks.
 
 Every number comes from study/aggregate.py and study/comparisons.py; the top of the
-document answers the study's three questions with those numbers, saying "no detectable
-difference" whenever the seed-level interval includes 0. One function per section, in
-reading order.
+document answers the pipeline's questions in its order (reg − placebo, placebo − baseline,
+reg − baseline), then the held-out methods, each claim by the pipeline's rules, and names
+the cells under the quality floor. One function per section, in reading order.
 """
 
 from __future__ import annotations
