@@ -9,7 +9,7 @@ from PIL import Image
 from robust_deepfake.config import AttackConfig, CamConfig, ModelConfig, Params
 from robust_deepfake.data.dataset import ImageSet, SplitRow
 from robust_deepfake.explain.figures import cam_grid, pick_rows
-from robust_deepfake.explain.gradcam import compute_cams, iinc, resolve_layer
+from robust_deepfake.explain.gradcam import cams_and_logits, compute_cams, iinc, resolve_layer
 from robust_deepfake.explain.measure import CamSubset, cam_grid_plan, measure
 from robust_deepfake.model.detector import build_detector
 from robust_deepfake.robustness.attacks import build_attack, quantize_8bit
@@ -92,6 +92,40 @@ def test_cams_match_the_grad_cam_package_and_release_hooks(model):
     assert ours.min() >= 0 and ours.max() <= 1
     np.testing.assert_allclose(ours, reference, atol=1e-5)
     assert not layer._forward_hooks and not layer._backward_hooks and not layer._forward_pre_hooks
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_one_forward_gives_the_packages_maps_and_the_models_logits_exactly(channels_last, method):
+    """The backward stops at the target layer (frozen parameters): the same bytes as the
+    package's call on the unfrozen model, and the logits of the plain forward."""
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    net = build_detector(ModelConfig(channels_last=channels_last), split_at=2).eval()
+    images = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    targets = [0, 1, 1, 0, 1]
+    maps, logits = cams_and_logits(net, images, "blocks.4", targets, method, batch_size=3)
+    assert all(p.requires_grad and p.grad is None for p in net.parameters())  # restored, nothing accumulated
+    cam_class = GradCAM if method == "gradcam" else GradCAMPlusPlus
+    layer = resolve_layer(net, "blocks.4")
+    with cam_class(model=net, target_layers=[layer]) as cam:
+        reference = np.concatenate([cam(input_tensor=images[s : s + 3], targets=[ClassifierOutputTarget(t) for t in
+                                                                               targets[s : s + 3]])
+                                    for s in range(0, 5, 3)])
+    assert np.array_equal(maps, reference)
+    with torch.no_grad():
+        assert torch.equal(logits, net(images))
+    assert not layer._forward_hooks
+
+
+def test_no_targets_explain_the_predicted_class(model):
+    images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    predicted = (model.p_fake(images) >= 0.5).long().tolist()
+    assert len(set(predicted)) == 2  # both classes occur, so a wrong rule would show
+    maps, _ = cams_and_logits(model, images, "blocks.4", None, batch_size=4)
+    assert np.array_equal(maps, compute_cams(model, images, "blocks.4", predicted, batch_size=4))
 
 
 def test_gradcam_plus_plus_is_selectable(model):

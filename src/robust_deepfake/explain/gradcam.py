@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -58,6 +61,25 @@ def compute_cams(
     batch_size: int = 32,
 ) -> np.ndarray:
     """(N, H, W) maps in [0, 1] at input resolution for class `targets[i]` of image i."""
+    return cams_and_logits(model, images, target_layer, targets, method, batch_size)[0]
+
+
+def cams_and_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    target_layer: str,
+    targets: list[int] | None,
+    method: str = "gradcam",
+    batch_size: int = 32,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """CAM maps (as `compute_cams`) and the logits (N, 2) of the same forward pass.
+
+    `targets=None` explains each image's predicted class, p(fake) >= 0.5 (the class
+    `Detector.p_fake` gives). The backward stops at the target layer: the parameters are
+    frozen for the call and the layer's output is the leaf that needs a gradient, so no
+    weight gradient and nothing below the layer is computed; the maps are the package's
+    (tests/test_explain.py checks them against an unfrozen grad-cam call).
+    """
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -66,10 +88,40 @@ def compute_cams(
     cam_class = GradCAM if method == "gradcam" else GradCAMPlusPlus
     layer = resolve_layer(model, target_layer)
     model.eval()
-    maps = []
-    with cam_class(model=model, target_layers=[layer]) as cam:  # hooks released on exit
+    maps, logits = [], []
+    with _gradient_stops_at(model, layer), cam_class(model=model, target_layers=[layer]) as cam:
         for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            chunk_targets = [ClassifierOutputTarget(int(t)) for t in targets[start : start + batch_size]]
+            chunk = images[start : start + batch_size].detach()
+            if targets is None:
+                chunk_targets = [_predicted_class] * len(chunk)
+            else:
+                chunk_targets = [ClassifierOutputTarget(int(t)) for t in targets[start : start + batch_size]]
             maps.append(cam(input_tensor=chunk, targets=chunk_targets))
-    return np.concatenate(maps).astype(np.float32)
+            logits.append(cam.outputs.detach())
+    return np.concatenate(maps).astype(np.float32), torch.cat(logits)
+
+
+def _predicted_class(logits: torch.Tensor) -> torch.Tensor:
+    """One image's logit of its predicted class, p(fake) >= 0.5 as `Detector.p_fake` computes it."""
+    return logits[int(logits.float().softmax(dim=-1)[1] >= 0.5)]
+
+
+@contextlib.contextmanager
+def _gradient_stops_at(model: nn.Module, layer: nn.Module) -> Iterator[None]:
+    """Parameters frozen (restored on exit) and `layer`'s output made a leaf that needs a
+    gradient (a forward hook that runs before grad-cam's own)."""
+    frozen = [p for p in model.parameters() if p.requires_grad]
+
+    def needs_gradient(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if not output.requires_grad:
+            output.requires_grad_(True)
+
+    handle = layer.register_forward_hook(needs_gradient, prepend=True)
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for parameter in frozen:
+            parameter.requires_grad_(True)

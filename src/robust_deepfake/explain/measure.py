@@ -12,7 +12,7 @@ from torch import nn
 
 from robust_deepfake.config import Params
 from robust_deepfake.data.dataset import ImageSet
-from robust_deepfake.explain.gradcam import compute_cams, iinc
+from robust_deepfake.explain.gradcam import cams_and_logits, iinc
 from robust_deepfake.robustness.attacks import build_attack
 from robust_deepfake.robustness.sweep import adversarial, attack_generator
 
@@ -76,10 +76,11 @@ class AttackedCams:
 
 
 def _cams(model: nn.Module, inputs: torch.Tensor, subset: CamSubset, params: Params) -> Cams:
+    """The CAMs and p(fake) of `inputs` from one forward pass per batch."""
     cfg = params.cam
-    p_fake = model.p_fake(inputs).cpu()
-    targets = subset.labels.tolist() if cfg.target == "true" else (p_fake >= 0.5).long().tolist()
-    maps = compute_cams(model, inputs, cfg.target_layer, targets, cfg.method, cfg.batch_size)
+    targets = subset.labels.tolist() if cfg.target == "true" else None  # None: the predicted class
+    maps, logits = cams_and_logits(model, inputs, cfg.target_layer, targets, cfg.method, cfg.batch_size)
+    p_fake = logits.float().softmax(dim=1)[:, 1].cpu()  # as Detector.p_fake
     return Cams(inputs.cpu(), p_fake, maps, iinc(maps[subset.has_mask], subset.masks[subset.has_mask]))
 
 
