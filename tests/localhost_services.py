@@ -1,27 +1,22 @@
-"""Real servers and workers on 127.0.0.1 for the multi-host tests: a Prefect server, an
-MLflow tracking server, Prefect process workers. Every process starts in its own session
-and is stopped by its process group id, so nothing outlives the test."""
+"""Real servers and workers on 127.0.0.1: a Prefect server, an MLflow tracking server,
+`mlflow models serve`, Prefect process workers. Every process starts in its own session
+and is stopped by its process group id, so nothing outlives the test.
+
+Tests reach this module through conftest's `localhost` fixture, which marks them slow."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from micro_repo import clean_env
+from helpers import clean_env, free_port
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Service:
@@ -66,11 +61,10 @@ class Service:
     def kill(self) -> None:
         """SIGKILL to the process, its group and every descendant (a host losing power)."""
         pids = [self.pid, *self.descendants()]
-        for sig_target in (lambda: os.killpg(self.pid, signal.SIGKILL),):
-            try:
-                sig_target()
-            except ProcessLookupError:
-                pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -79,6 +73,7 @@ class Service:
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
+        """SIGTERM to the group, SIGKILL after 20 s; returns once no process of the group is left."""
         if self.process.poll() is None:
             try:
                 os.killpg(self.pid, signal.SIGTERM)
@@ -91,7 +86,23 @@ class Service:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if not self._group_gone(20):  # the leader exited, its children may still be shutting down
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            assert self._group_gone(10), f"{self.name}: processes of group {self.pid} survive SIGKILL"
         self._handle.close()
+
+    def _group_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.2)
+        return False
 
 
 def service_env(root: Path, **extra: str) -> dict[str, str]:
@@ -110,6 +121,16 @@ def start_prefect_server(home: Path, log_dir: Path) -> tuple[Service, str]:
     url = f"http://127.0.0.1:{port}/api"
     server.wait_http(f"{url}/health")
     return server, url
+
+
+def start_model_server(model: str, workdir: Path, **extra_env: str) -> tuple[Service, str]:
+    """`mlflow models serve -m <model>` in this environment (`--env-manager local`) on a free
+    port, its log in `workdir`; not waited for (`wait_http(f"{url}/ping")`)."""
+    port = free_port()
+    server = Service(f"model-server-{port}", [str(BIN / "mlflow"), "models", "serve", "-m", model,
+                                              "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                     workdir, service_env(workdir, **extra_env), workdir)
+    return server, f"http://127.0.0.1:{port}"
 
 
 def start_mlflow_server(folder: Path, log_dir: Path) -> tuple[Service, str]:

@@ -3,30 +3,14 @@ epoch, two eps) so end-to-end tests can run the real dvc / mlflow / prefect CLIs
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, git_commit, run
+
 MICRO_SAMPLE = ["--seed", "1", "--image-size", "32", "--real-per-source", "30", "--fakes-per-method", "15"]
-
-
-def clean_env(root: Path) -> dict[str, str]:
-    """Environment for subprocesses in the copy: its own MLflow store, no analytics."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API"))}
-    env.update(DVC_NO_ANALYTICS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1",
-               PYTHONUNBUFFERED="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def run(args: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=clean_env(cwd), capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 def make_micro_repo(dest: Path) -> Path:
@@ -50,6 +34,5 @@ def make_micro_repo(dest: Path) -> Path:
     (dest / "data.dvc").unlink()
     run(["git", "init", "-q"], dest)
     run([python, "-m", "robust_deepfake.cli", "data", "generate", *MICRO_SAMPLE], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "micro"], dest)
+    git_commit(dest, "micro")
     return dest

@@ -22,24 +22,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from micro_repo import REPO, run
+from helpers import REPO, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("own_mlflow_stores")]
 
 BLOCK = "custom-webhook/robustness-alerts"
 BROKEN_BLOCK = "custom-webhook/broken-alerts"
-
-
-@pytest.fixture(scope="module")
-def prefect_harness(tmp_path_factory):
-    """A temporary Prefect server and database for this module; PREFECT_HOME in a temp dir
-    (module-scoped: torn down before test_flows.py starts its own)."""
-    from prefect.settings import PREFECT_HOME, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect-home-alerts")
-    with temporary_settings(updates={PREFECT_HOME: home}), prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 class Receiver:
@@ -86,13 +74,6 @@ def receiver(prefect_harness):
         ).save(ref.split("/")[1], overwrite=True)
     yield server
     server.close()
-
-
-@pytest.fixture(autouse=True)
-def _own_stores(monkeypatch):
-    """Runs must go to each repo copy's own MLflow store, whatever the caller's shell has."""
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def _repo(micro_repo: Path, dest: Path) -> tuple[Path, str, dict[str, str], str]:

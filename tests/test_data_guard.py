@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,38 +24,23 @@ from robust_deepfake.data.materialize import (
     track_raw_dir,
 )
 
-from conftest import TINY_SPEC
-
-
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True)
-    assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
-    return result
-
-
-def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return _run(sys.executable, "-m", "dvc", *args, cwd=cwd)
-
-
-def _git_commit(root: Path, message: str) -> None:
-    _run("git", "add", "-A", cwd=root)
-    _run("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", message, cwd=root)
+from helpers import TINY_SPEC, dvc, git_commit, run
 
 
 @pytest.fixture
-def repo(tmp_path, tiny_raw) -> Path:
+def data_repo(tmp_path, tiny_raw) -> Path:
     """A git + dvc repo whose committed data.dvc tracks the tiny sample (a fresh clone)."""
     from robust_deepfake.data.sample import spec_to_meta
 
-    _run("git", "init", "-q", cwd=tmp_path)
-    _dvc("init", "-q", cwd=tmp_path)
+    run(["git", "init", "-q"], tmp_path)
+    dvc("init", "-q", cwd=tmp_path)
     (tmp_path / ".gitignore").write_text("/.cache/\n")
     shutil.copytree(tiny_raw, tmp_path / "data" / "raw")
     (tmp_path / "data.dvc").write_text(
         yaml.safe_dump({"outs": [{"path": "data/raw"}], "meta": {"sample": spec_to_meta(TINY_SPEC)}}, sort_keys=False)
     )
-    _dvc("commit", "-f", "-q", "data.dvc", cwd=tmp_path)
-    _git_commit(tmp_path, "data")
+    dvc("commit", "-f", "-q", "data.dvc", cwd=tmp_path)
+    git_commit(tmp_path, "data")
     return tmp_path
 
 
@@ -72,78 +56,78 @@ def _check(root: Path) -> str | None:
     return check_data_accepted(root / "data" / "raw", root / "data.dvc")
 
 
-def test_committed_data_passes_without_any_record(repo):
-    assert committed_md5(repo / "data.dvc") == read_dvc_file(repo / "data.dvc").md5
-    assert _check(repo) is None
-    assert not (repo / ACCEPTED_FILE).exists()
+def test_committed_data_passes_without_any_record(data_repo):
+    assert committed_md5(data_repo / "data.dvc") == read_dvc_file(data_repo / "data.dvc").md5
+    assert _check(data_repo) is None
+    assert not (data_repo / ACCEPTED_FILE).exists()
 
 
-def test_a_new_png_is_refused_with_its_name_and_the_two_ways_out(repo):
-    _png(repo, "real/ffhq_like/id00001_cam.png")
+def test_a_new_png_is_refused_with_its_name_and_the_two_ways_out(data_repo):
+    _png(data_repo, "real/ffhq_like/id00001_cam.png")
     with pytest.raises(UnacceptedDataError) as info:
-        _check(repo)
+        _check(data_repo)
     message = str(info.value)
     assert "new (1):" in message and "real/ffhq_like/id00001_cam.png" in message
     assert "robust-deepfake data track" in message and "git checkout data.dvc" in message
     assert "changed" not in message.split("To use")[0]
 
 
-def test_changed_and_removed_files_are_named(repo):
-    raw = repo / "data" / "raw"
+def test_changed_and_removed_files_are_named(data_repo):
+    raw = data_repo / "data" / "raw"
     changed = sorted((raw / "fake").rglob("*.png"))[0]
     changed.chmod(0o644)
     changed.write_bytes(b"not the committed bytes")
     removed = sorted((raw / "real").rglob("*.png"))[-1]
     removed.unlink()
     with pytest.raises(UnacceptedDataError) as info:
-        _check(repo)
+        _check(data_repo)
     message = str(info.value)
     assert "changed (1):" in message and changed.relative_to(raw).as_posix() in message
     assert "removed (1):" in message and removed.relative_to(raw).as_posix() in message
 
 
-def test_track_accepts_exactly_the_data_it_recorded(repo):
-    _png(repo, "real/ffhq_like/extra.png")
-    track_raw_dir(repo / "data" / "raw", repo / "data.dvc", note="more data", link_cache=False)
-    assert "not yet committed" in _check(repo)  # accepted: the split goes on, and says so
-    _png(repo, "real/ffhq_like/extra2.png")  # a later change is a new decision
+def test_track_accepts_exactly_the_data_it_recorded(data_repo):
+    _png(data_repo, "real/ffhq_like/extra.png")
+    track_raw_dir(data_repo / "data" / "raw", data_repo / "data.dvc", note="more data", link_cache=False)
+    assert "not yet committed" in _check(data_repo)  # accepted: the split goes on, and says so
+    _png(data_repo, "real/ffhq_like/extra2.png")  # a later change is a new decision
     with pytest.raises(UnacceptedDataError, match="extra2.png"):
-        _check(repo)
-    (repo / "data" / "raw" / "real" / "ffhq_like" / "extra2.png").unlink()
-    _git_commit(repo, "more data")
-    (repo / ACCEPTED_FILE).unlink()
-    assert _check(repo) is None  # committed: no record needed any more
+        _check(data_repo)
+    (data_repo / "data" / "raw" / "real" / "ffhq_like" / "extra2.png").unlink()
+    git_commit(data_repo, "more data")
+    (data_repo / ACCEPTED_FILE).unlink()
+    assert _check(data_repo) is None  # committed: no record needed any more
 
 
-def test_ensure_does_not_call_data_that_dvc_rerecorded_a_match(repo):
+def test_ensure_does_not_call_data_that_dvc_rerecorded_a_match(data_repo):
     """`dvc commit` (what `dvc repro` does to data.dvc) records the new file; `data ensure`
     then refuses instead of reporting 'already matches'. The undo it names works."""
-    new = _png(repo, "real/ffhq_like/id00002_cam.png")
-    _dvc("commit", "-f", "-q", "data.dvc", cwd=repo)
-    assert committed_md5(repo / "data.dvc") != read_dvc_file(repo / "data.dvc").md5
+    new = _png(data_repo, "real/ffhq_like/id00002_cam.png")
+    dvc("commit", "-f", "-q", "data.dvc", cwd=data_repo)
+    assert committed_md5(data_repo / "data.dvc") != read_dvc_file(data_repo / "data.dvc").md5
     with pytest.raises(UnacceptedDataError) as info:
-        ensure_raw_data(repo / "data.dvc", log=lambda *_: None)
+        ensure_raw_data(data_repo / "data.dvc", log=lambda *_: None)
     assert "git HEAD records" in str(info.value) and "id00002_cam.png" in str(info.value)
-    _run("git", "checkout", "data.dvc", cwd=repo)
-    _dvc("checkout", "data.dvc", cwd=repo)
+    run(["git", "checkout", "data.dvc"], data_repo)
+    dvc("checkout", "data.dvc", cwd=data_repo)
     assert not new.exists()
-    assert "already matches" in ensure_raw_data(repo / "data.dvc", log=lambda *_: None)
-    assert _check(repo) is None
+    assert "already matches" in ensure_raw_data(data_repo / "data.dvc", log=lambda *_: None)
+    assert _check(data_repo) is None
 
 
-def test_ensure_names_files_that_differ_from_data_dvc(repo):
-    _png(repo, "real/ffhq_like/stray.png")
+def test_ensure_names_files_that_differ_from_data_dvc(data_repo):
+    _png(data_repo, "real/ffhq_like/stray.png")
     with pytest.raises(Exception, match=r"(?s)differs from .*new \(1\):.*stray.png.*robust-deepfake data track"):
-        ensure_raw_data(repo / "data.dvc", log=lambda *_: None)
+        ensure_raw_data(data_repo / "data.dvc", log=lambda *_: None)
 
 
-def test_without_the_manifest_in_the_cache_it_says_so_and_names_recent_files(repo):
-    shutil.rmtree(repo / ".dvc" / "cache")
-    new = _png(repo, "real/ffhq_like/late.png")
+def test_without_the_manifest_in_the_cache_it_says_so_and_names_recent_files(data_repo):
+    shutil.rmtree(data_repo / ".dvc" / "cache")
+    new = _png(data_repo, "real/ffhq_like/late.png")
     later = time.time() + 10
     os.utime(new, (later, later))
     with pytest.raises(UnacceptedDataError) as info:
-        _check(repo)
+        _check(data_repo)
     message = str(info.value)
     assert "is not in the DVC cache" in message and "late.png" in message
 
@@ -152,31 +136,28 @@ def test_outside_git_and_before_the_first_commit_everything_is_accepted(tmp_path
     shutil.copytree(tiny_raw, tmp_path / "data" / "raw")
     (tmp_path / "data.dvc").write_text(yaml.safe_dump({"outs": [{"path": "data/raw", "md5": "0" * 32 + ".dir"}]}))
     assert _check(tmp_path) is None  # not a git repository
-    _run("git", "init", "-q", cwd=tmp_path)
+    run(["git", "init", "-q"], tmp_path)
     assert _check(tmp_path) is None  # no commit yet
 
 
-def test_split_stage_refuses_before_reading_the_data(repo, monkeypatch):
+def test_split_stage_refuses_before_reading_the_data(data_repo, monkeypatch):
     from robust_deepfake.config import validate
     from robust_deepfake.pipeline.split import split
 
-    _png(repo, "real/ffhq_like/x_cam.png")
-    monkeypatch.chdir(repo)
+    _png(data_repo, "real/ffhq_like/x_cam.png")
+    monkeypatch.chdir(data_repo)
     params = validate({"data": {"raw_dir": "data/raw"}})
     with pytest.raises(UnacceptedDataError, match="x_cam.png"):
-        split(params, repo)
-    assert not (repo / "data" / "splits").exists()
+        split(params, data_repo)
+    assert not (data_repo / "data" / "splits").exists()
 
 
-@pytest.mark.slow
-def test_dvc_repro_refuses_an_added_png_until_it_is_tracked(tmp_path):
+def test_dvc_repro_refuses_an_added_png_until_it_is_tracked(new_micro_repo, tmp_path):
     """An added PNG is refused until `data track` accepts it, through the real CLIs on a
     micro copy of the repo."""
-    from micro_repo import make_micro_repo, run
-
-    root = make_micro_repo(tmp_path / "repo")
+    root = new_micro_repo(tmp_path / "repo")
     stray = _png(root, "real/ffhq_like/id00000_cam.png")
-    result = run([sys.executable, "-m", "dvc", "repro", "split"], root, check=False)
+    result = dvc("repro", "split", cwd=root, check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "error: data/raw hashes to" in output and stray.relative_to(root).as_posix() in output
@@ -185,6 +166,6 @@ def test_dvc_repro_refuses_an_added_png_until_it_is_tracked(tmp_path):
     ensure = run([sys.executable, "-m", "robust_deepfake.cli", "data", "ensure"], root, check=False)
     assert ensure.returncode != 0 and "already matches" not in ensure.stdout, ensure.stdout
     run([sys.executable, "-m", "robust_deepfake.cli", "data", "track", "data/raw"], root)
-    result = run([sys.executable, "-m", "dvc", "repro", "split"], root)
+    result = dvc("repro", "split", cwd=root)
     assert "not yet committed" in result.stdout
     assert (root / "data" / "splits" / "train.csv").exists()

@@ -16,13 +16,6 @@ from robust_deepfake.model.device import NO_AMP, Amp, DeviceError, resolve_devic
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.fixture
-def restore_threads():
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 @pytest.mark.parametrize("name", ["cuda", "cuda:0"])
 def test_cuda_without_cuda_names_the_setting(name):

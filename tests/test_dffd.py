@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import dvc
 from robust_deepfake.config import SplitConfig
 from robust_deepfake.data.dffd import IngestError, ingest_dffd
 from robust_deepfake.data.layout import scan
@@ -118,10 +119,6 @@ def test_ingest_outputs_follow_the_umask(dffd_tree, tmp_path):
     assert stat.S_IMODE((out / "masks" / "stylegan_ffhq" / "F_SyFQ_tr000.png").stat().st_mode) == 0o644
 
 
-def _dvc(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
-
-
 def _bytes_on_disk(*roots: Path) -> int:
     """Bytes of the distinct files (inodes) under `roots`: a hard link counts once, a
     symlink not at all (its target is counted where it lives)."""
@@ -142,7 +139,7 @@ def dffd_repo(tmp_path, dffd_tree) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    assert _dvc("init", "-q", cwd=repo).returncode == 0
+    assert dvc("init", "-q", cwd=repo).returncode == 0
     return repo
 
 
@@ -154,7 +151,7 @@ def test_ingest_and_track_keep_one_copy_on_disk(dffd_tree, dffd_repo):
     ingest_dffd(dffd_tree, raw)  # symlinks
     message = track_raw_dir(raw, dffd_repo / "data.dvc", note="DFFD")
     assert LINK_CACHE_TYPES in message
-    assert _dvc("config", "--local", "cache.type", cwd=dffd_repo).stdout.strip() == LINK_CACHE_TYPES
+    assert dvc("config", "--local", "cache.type", cwd=dffd_repo, check=False).stdout.strip() == LINK_CACHE_TYPES
 
     # The download, data/raw and the cache share one copy (+ masks, metadata.csv and the
     # cache's directory listing, a few % here); DVC's default would be 2x in the repo.
@@ -163,14 +160,14 @@ def test_ingest_and_track_keep_one_copy_on_disk(dffd_tree, dffd_repo):
     image = raw / "real" / "ffhq" / "R_FFHQ_tr000.png"
     assert image.stat().st_nlink >= 2 and not (image.stat().st_mode & 0o222), "a read-only link into the cache"
     assert read_dvc_file(dffd_repo / "data.dvc").md5 == dvc_tree_md5(raw)
-    assert "up to date" in _dvc("status", "data.dvc", cwd=dffd_repo).stdout
+    assert "up to date" in dvc("status", "data.dvc", cwd=dffd_repo).stdout
 
     # the data survives without the download: `dvc checkout` restores it from the cache
     import shutil
 
     shutil.rmtree(dffd_tree)
     shutil.rmtree(raw)
-    assert _dvc("checkout", "-q", "data.dvc", cwd=dffd_repo).returncode == 0
+    assert dvc("checkout", "-q", "data.dvc", cwd=dffd_repo).returncode == 0
     assert read_dvc_file(dffd_repo / "data.dvc").md5 == dvc_tree_md5(raw)
     assert _bytes_on_disk(raw, cache) <= 1.1 * dataset
 
@@ -178,10 +175,10 @@ def test_ingest_and_track_keep_one_copy_on_disk(dffd_tree, dffd_repo):
 def test_track_leaves_a_configured_cache_type_alone(dffd_tree, dffd_repo):
     from robust_deepfake.data.materialize import track_raw_dir
 
-    assert _dvc("config", "cache.type", "copy", cwd=dffd_repo).returncode == 0
+    assert dvc("config", "cache.type", "copy", cwd=dffd_repo).returncode == 0
     dataset = _bytes_on_disk(dffd_tree)
     raw, cache = dffd_repo / "data" / "raw", dffd_repo / ".dvc" / "cache"
     ingest_dffd(dffd_tree, raw)
     assert "configured; left as it is" in track_raw_dir(raw, dffd_repo / "data.dvc")
-    assert _dvc("config", "--local", "cache.type", cwd=dffd_repo).stdout.strip() == ""
+    assert dvc("config", "--local", "cache.type", cwd=dffd_repo, check=False).stdout.strip() == ""
     assert _bytes_on_disk(raw, cache) >= 1.9 * dataset, "with copies, data/raw and the cache each hold the data"

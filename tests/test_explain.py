@@ -73,20 +73,20 @@ def test_shape_mismatch_is_an_error():
 
 
 @pytest.fixture(scope="module")
-def model():
+def cam_model():
     torch.manual_seed(0)
     return build_detector(ModelConfig(channels_last=False), split_at=2).eval()
 
 
-def test_cams_match_the_grad_cam_package_and_release_hooks(model):
+def test_cams_match_the_grad_cam_package_and_release_hooks(cam_model):
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     images = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     targets = [0, 1, 1, 0, 1]
-    ours = compute_cams(model, images, "blocks.4", targets, batch_size=2)
-    layer = resolve_layer(model, "blocks.4")
-    with GradCAM(model=model, target_layers=[layer]) as cam:
+    ours = compute_cams(cam_model, images, "blocks.4", targets, batch_size=2)
+    layer = resolve_layer(cam_model, "blocks.4")
+    with GradCAM(model=cam_model, target_layers=[layer]) as cam:
         reference = cam(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets])
     assert ours.shape == (5, 64, 64)
     assert ours.min() >= 0 and ours.max() <= 1
@@ -120,23 +120,23 @@ def test_one_forward_gives_the_packages_maps_and_the_models_logits_exactly(chann
     assert not layer._forward_hooks
 
 
-def test_no_targets_explain_the_predicted_class(model):
+def test_no_targets_explain_the_predicted_class(cam_model):
     images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-    predicted = (model.p_fake(images) >= 0.5).long().tolist()
+    predicted = (cam_model.p_fake(images) >= 0.5).long().tolist()
     assert len(set(predicted)) == 2  # both classes occur, so a wrong rule would show
-    maps, _ = cams_and_logits(model, images, "blocks.4", None, batch_size=4)
-    assert np.array_equal(maps, compute_cams(model, images, "blocks.4", predicted, batch_size=4))
+    maps, _ = cams_and_logits(cam_model, images, "blocks.4", None, batch_size=4)
+    assert np.array_equal(maps, compute_cams(cam_model, images, "blocks.4", predicted, batch_size=4))
 
 
-def test_gradcam_plus_plus_is_selectable(model):
+def test_gradcam_plus_plus_is_selectable(cam_model):
     images = torch.rand(2, 3, 64, 64)
-    maps = compute_cams(model, images, "conv_head", [1, 1], method="gradcam++")
+    maps = compute_cams(cam_model, images, "conv_head", [1, 1], method="gradcam++")
     assert maps.shape == (2, 64, 64)
 
 
-def test_unknown_layer_names_the_key(model):
+def test_unknown_layer_names_the_key(cam_model):
     with pytest.raises(ValueError, match="cam.target_layer"):
-        resolve_layer(model, "blocks.99")
+        resolve_layer(cam_model, "blocks.99")
 
 
 # --- Grad-CAM under attack (explain.measure) and the CAM grid figure -------------------

@@ -6,7 +6,7 @@
   picked up, no retraining, and a drop beyond reevaluate.max_drop failing the flow;
 * the served deployments: the cron comes from params.yaml.
 
-One Prefect test server for the whole session (`prefect_harness`, ~10 s to start).
+One Prefect test server for the whole session (conftest's `prefect_harness`, ~10 s to start).
 """
 
 from __future__ import annotations
@@ -20,28 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from micro_repo import REPO, run
-from toy_dvc_repo import calls, dvc, make_toy_repo
+from helpers import REPO, dvc, run
+from toy_dvc_repo import calls, make_toy_repo
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory):
-    """A temporary Prefect server and database for the session; PREFECT_HOME in a temp dir."""
-    from prefect.settings import PREFECT_HOME, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    with temporary_settings(updates={PREFECT_HOME: home}), prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _own_stores(monkeypatch):
-    """Runs must go to each repo copy's own MLflow store, whatever the caller's shell has."""
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("own_mlflow_stores")]
 
 
 def copy_repo(source: Path, dest: Path) -> Path:
@@ -209,7 +191,7 @@ def test_pipeline_runs_each_stage_as_a_task_in_dag_order(prefect_harness, tmp_pa
     again = pipeline(repo=str(root), return_state=True)  # DVC skips what is up to date
     assert again.is_completed()
     assert len(calls(root)) == 4
-    assert "up to date" in dvc(root, "status").stdout
+    assert "up to date" in dvc("status", cwd=root).stdout
 
 
 def test_transient_failures_are_retried_real_errors_fail_naming_the_stage(prefect_harness, tmp_path):
@@ -236,7 +218,7 @@ def test_several_devices_run_independent_stages_at_once(prefect_harness, tmp_pat
     devices = dict(calls(root))
     assert devices["prepare"] == "0"
     assert {devices["right"], devices["left"]} == {"0", "1"}  # one device each, both running at once
-    assert "up to date" in dvc(root, "status").stdout  # dvc.lock has every stage
+    assert "up to date" in dvc("status", cwd=root).stdout  # dvc.lock has every stage
 
 
 def test_overrides_make_a_dvc_experiment(prefect_harness, tmp_path):
@@ -245,7 +227,7 @@ def test_overrides_make_a_dvc_experiment(prefect_harness, tmp_path):
     root = make_toy_repo(tmp_path / "toy")
     result = pipeline(repo=str(root), overrides=["train.lr=0.001"], experiment_name="lower-lr")
     assert result["experiment"] == "lower-lr"
-    shown = json.loads(dvc(root, "exp", "show", "--json").stdout)
+    shown = json.loads(dvc("exp", "show", "--json", cwd=root).stdout)
     experiments = [exp for rev in shown for exp in rev.get("experiments") or []]
     names = {exp["name"]: exp for exp in experiments}
     assert "lower-lr" in names, shown

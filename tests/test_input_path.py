@@ -28,24 +28,9 @@ from robust_deepfake.model import training
 from robust_deepfake.model.detector import build_detector
 from robust_deepfake.model.device import seed_everything
 from robust_deepfake.model.training import EPOCH_SEED_STRIDE, fit, to_device, train_subset
-from robust_deepfake.pipeline.split import split
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def splits(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("splits")
-    params = validate({"data": {"raw_dir": str(tiny_raw), "splits_dir": str(root / "data" / "splits"),
-                                "image_size": 32}})
-    split(params, root)
-    return root / "data" / "splits"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,25 +9,21 @@ import yaml
 
 from robust_deepfake.data.materialize import DataStateError, dvc_tree_md5, ensure_raw_data
 
-from conftest import TINY_SPEC
-
-
-def _dvc(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
+from helpers import TINY_SPEC, dvc
 
 
 @pytest.fixture
 def dvc_repo(tmp_path, tiny_raw) -> Path:
     """A git+dvc repo whose data.dvc tracks the tiny sample, as a fresh clone would see it."""
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    assert _dvc("init", "-q", cwd=tmp_path).returncode == 0
+    assert dvc("init", "-q", cwd=tmp_path).returncode == 0
     shutil.copytree(tiny_raw, tmp_path / "data" / "raw")
     from robust_deepfake.data.sample import spec_to_meta
 
     (tmp_path / "data.dvc").write_text(
         yaml.safe_dump({"outs": [{"path": "data/raw"}], "meta": {"sample": spec_to_meta(TINY_SPEC)}}, sort_keys=False)
     )
-    result = _dvc("commit", "-f", "-q", "data.dvc", cwd=tmp_path)
+    result = dvc("commit", "-f", "-q", "data.dvc", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     return tmp_path
 
@@ -43,7 +38,7 @@ def test_fresh_clone_regenerates_and_dvc_status_is_clean(dvc_repo):
     shutil.rmtree(dvc_repo / ".dvc" / "cache")
     message = ensure_raw_data(dvc_repo / "data.dvc", log=lambda *_: None)
     assert "generated" in message
-    status = _dvc("status", "data.dvc", cwd=dvc_repo)
+    status = dvc("status", "data.dvc", cwd=dvc_repo)
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
     again = ensure_raw_data(dvc_repo / "data.dvc", log=lambda *_: None)
     assert "already matches" in again
@@ -86,4 +81,4 @@ def test_track_replaces_the_sample_meta(dvc_repo):
     tracked = read_dvc_file(dvc_repo / "data.dvc")
     assert tracked.sample_meta is None
     assert tracked.md5 == dvc_tree_md5(dvc_repo / "data" / "raw")
-    assert "up to date" in _dvc("status", "data.dvc", cwd=dvc_repo).stdout
+    assert "up to date" in dvc("status", "data.dvc", cwd=dvc_repo).stdout

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from micro_repo import run
+from helpers import run
 
 pytestmark = pytest.mark.slow
 

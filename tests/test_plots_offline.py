@@ -16,26 +16,18 @@ import html
 import json
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from micro_repo import REPO, run
 
+from helpers import REPO, run
 from tools.plots_template import LIBRARIES, TEMPLATE, PlotsTemplateError, build
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM_NAMES = ("chromium", "chromium-browser")
-NO_NETWORK = [
-    "--host-resolver-rules=MAP * ~NOTFOUND",  # a CDN host name does not resolve...
-    "--proxy-server=http://127.0.0.1:9",  # ...and any other connection goes to a closed port
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+RENDER_BUDGET_MS = 15000  # Chromium's virtual time for the page's scripts
 # dvc-render's plot <div> (dvc_render.vega.VegaRenderer.DIV), in the page DVC writes.
 _PLOT_DIV = re.compile(r'<div id = "([^"]+)">\s*<script')
 _AXIS_TITLE = re.compile(r"""aria-label="([XY])-axis titled '([^"]*?)' for """)
@@ -43,30 +35,10 @@ _CHART = re.compile(r'<svg[^>]*class="marks"|<canvas\b')
 _LINE = re.compile(r'class="mark-line role-mark[^"]*"[^>]*>\s*<path[^>]*\bd="M')
 
 
-def chromium() -> str:
-    for name in CHROMIUM_NAMES:
-        if found := shutil.which(name):
-            return found
-    pytest.fail("headless Chromium is needed to check that `dvc plots show` renders offline, and "
-                f"none of {', '.join(CHROMIUM_NAMES)} is on PATH: install it "
-                "(Debian: `apt-get install -y --no-install-recommends chromium`; .ci/run does this)")
-
-
 def plots_show(out: Path, *extra: str) -> str:
     """Run the real `dvc plots show` on the repository's committed plots; the page's HTML."""
     run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(out), *extra], REPO, timeout=300)
     return (out / "index.html").read_text(encoding="utf-8")
-
-
-def render_offline(page: Path, profile: Path) -> str:
-    """The DOM after headless Chromium ran the page's scripts with no network."""
-    args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--no-first-run", f"--user-data-dir={profile}", *NO_NETWORK,
-            "--virtual-time-budget=15000", "--dump-dom", page.resolve().as_uri()]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0 and "</html>" in result.stdout, \
-        f"chromium failed ({result.returncode}):\n{result.stderr[-3000:]}"
-    return result.stdout
 
 
 def per_plot(dom: str, ids: list[str]) -> dict[str, str]:
@@ -98,9 +70,10 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rendered(page: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict[str, str]]:
+def plots_dom(page: Path, chromium, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict[str, str]]:
+    """The plot ids on the page, and each plot's part of the DOM Chromium rendered offline."""
     ids = _PLOT_DIV.findall(page.read_text(encoding="utf-8"))
-    dom = render_offline(page, tmp_path_factory.mktemp("chromium"))
+    dom = chromium(page, tmp_path_factory.mktemp("browser-profile"), RENDER_BUDGET_MS)
     return ids, per_plot(dom, ids)
 
 
@@ -120,8 +93,8 @@ def test_page_loads_nothing_from_the_network(page: Path) -> None:
     assert "cdn.jsdelivr.net" not in text
 
 
-def test_every_plot_renders_offline(rendered: tuple[list[str], dict[str, str]]) -> None:
-    ids, parts = rendered
+def test_every_plot_renders_offline(plots_dom: tuple[list[str], dict[str, str]]) -> None:
+    ids, parts = plots_dom
     assert len(ids) == expected_plot_count() >= 3, ids
     blank = [plot_id for plot_id, part in parts.items() if not _CHART.search(part)]
     assert not blank, f"no chart rendered offline in {blank}"
@@ -131,13 +104,13 @@ def test_every_plot_renders_offline(rendered: tuple[list[str], dict[str, str]]) 
     assert not failed, failed
 
 
-def test_axes_carry_the_titles_dvc_yaml_declares(rendered: tuple[list[str], dict[str, str]]) -> None:
+def test_axes_carry_the_titles_dvc_yaml_declares(plots_dom: tuple[list[str], dict[str, str]]) -> None:
     definitions = declared_plots()
     for name, props in definitions:
         assert props.get("x_label") and props.get("y_label"), f"plot {name} in dvc.yaml needs x_label and y_label"
     x_labels = {props["x_label"] for _, props in definitions}
     y_labels = {props["y_label"] for _, props in definitions}
-    _, parts = rendered
+    _, parts = plots_dom
     for plot_id, part in parts.items():
         titles = {axis: html.unescape(title) for axis, title in _AXIS_TITLE.findall(part)}
         assert set(titles) == {"X", "Y"}, f"{plot_id}: axis titles {titles}"
@@ -145,7 +118,7 @@ def test_axes_carry_the_titles_dvc_yaml_declares(rendered: tuple[list[str], dict
         assert titles["X"] in x_labels, f"{plot_id}: x-axis titled {titles['X']!r}"
 
 
-def test_dvc_default_page_is_blank_offline(tmp_path: Path) -> None:
+def test_dvc_default_page_is_blank_offline(chromium, tmp_path: Path) -> None:
     """Why the template exists, and proof the check above can fail: DVC's own page, same
     plots, renders no chart offline. The same page with its CDN <script src> pointed at
     the local library files renders every chart, so the CDN is the only difference."""
@@ -158,7 +131,7 @@ def test_dvc_default_page_is_blank_offline(tmp_path: Path) -> None:
     cdn = re.findall(r'<script src="(https://cdn\.jsdelivr\.net/npm/([\w-]+)@[^"]+)"></script>', text)
     assert len(ids) == expected_plot_count() and {name for _, name in cdn} == {n for n, _ in LIBRARIES}
 
-    offline = per_plot(render_offline(tmp_path / "default" / "index.html", tmp_path / "profile1"), ids)
+    offline = per_plot(chromium(tmp_path / "default" / "index.html", tmp_path / "profile1", RENDER_BUDGET_MS), ids)
     assert not [plot_id for plot_id, part in offline.items() if _CHART.search(part)]
 
     local = text
@@ -166,7 +139,7 @@ def test_dvc_default_page_is_blank_offline(tmp_path: Path) -> None:
     for url, name in cdn:
         local = local.replace(url, (REPO / "node_modules" / name / builds[name]).as_uri())
     (tmp_path / "local.html").write_text(local, encoding="utf-8")
-    control = per_plot(render_offline(tmp_path / "local.html", tmp_path / "profile2"), ids)
+    control = per_plot(chromium(tmp_path / "local.html", tmp_path / "profile2", RENDER_BUDGET_MS), ids)
     assert all(_CHART.search(part) for part in control.values()), "control page did not render"
 
 

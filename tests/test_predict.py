@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from micro_repo import run
+from helpers import run
 from robust_deepfake.data.images import open_rgb
 from robust_deepfake.inference.inputs import collect_images
 from robust_deepfake.inference.model_ref import default_model_uri

@@ -76,7 +76,7 @@ def test_dvc_exp_run_leaves_every_alias_where_it_was(micro_repo, tmp_path):
     """A real `dvc exp run` (in a copy of the micro repo, so other tests keep theirs):
     new versions are registered with the experiment's name and model cards, and not one
     alias moves."""
-    from micro_repo import clean_env, run
+    from helpers import clean_env, run
     from mlflow import MlflowClient
 
     root = Path(shutil.copytree(micro_repo, tmp_path / "repo", symlinks=True))

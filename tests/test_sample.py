@@ -15,7 +15,7 @@ from robust_deepfake.data.layout import scan
 from robust_deepfake.data.materialize import dvc_tree_md5, read_dvc_file
 from robust_deepfake.data.sample import FAKE_METHODS, REAL_SOURCES, WHOLE_IMAGE_METHODS, write_sample
 
-from conftest import TINY_SPEC
+from helpers import TINY_SPEC
 
 
 def test_same_seed_gives_identical_bytes(tiny_raw, tmp_path):

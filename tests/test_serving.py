@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from micro_repo import clean_env
+from helpers import clean_env
 
 MODEL_URI = "models:/robust-deepfake-detector@baseline"
 READY_TIMEOUT_S = 180
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post_json(url: str, payload: dict) -> tuple[int, dict | str]:
@@ -39,43 +30,6 @@ def post_json(url: str, payload: dict) -> tuple[int, dict | str]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode(errors="replace")
-
-
-def wait_until_ready(process: subprocess.Popen, base_url: str, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"mlflow models serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{base_url}/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(1)
-    raise AssertionError(f"no answer on {base_url}/ping after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    """SIGTERM the whole session we started (the mlflow CLI and its uvicorn child), SIGKILL
-    what is still there after 30 s, and return only when the group is gone."""
-    group = process.pid  # start_new_session=True: the group id is the leader's pid
-    for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(group, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            process.poll()  # reap the leader so it does not linger as a zombie
-            try:
-                os.killpg(group, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-    process.wait(timeout=10)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(group, 0)
 
 
 def b64_file(path: Path) -> str:
@@ -132,22 +86,6 @@ def test_server_decodes_base64_images_exactly_like_training(tmp_path):
 SERVER_LIMITS = {"ROBUST_DEEPFAKE_MAX_REQUEST_MB": "1", "ROBUST_DEEPFAKE_MAX_REQUEST_IMAGES": "8"}
 
 
-def start_server(model: str, micro_repo: Path, workdir: Path) -> tuple[subprocess.Popen, str, Path]:
-    port = free_port()
-    env = clean_env(micro_repo)
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{micro_repo / 'mlflow.db'}"
-    env.update(SERVER_LIMITS)
-    log = workdir / f"serve-{port}.log"
-    mlflow_cli = Path(sys.executable).parent / "mlflow"
-    with open(log, "w") as log_file:
-        process = subprocess.Popen(
-            [str(mlflow_cli), "models", "serve", "-m", model, "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=workdir, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    return process, f"http://127.0.0.1:{port}", log
-
-
 def copy_without_input_schema(micro_repo: Path, dest: Path) -> Path:
     """The registered model's files with `signature.inputs: null`, as versions registered
     before the `image` signature have them: MLflow then hands `{"inputs": ...}` to the
@@ -165,21 +103,22 @@ def copy_without_input_schema(micro_repo: Path, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def servers(micro_repo, tmp_path_factory):
+def servers(micro_repo, localhost, tmp_path_factory):
     """Two `mlflow models serve` processes, started side by side: the registered version
     (`current`, the `image` column signature) and a copy of it without an input schema
-    (`legacy`)."""
+    (`legacy`). Both are stopped, process group and all, after the module."""
     workdir = tmp_path_factory.mktemp("serve")
-    started = [start_server(MODEL_URI, micro_repo, workdir)]
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{micro_repo / 'mlflow.db'}", **SERVER_LIMITS}
+    started = [localhost.start_model_server(MODEL_URI, workdir, **store)]
     try:
         legacy = copy_without_input_schema(micro_repo, workdir / "legacy-model")
-        started.append(start_server(str(legacy), micro_repo, workdir))
-        for process, base_url, log in started:
-            wait_until_ready(process, base_url, log)
+        started.append(localhost.start_model_server(str(legacy), workdir, **store))
+        for server, url in started:
+            server.wait_http(f"{url}/ping", READY_TIMEOUT_S)
         yield {"current": started[0][1], "legacy": started[1][1]}
     finally:
-        for process, _, _ in started:
-            stop_process_group(process)
+        for server, _ in started:
+            server.stop()
 
 
 def micro_images(micro_repo: Path) -> list[Path]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from micro_repo import REPO
+from helpers import REPO
 from test_study_cells import _record
 
 pytestmark = pytest.mark.slow
@@ -19,18 +19,8 @@ pytestmark = pytest.mark.slow
 SPEC = {"name": "t", "seeds": [0, 1], "grid": {"reg.epsilon": [0.0, 0.5]}, "metric": "acc_pgd", "retries": 1}
 
 
-@pytest.fixture(scope="module")
-def prefect_harness(tmp_path_factory):
-    from prefect.settings import PREFECT_HOME, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with temporary_settings(updates={PREFECT_HOME: tmp_path_factory.mktemp("prefect-home-study")}), \
-            prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture
-def repo(tmp_path, monkeypatch):
+def study_repo(tmp_path, monkeypatch):
     """A git checkout with params.yaml and the spec (no DVC: a cell that has to run fails)."""
     root = tmp_path / "repo"
     (root / "configs").mkdir(parents=True)
@@ -63,13 +53,13 @@ def _record_cells(root: Path, labels: set[str]) -> None:
 LABELS = {f"reg.epsilon={e} seed={s}" for e in (0.0, 0.5) for s in (0, 1)}
 
 
-def test_recorded_cells_are_reused_and_aggregated(prefect_harness, repo):
+def test_recorded_cells_are_reused_and_aggregated(prefect_harness, study_repo):
     from flows.study import study
 
-    _record_cells(repo, LABELS)
-    result = study("configs/study_t.yaml", repo=str(repo))
+    _record_cells(study_repo, LABELS)
+    result = study("configs/study_t.yaml", repo=str(study_repo))
     assert result["cells"] == 4 and result["reused"] == 4 and result["computed"] == 0 and result["missing"] == 0
-    html = (repo / "reports" / "study.html").read_text()
+    html = (study_repo / "reports" / "study.html").read_text()
     assert all(label in html for label in LABELS)
     import mlflow
 
@@ -79,29 +69,29 @@ def test_recorded_cells_are_reused_and_aggregated(prefect_harness, repo):
         "report/study.html", "report/study.md", "report/study.json"}
 
 
-def test_a_failing_cell_is_retried_then_fails_the_study_with_its_error(prefect_harness, repo):
+def test_a_failing_cell_is_retried_then_fails_the_study_with_its_error(prefect_harness, study_repo):
     from flows.study import study
 
-    _record_cells(repo, LABELS - {"reg.epsilon=0.5 seed=1"})
-    state = study("configs/study_t.yaml", repo=str(repo), return_state=True)
+    _record_cells(study_repo, LABELS - {"reg.epsilon=0.5 seed=1"})
+    state = study("configs/study_t.yaml", repo=str(study_repo), return_state=True)
     assert state.is_failed()
     assert "1 cell(s) failed: reg.epsilon=0.5 seed=1:" in state.message
     assert "dvc exp run" in state.message  # the cell's own error line, not a generic crash
     result = state.result(raise_on_failure=False)
     assert result["missing"] == 1 and result["reused"] == 3
-    assert "reg.epsilon=0.0 seed=1" in (repo / "reports" / "study.html").read_text()
+    assert "reg.epsilon=0.0 seed=1" in (study_repo / "reports" / "study.html").read_text()
 
 
-def test_a_target_that_does_not_produce_the_cell_outputs_is_refused(prefect_harness, repo):
+def test_a_target_that_does_not_produce_the_cell_outputs_is_refused(prefect_harness, study_repo):
     from flows.study import study
 
     import sys
 
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=study_repo, check=True)
     spec = {**SPEC, "targets": ["attack_sweep"]}
-    (repo / "configs" / "study_t.yaml").write_text(yaml.safe_dump(spec))
-    state = study("configs/study_t.yaml", repo=str(repo), return_state=True)
+    (study_repo / "configs" / "study_t.yaml").write_text(yaml.safe_dump(spec))
+    state = study("configs/study_t.yaml", repo=str(study_repo), return_state=True)
     assert state.is_failed() and "targets ['attack_sweep'] do not produce eval/cam_iinc.json" in state.message
-    (repo / "configs" / "study_t.yaml").write_text(yaml.safe_dump({**SPEC, "targets": ["attack_sweep", "nope"]}))
-    state = study("configs/study_t.yaml", repo=str(repo), return_state=True)
+    (study_repo / "configs" / "study_t.yaml").write_text(yaml.safe_dump({**SPEC, "targets": ["attack_sweep", "nope"]}))
+    state = study("configs/study_t.yaml", repo=str(study_repo), return_state=True)
     assert state.is_failed() and "no stage 'nope'" in state.message

@@ -14,8 +14,6 @@ import io
 import json
 import math
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -461,9 +459,6 @@ def test_grid_key_that_is_not_a_line_splits_the_figures(tmp_path: Path) -> None:
 # --- rendering in a real browser ----------------------------------------------------------
 
 
-CHROMIUM_NAMES = ("chromium", "chromium-browser")
-NO_NETWORK = ["--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # Runs after load: writes each image's naturalWidth into the DOM that --dump-dom prints.
 PROBE = """<script>window.addEventListener('load', () => {
   const out = document.createElement('pre'); out.id = 'probe';
@@ -472,27 +467,15 @@ PROBE = """<script>window.addEventListener('load', () => {
 });</script>"""
 
 
-def chromium() -> str:
-    for name in CHROMIUM_NAMES:
-        if found := shutil.which(name):
-            return found
-    pytest.fail(f"headless Chromium is needed and none of {', '.join(CHROMIUM_NAMES)} is on PATH "
-                "(Debian: `apt-get install -y --no-install-recommends chromium`; .ci/run does this)")
-
-
-@pytest.mark.slow
-def test_study_html_renders_every_image_offline(full_report: tuple[Path, dict[str, Path]], tmp_path: Path) -> None:
+def test_study_html_renders_every_image_offline(full_report: tuple[Path, dict[str, Path]], chromium,
+                                                tmp_path: Path) -> None:
     """The page, moved away from its figures folder, shows every figure with no network."""
     out, _ = full_report
     page = tmp_path / "moved.html"
     page.write_text((out / "study.html").read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"),
                     encoding="utf-8")
-    args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}", *NO_NETWORK, "--virtual-time-budget=10000", "--dump-dom",
-            page.as_uri()]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0 and "</html>" in result.stdout, result.stderr[-3000:]
-    probe = re.search(r'<pre id="probe">([^<]*)</pre>', result.stdout)
+    dom = chromium(page, tmp_path / "profile", 10000)
+    probe = re.search(r'<pre id="probe">([^<]*)</pre>', dom)
     assert probe, "the probe script did not run"
     widths = json.loads(probe.group(1))
     assert len(widths) == len(md_figures(out)) == 2 and all(w > 0 for w in widths), widths

@@ -24,8 +24,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from localhost_services import BIN, Service, service_env, start_mlflow_server, start_prefect_server
-from micro_repo import make_micro_repo, run
+from helpers import dvc, git_commit, run
 
 pytestmark = pytest.mark.slow
 
@@ -50,64 +49,60 @@ targets: [attack_sweep, cam_iinc]   # what the study reads: skip each cell's one
 HEARTBEAT_S = "30"  # Prefect's minimum; the automation waits heartbeat_timeout_s for the next one
 
 
-def _dvc(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dvc", *args]
-
-
 @pytest.fixture
-def topology(tmp_path):
+def topology(tmp_path, new_micro_repo, localhost):
     """Remotes, three clones, the servers and two workers; yields a namespace; stops all."""
-    source = make_micro_repo(tmp_path / "source")
+    source = new_micro_repo(tmp_path / "source")
     (source / "configs" / "study_topo.yaml").write_text(SPEC)
-    run(["git", "add", "-A"], source)
-    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "study"], source)
+    git_commit(source, "study")
     dvc_remote = tmp_path / "dvc-remote"
-    run(_dvc("remote", "add", "--local", "-d", "shared", str(dvc_remote)), source)
-    run(_dvc("push", "-q"), source)
+    dvc("remote", "add", "--local", "-d", "shared", str(dvc_remote), cwd=source)
+    dvc("push", "-q", cwd=source)
     run(["git", "clone", "-q", "--bare", str(source), str(tmp_path / "origin.git")], tmp_path)
     clones = {}
     for name in ("host-a", "host-b", "laptop"):
         clone = tmp_path / name
         run(["git", "clone", "-q", str(tmp_path / "origin.git"), str(clone)], tmp_path)
-        run(_dvc("remote", "add", "--local", "-d", "shared", str(dvc_remote)), clone)
+        dvc("remote", "add", "--local", "-d", "shared", str(dvc_remote), cwd=clone)
         if name != "laptop":  # the laptop only submits and aggregates: it never needs the data
-            run(_dvc("pull", "-q", "data.dvc"), clone)
+            dvc("pull", "-q", "data.dvc", cwd=clone)
         clones[name] = clone
     logs = tmp_path / "logs"
     logs.mkdir()
-    services: list[Service] = []
+    services = []
     try:
-        prefect, api = start_prefect_server(tmp_path / "prefect-home", logs)
+        prefect, api = localhost.start_prefect_server(tmp_path / "prefect-home", logs)
         services.append(prefect)
-        mlflow_server, tracking = start_mlflow_server(tmp_path / "mlflow", logs)
+        mlflow_server, tracking = localhost.start_mlflow_server(tmp_path / "mlflow", logs)
         services.append(mlflow_server)
         shared = {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": tracking,
                   "PREFECT_HOME": str(tmp_path / "prefect-client")}
-        subprocess.run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"],
-                       env=service_env(tmp_path, **shared), cwd=tmp_path, check=True, capture_output=True)
+        subprocess.run([str(localhost.BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"],
+                       env=localhost.service_env(tmp_path, **shared), cwd=tmp_path, check=True, capture_output=True)
         workers = {}
         for gpu, name in enumerate(("host-a", "host-b")):
             clone = clones[name]
-            env = service_env(clone, **shared, PYTHONPATH=str(clone), ROBUST_DEEPFAKE_CHECKOUT=str(clone),
-                              CUDA_VISIBLE_DEVICES=str(gpu), PREFECT_FLOWS_HEARTBEAT_FREQUENCY=HEARTBEAT_S,
-                              PREFECT_WORKER_QUERY_SECONDS="2",
-                              ROBUST_DEEPFAKE_GPU_LOCKS=str(tmp_path / f"gpu-locks-{name}"))
-            workers[name] = Service(name, [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name,
-                                           "--limit", "1"], clone, env, logs)
+            env = localhost.service_env(clone, **shared, PYTHONPATH=str(clone), ROBUST_DEEPFAKE_CHECKOUT=str(clone),
+                                        CUDA_VISIBLE_DEVICES=str(gpu), PREFECT_FLOWS_HEARTBEAT_FREQUENCY=HEARTBEAT_S,
+                                        PREFECT_WORKER_QUERY_SECONDS="2",
+                                        ROBUST_DEEPFAKE_GPU_LOCKS=str(tmp_path / f"gpu-locks-{name}"))
+            worker = [str(localhost.BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name, "--limit", "1"]
+            workers[name] = localhost.Service(name, worker, clone, env, logs)
             services.append(workers[name])
 
         yield SimpleNamespace(clones=clones, workers=workers, shared=shared, logs=logs, tracking=tracking, api=api,
-                              origin=tmp_path / "origin.git", services=services)
+                              origin=tmp_path / "origin.git", services=services, localhost=localhost)
     finally:
         for service in reversed(services):
             service.stop()
 
 
-def _study(topo, name: str) -> Service:
+def _study(topo, name: str):
+    """`python -m flows.study` on the laptop clone, as a service (stopped with the others)."""
     laptop = topo.clones["laptop"]
-    env = service_env(laptop, **topo.shared, PYTHONPATH=str(laptop))
-    service = Service(name, [sys.executable, "-m", "flows.study", "configs/study_topo.yaml", "--pool", POOL],
-                      laptop, env, topo.logs)
+    env = topo.localhost.service_env(laptop, **topo.shared, PYTHONPATH=str(laptop))
+    service = topo.localhost.Service(
+        name, [sys.executable, "-m", "flows.study", "configs/study_topo.yaml", "--pool", POOL], laptop, env, topo.logs)
     topo.services.append(service)
     return service
 
@@ -192,7 +187,7 @@ def test_two_hosts_share_a_study_survive_a_dead_worker_and_reuse_every_cell(topo
         assert f"/{name}\n" in refs + "\n"
     retried = by_label["reg.epsilon=0.5 seed=0"]
     name = retried.data.tags["dvc_experiment"]
-    run(_dvc("exp", "pull", "origin", name), laptop)
+    dvc("exp", "pull", "origin", name, cwd=laptop)
     ref = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], laptop).stdout.split()
     lock = yaml.safe_load(run(["git", "show", f"{next(r for r in ref if r.endswith('/' + name))}:dvc.lock"],
                               laptop).stdout)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from micro_repo import clean_env
+from helpers import clean_env
 from robust_deepfake.paths import CHECKPOINT_DIR
 
 REPO = Path(__file__).resolve().parents[1]

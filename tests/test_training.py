@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from micro_repo import clean_env
+from helpers import clean_env
 from robust_deepfake.config import RegConfig, TrainConfig, validate
 from robust_deepfake.data.dataset import load_split
 from robust_deepfake.model.detector import build_detector
@@ -31,12 +31,8 @@ from robust_deepfake.pipeline.train import fingerprint, train_model
 from robust_deepfake.tracking.tracker import NullTracker
 
 
-@pytest.fixture(autouse=True, scope="module")
-def restore_threads():
-    """train_model pins torch's threads (train.num_threads); give the others theirs back."""
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
+# train_model pins torch's threads (train.num_threads): give the other tests theirs back.
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def test_class_weights_balance_the_classes():
@@ -46,10 +42,6 @@ def test_class_weights_balance_the_classes():
     assert float((weights[labels]).sum()) == pytest.approx(40.0)
     with pytest.raises(ValueError, match="lacks a class"):
         class_weights(torch.ones(5, dtype=torch.long))
-
-
-def test_train_config_defaults_are_valid():
-    assert TrainConfig().monitor == "val_auc"
 
 
 # --- a tiny training setup ------------------------------------------------------------
@@ -65,15 +57,6 @@ def _raw_params(raw: Path, splits: Path, **train) -> dict:
         "train": {"seeds": [0, 1], "epochs": 1, "batch_size": 12, "patience": 3, "device": "cpu",
                   "num_threads": 1, **train},
     }
-
-
-@pytest.fixture(scope="module")
-def splits(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """train/val/test CSVs of the 96-image tiny sample (absolute paths, usable from any root)."""
-    root = tmp_path_factory.mktemp("splits")
-    params = validate(_raw_params(tiny_raw, root / "data" / "splits"))
-    split(params, root)
-    return root / "data" / "splits"
 
 
 @pytest.fixture

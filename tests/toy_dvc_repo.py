@@ -10,13 +10,11 @@ log/calls.txt (git-ignored, not a DVC output).
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from micro_repo import REPO, run
+from helpers import REPO, dvc, git_commit, run
 
 STEP = r'''
 """One toy stage: python step.py NAME [--fail] [--transient-once] [--rendezvous OTHER]."""
@@ -81,9 +79,8 @@ def make_toy_repo(dest: Path, flags: dict[str, str] | None = None) -> Path:
     }
     (dest / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     run(["git", "init", "-q"], dest)
-    run([sys.executable, "-m", "dvc", "init", "-q"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "toy"], dest)
+    dvc("init", "-q", cwd=dest)
+    git_commit(dest, "toy")
     return dest
 
 
@@ -91,7 +88,3 @@ def calls(root: Path) -> list[tuple[str, str]]:
     """(stage, CUDA_VISIBLE_DEVICES) for every stage call so far, in call order."""
     path = root / "log" / "calls.txt"
     return [tuple(line.split(" ", 1)) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], root)
