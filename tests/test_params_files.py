@@ -1,9 +1,12 @@
-"""`robust-deepfake params merge` (comments, nulls), `params check` (the paths params
-name, the cron Prefect would serve) and the CLI's --help texts."""
+"""`robust-deepfake params merge` (comments, nulls, broken overrides or params left
+alone), `params check` (the paths params name, the cron Prefect would serve) and the CLI's
+--help texts."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import re
 import subprocess
 import sys
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO
 from robust_deepfake.cli import build_parser, main
 from robust_deepfake.config import ConfigError, load_params, validate
 from robust_deepfake.config.merge import merge_params_file, path_problems
@@ -96,9 +100,14 @@ def test_merging_the_shipped_dffd_overrides(repo_root, tmp_path):
     target = tmp_path / "params.yaml"
     original = (repo_root / "params.yaml").read_text()
     target.write_text(original)
-    merge_params_file(repo_root / "configs" / "dffd_gpu.yaml", target)
+    changed = merge_params_file(repo_root / "configs" / "dffd_gpu.yaml", target)
+    assert changed["data.image_size"] == (64, 224)
     text = target.read_text()
-    assert load_params(target).model.weights_path == "weights/efficientnet_b0_ra-3dd342df.pth"
+    merged = load_params(target)
+    assert merged.data.image_size == 224 and merged.model.pretrained
+    assert merged.model.weights_path == "weights/efficientnet_b0_ra-3dd342df.pth"
+    assert merged.attack.eps_grid == pytest.approx([0, 1 / 255, 2 / 255, 4 / 255, 8 / 255])
+    assert "# Every knob" in text, "comments must survive the merge"
     assert "also available: mifgsm" not in text, "attack.attacks now lists mifgsm: the replaced comment must go"
     assert _line(text, "tracking_uri:").startswith("tracking_uri: null"), "unchanged nulls stay `null`"
     assert text.count("null") >= original.count("null") - 1  # max_samples becomes null, weights_path stops being
@@ -250,3 +259,69 @@ def test_the_sample_gpu_overrides_are_sized_for_power(repo_root, tmp_path):
     params = load_params(target)
     assert len(params.train.seeds) >= seeds_needed(params.report.min_effect, 0.048) == 48
     assert params.attack.max_samples is None and params.eval.n_bootstrap >= 200
+
+
+# --- params merge: what it refuses ------------------------------------------------------
+
+DEMO_TEXT = (REPO / "params.yaml").read_text()
+BROKEN_OVERRIDES = [
+    ("syntax error", "train:\n  epochs: [1\n", r"^{overrides}: line \d+: invalid YAML"),
+    ("duplicate key", "train:\n  epochs: 1\n  epochs: 2\n", r"^{overrides}: train\.epochs: duplicate key on lines 2 and 3"),
+    ("python tag", "train:\n  epochs: !!python/object/apply:os.system ['true']\n",
+     r"^{overrides}: train\.epochs: YAML tag '!!python/object/apply:os\.system' on line 2 is not allowed"),
+    ("empty", "", r"^{overrides}: no values to merge \(empty, or only comments\); {params} left unchanged$"),
+    ("only comments", "# nothing yet\n", r"^{overrides}: no values to merge"),
+    ("empty mapping", "{}\n", r"^{overrides}: no values to merge"),
+    ("a list", "- train\n", r"^{overrides}: top level must be a mapping"),
+    ("a bad value", "reevaluate:\n  cron: a b c d e\n",
+     r"^{params} merged with {overrides}: reevaluate\.cron: not a valid cron expression"),
+]
+
+
+@pytest.mark.parametrize(("text", "pattern"), [row[1:] for row in BROKEN_OVERRIDES],
+                         ids=[row[0] for row in BROKEN_OVERRIDES])
+def test_merge_refuses_broken_overrides_and_leaves_params_alone(tmp_path, capsys, text, pattern):
+    params, overrides = tmp_path / "params.yaml", tmp_path / "overrides.yaml"
+    params.write_text(DEMO_TEXT)
+    overrides.write_text(text)
+    before = params.stat().st_mtime_ns
+    expected = pattern.format(overrides=re.escape(str(overrides)), params=re.escape(str(params)))
+    with pytest.raises(ConfigError, match=expected):
+        merge_params_file(overrides, params)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["params", "merge", str(overrides), "--into", str(params)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert params.read_text() == DEMO_TEXT and params.stat().st_mtime_ns == before
+
+
+def test_merge_refuses_a_broken_params_file(tmp_path):
+    params, overrides = tmp_path / "params.yaml", tmp_path / "overrides.yaml"
+    broken = DEMO_TEXT.replace("  epochs: 4\n", "  epochs: 4\n  epochs: 1\n")
+    params.write_text(broken)
+    overrides.write_text("train:\n  patience: 2\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(params))}: train\.epochs: duplicate key"):
+        merge_params_file(overrides, params)
+    assert params.read_text() == broken
+
+
+def test_merge_that_changes_nothing_does_not_rewrite(tmp_path, capsys):
+    params, overrides = tmp_path / "params.yaml", tmp_path / "overrides.yaml"
+    params.write_text(DEMO_TEXT)
+    overrides.write_text("train:\n  epochs: 4\n")
+    os.utime(params, ns=(1, 1))
+    assert merge_params_file(overrides, params) == {}
+    main(["params", "merge", str(overrides), "--into", str(params)])
+    assert "unchanged, not rewritten" in capsys.readouterr().out
+    assert params.stat().st_mtime_ns == 1 and params.read_text() == DEMO_TEXT
+
+
+def test_no_nan_survives_a_merge(tmp_path):
+    params, overrides = tmp_path / "params.yaml", tmp_path / "overrides.yaml"
+    params.write_text(DEMO_TEXT)
+    overrides.write_text("attack:\n  eps: [.nan]\n")
+    with pytest.raises(ConfigError, match=r": attack\.eps\.0: expected a finite number"):
+        merge_params_file(overrides, params)
+    assert params.read_text() == DEMO_TEXT
+    assert not math.isnan(load_params(params).attack.eps[0])
