@@ -19,7 +19,7 @@ PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
 # The pins pyproject.toml lists under [tool.robust-deepfake] install-without-deps.
 export WITHOUT_DEPS := import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["robust-deepfake"]["install-without-deps"]))
 
-.PHONY: install demo test lint
+.PHONY: install demo test test-all lint
 
 install: $(STAMP) $(PLOTS_TEMPLATE)
 
@@ -44,7 +44,13 @@ demo: $(STAMP) $(PLOTS_TEMPLATE)
 	robust-deepfake data ensure
 	dvc repro
 
+# Two tiers (tests/conftest.py marks a test slow when it uses a micro repo, a Prefect or
+# MLflow server, `mlflow models serve` or headless Chromium). `make test`: the fast tier,
+# run before every commit. `make test-all`: everything, what CI (.ci/run) runs.
 test: $(STAMP) $(PLOTS_TEMPLATE)
+	$(BIN)/python -m pytest -m "not slow"
+
+test-all: $(STAMP) $(PLOTS_TEMPLATE)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
