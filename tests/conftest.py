@@ -18,8 +18,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
-from helpers import REPO, TINY_SPEC, run
+from helpers import REPO, TINY_SPEC, dvc, run
 from robust_deepfake.data.sample import write_sample
 
 # Keep tool chatter and background network attempts out of the tests.
@@ -71,6 +72,30 @@ def splits(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def _dvc_sample_template(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from robust_deepfake.data.sample import spec_to_meta
+
+    root = tmp_path_factory.mktemp("dvc-sample")
+    run(["git", "init", "-q"], root)
+    dvc("init", "-q", cwd=root)
+    shutil.copytree(tiny_raw, root / "data" / "raw")
+    (root / "data.dvc").write_text(
+        yaml.safe_dump({"outs": [{"path": "data/raw"}], "meta": {"sample": spec_to_meta(TINY_SPEC)}}, sort_keys=False))
+    dvc("commit", "-f", "-q", "data.dvc", cwd=root)
+    return root
+
+
+@pytest.fixture
+def dvc_sample_repo(_dvc_sample_template: Path, tmp_path: Path) -> Path:
+    """tmp_path as a git + dvc repo whose data.dvc tracks the tiny sample (in the DVC cache,
+    not yet committed to git), as a fresh clone sees it: a copy of one built per session
+    (without DVC's per-machine state in .dvc/tmp)."""
+    shutil.copytree(_dvc_sample_template, tmp_path, symlinks=True, dirs_exist_ok=True,
+                    ignore=lambda folder, names: ["tmp"] if Path(folder).name == ".dvc" else [])
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
 def full_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled sample exactly as data.dvc records it (generated once, ~12 s)."""
     from robust_deepfake.data.materialize import read_dvc_file
@@ -107,6 +132,22 @@ def restore_threads() -> Iterator[None]:
 
 
 # --- MLflow ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlflow import MlflowClient
+
+    database = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{database}").search_experiments()  # creates the tables
+    return database
+
+
+@pytest.fixture
+def empty_mlflow_db(_mlflow_db_template: Path, tmp_path: Path) -> Path:
+    """tmp_path/mlflow.db: an MLflow sqlite store with its tables and only the Default
+    experiment (a copy of one created per session: creating the tables takes seconds)."""
+    return Path(shutil.copy2(_mlflow_db_template, tmp_path / "mlflow.db"))
 
 
 @pytest.fixture

@@ -21,6 +21,9 @@ from robust_deepfake.robustness.attacks import (
 from robust_deepfake.config import AttackConfig, ModelConfig
 from robust_deepfake.model.detector import build_detector
 
+# One intra-op thread: these small tensors run fastest that way on a shared CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EPS = 4 / 255
 
 
@@ -328,6 +331,7 @@ def _check_amp_accuracy(device: torch.device) -> None:
         assert abs(bf16[key] - fp32[key]) <= 0.01, (key, fp32, bf16)
 
 
+@pytest.mark.slow  # trains a detector for 12 epochs, then attacks it in bf16 on the CPU
 def test_amp_moves_accuracy_under_attack_by_at_most_one_point_cpu_bf16():
     """attack.amp applies on CUDA; here the same bf16 autocast runs on the CPU (opted in)."""
     _check_amp_accuracy(torch.device("cpu"))

@@ -288,12 +288,10 @@ LAYERS_REFUSED = [("blocks.99", "no such layer"), ("blocks", "never calls this m
 
 
 @pytest.mark.parametrize(("layer", "says"), LAYERS_REFUSED)
-def test_a_cam_layer_the_model_lacks_is_refused_by_params_check_and_before_training(tmp_path, layer, says):
+def test_a_cam_layer_the_model_lacks_is_refused_by_params_check_and_before_training(tmp_path, capsys, layer, says):
     """The layer needs the architecture (explain/layers.py): `params check` and the train
-    stage refuse it, long before cam_iinc would have."""
-    import subprocess
-    import sys
-
+    stage refuse it, long before cam_iinc would have. (The CLI runs in-process here; a
+    stage's exit through a real process is test_stage_exits_nonzero_with_one_line_naming_the_key.)"""
     from robust_deepfake.explain.layers import require_target_layer
     from robust_deepfake.errors import StageError
 
@@ -301,10 +299,11 @@ def test_a_cam_layer_the_model_lacks_is_refused_by_params_check_and_before_train
     params = load_params(path)  # the schema alone accepts it
     with pytest.raises(StageError, match=f"cam.target_layer: .*{re.escape(says)}.*\\(got {re.escape(repr(layer))}\\)"):
         require_target_layer(params)
-    result = subprocess.run([sys.executable, "-m", "robust_deepfake.cli", "params", "check", "--schema-only", str(path)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "cam.target_layer: " in result.stderr and says in result.stderr
-    assert "Traceback" not in result.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        main(["params", "check", "--schema-only", str(path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "cam.target_layer: " in err and says in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("layer", ["conv_head", "blocks.4.0", "body.blocks.4"])

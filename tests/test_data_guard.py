@@ -24,24 +24,15 @@ from robust_deepfake.data.materialize import (
     track_raw_dir,
 )
 
-from helpers import TINY_SPEC, dvc, git_commit, run
+from helpers import dvc, git_commit, run
 
 
 @pytest.fixture
-def data_repo(tmp_path, tiny_raw) -> Path:
+def data_repo(dvc_sample_repo) -> Path:
     """A git + dvc repo whose committed data.dvc tracks the tiny sample (a fresh clone)."""
-    from robust_deepfake.data.sample import spec_to_meta
-
-    run(["git", "init", "-q"], tmp_path)
-    dvc("init", "-q", cwd=tmp_path)
-    (tmp_path / ".gitignore").write_text("/.cache/\n")
-    shutil.copytree(tiny_raw, tmp_path / "data" / "raw")
-    (tmp_path / "data.dvc").write_text(
-        yaml.safe_dump({"outs": [{"path": "data/raw"}], "meta": {"sample": spec_to_meta(TINY_SPEC)}}, sort_keys=False)
-    )
-    dvc("commit", "-f", "-q", "data.dvc", cwd=tmp_path)
-    git_commit(tmp_path, "data")
-    return tmp_path
+    (dvc_sample_repo / ".gitignore").write_text("/.cache/\n")
+    git_commit(dvc_sample_repo, "data")
+    return dvc_sample_repo
 
 
 def _png(root: Path, relative: str) -> Path:

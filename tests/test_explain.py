@@ -15,6 +15,9 @@ from robust_deepfake.model.detector import build_detector
 from robust_deepfake.robustness.attacks import build_attack, quantize_8bit
 from robust_deepfake.robustness.sweep import attack_generator
 
+# One intra-op thread: these small tensors run fastest that way on a shared CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _half(columns: slice, size: int = 8) -> np.ndarray:
     m = np.zeros((size, size))

@@ -79,6 +79,7 @@ def test_no_global_colour_shortcut(full_sample):
     assert accuracy <= 0.75, accuracy
 
 
+@pytest.mark.slow  # trains a CNN for three epochs on the full sample
 def test_a_small_cnn_learns_it(full_sample):
     """The artifacts are learnable: a 4-layer CNN trained for three epochs separates held-out
     identities well above the shortcut bound."""

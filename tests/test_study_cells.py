@@ -117,11 +117,11 @@ def _record(cell_hash: str, label: str, seed: int, epsilon: float, worker: str =
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(empty_mlflow_db, tmp_path, monkeypatch):
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{empty_mlflow_db}")
+    mlflow.set_tracking_uri(f"sqlite:///{empty_mlflow_db}")
     return tmp_path
 
 

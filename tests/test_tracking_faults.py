@@ -64,17 +64,13 @@ def test_http_retries_and_timeouts_are_bounded_unless_the_user_set_them(monkeypa
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
 
 
-def test_a_read_only_sqlite_store_is_one_line(tmp_path, monkeypatch):
+def test_a_read_only_sqlite_store_is_one_line(empty_mlflow_db, tmp_path, monkeypatch):
     """As root every file is writable, so sqlite's own read-only mode stands in for a
     read-only file: the store is opened, and the first write fails."""
     from robust_deepfake.config import TrackingConfig
     from robust_deepfake.tracking import store
 
-    database = tmp_path / "mlflow.db"
-    seeded = subprocess.run(
-        [sys.executable, "-c", "import mlflow; mlflow.set_tracking_uri(%r); mlflow.search_experiments()"
-         % f"sqlite:///{database}"], capture_output=True, text=True, env=clean_env(tmp_path), timeout=120)
-    assert seeded.returncode == 0, seeded.stderr[-2000:]
+    database = empty_mlflow_db
     env = {**clean_env(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///file:{database}?mode=ro&uri=true"}
     (tmp_path / "params.yaml").write_text("{}\n")
     script = textwrap.dedent("""

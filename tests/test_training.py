@@ -172,6 +172,7 @@ _TRAIN_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # trains three times, once in a subprocess that is killed mid-run
 def test_killed_run_resumes_to_the_same_metrics(make_params, tiny_raw, splits, tmp_path, capsys):
     key = ModelKey("baseline", 0)
     params = make_params(epochs=3)
