@@ -33,6 +33,9 @@ from robust_deepfake.robustness.sweep import (
     summarize_sweep,
 )
 
+# One intra-op thread: these small tensors run fastest that way on a shared CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BASELINE = ModelKey("baseline", 0)
 REG = ModelKey("reg", 0)
 CPU = torch.device("cpu")
