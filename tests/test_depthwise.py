@@ -10,12 +10,7 @@ from robust_deepfake.model.depthwise import FastDepthwiseConv2d, _DepthwiseConv,
 from robust_deepfake.model.detector import build_detector
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _native(x, weight, stride, padding):
