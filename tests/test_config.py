@@ -148,6 +148,14 @@ BAD = [
     ("train.seeds", 0, "train.seeds", "valid list"),
     *[("reg.epsilon_scale", scale, "reg.epsilon_scale", "'relative' or 'absolute'")
       for scale in ["Relative", "percent", "", None, 1]],
+    # paths the stages read or write, confined to the repository (the params file's folder)
+    ("data.splits_dir", "/etc", "data.splits_dir", "/etc is outside the repository"),
+    ("data.splits_dir", "../../outside", "data.splits_dir", "../../outside is outside the repository"),
+    ("data.raw_dir", "data/../../raw", "data.raw_dir", "is outside the repository"),
+    ("data.raw_dir", "~/raw", "data.raw_dir", "is outside the repository"),
+    ("data.splits_dir", ".", "data.splits_dir", "is the repository itself"),
+    ("data.splits_dir", "data/raw/splits", "data.splits_dir", "overlaps data.raw_dir"),
+    ("data.raw_dir", "data", "data.splits_dir", "overlaps data.raw_dir"),
 ]
 
 
@@ -156,8 +164,28 @@ def test_a_bad_value_is_refused_naming_its_key(tmp_path, dotted, value, key, say
     lines = _refusal(_write(tmp_path, _with({dotted: value})))
     _assert_names(lines, key, says)
     assert len(lines) == 1, lines
-    if "unknown key" not in says:
+    if "unknown key" not in says and not dotted.startswith("data."):
         assert "(got " in lines[0] or "got " in LINE.match(lines[0])["message"], lines[0]
+
+
+def test_paths_inside_the_repository_and_the_unconfined_keys_pass(tmp_path):
+    """An absolute path inside the repository, `..` that stays inside it, and the keys that
+    may point anywhere: model.weights_path (read only) and tracking.tracking_uri (a store)."""
+    outside = tmp_path.parent / "elsewhere"
+    params = load_params(_write(tmp_path, _with({
+        "data.raw_dir": str(tmp_path / "data" / "raw"), "data.splits_dir": "data/x/../splits",
+        "model.weights_path": str(outside / "weights.safetensors"),
+        "tracking.tracking_uri": f"sqlite:///{outside / 'mlflow.db'}"})))
+    assert params.data.splits_dir == "data/x/../splits"
+
+
+def test_the_docs_name_every_confined_and_unconfined_key(repo_root):
+    from robust_deepfake.config import CONFINED_KEYS, UNCONFINED_KEYS
+
+    text = (repo_root / "docs" / "params.md").read_text()
+    section = text[text.index("## Paths"):]
+    for key in [*CONFINED_KEYS, *UNCONFINED_KEYS]:
+        assert f"`{key}`" in section, key
 
 
 def test_reference_eps_must_be_in_cam_eps_where_that_is_set(tmp_path):

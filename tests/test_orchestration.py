@@ -43,10 +43,12 @@ def test_the_project_dag_is_read_from_dvc_yaml():
         else:
             declared.append(name)
     assert sorted(graph.stages) == sorted(declared)
-    assert graph.stages[0] == "split"
+    assert graph.stages[:2] == ("check_params", "split")
+    for stage in graph.stages:  # an invalid params.yaml stops every target before its stage
+        assert graph.up_to(stage).stages[0] == "check_params", stage
     keys = model_keys(seeds)
     assert {f"train_{k.variant}@{k.seed}" for k in keys} in [set(level) for level in graph.levels()]
-    assert graph.up_to(f"train_reg@{seeds[-1]}").stages == ("split", f"train_reg@{seeds[-1]}")
+    assert graph.up_to(f"train_reg@{seeds[-1]}").stages == ("check_params", "split", f"train_reg@{seeds[-1]}")
     # the outputs key_metrics reads are where paths.py says
     for key in keys:
         produced = TrainOutputs.of(REPO, key)

@@ -275,6 +275,8 @@ BROKEN_OVERRIDES = [
     ("a list", "- train\n", r"^{overrides}: top level must be a mapping"),
     ("a bad value", "reevaluate:\n  cron: a b c d e\n",
      r"^{params} merged with {overrides}: reevaluate\.cron: not a valid cron expression"),
+    ("a path outside the repository", "data:\n  splits_dir: ../../outside\n",
+     r"^{params} merged with {overrides}: data\.splits_dir: \.\./\.\./outside is outside the repository"),
 ]
 
 

@@ -16,6 +16,7 @@ from robust_deepfake.paths import (
     VARIANTS,
     CamOutputs,
     ModelKey,
+    ParamsCheckOutputs,
     ReportOutputs,
     SplitOutputs,
     SweepOutputs,
@@ -71,6 +72,7 @@ def _cases() -> list[tuple[str, object, object]]:
         for key in model_keys(params["train"]["seeds"])
     ]
     cases += [
+        ("check_params", None, ParamsCheckOutputs.at(DOT)),
         ("split", None, SplitOutputs.at(DOT, params["data"]["splits_dir"])),
         ("attack_sweep", None, SweepOutputs.at(DOT)),
         ("cam_iinc", None, CamOutputs.at(DOT)),

@@ -128,11 +128,13 @@ def test_a_killed_training_run_is_closed_and_the_resumed_run_holds_every_epoch(t
     from robust_deepfake.tracking.register import MlflowTrainingTracker
 
     root = tmp_path / "repo"
-    root.mkdir()
-    raw = {"data": {"raw_dir": str(tiny_raw), "splits_dir": str(root / "data" / "splits"), "image_size": 32},
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "raw").symlink_to(tiny_raw)  # data.raw_dir stays inside the repository
+    raw = {"data": {"raw_dir": "data/raw", "splits_dir": str(root / "data" / "splits"), "image_size": 32},
            "train": {"seeds": [0], "epochs": 3, "batch_size": 12, "patience": 3, "device": "cpu", "num_threads": 1}}
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(root / "params.yaml")
+    monkeypatch.chdir(root)  # the stages run from the repository
     split(params, root)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     env = {**clean_env(root), "MLFLOW_TRACKING_URI": uri}

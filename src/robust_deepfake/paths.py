@@ -86,6 +86,18 @@ class TrainOutputs:
 
 
 @dataclass(frozen=True)
+class ParamsCheckOutputs:
+    """The out of check_params: the same bytes for every valid params file (the split
+    depends on it, so a valid edit of params.yaml does not re-run the split)."""
+
+    record: Path
+
+    @classmethod
+    def at(cls, root: Path) -> ParamsCheckOutputs:
+        return cls(root / "metrics" / "params_check.json")
+
+
+@dataclass(frozen=True)
 class SplitOutputs:
     splits_dir: Path
     metrics: Path

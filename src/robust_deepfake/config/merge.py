@@ -10,7 +10,15 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.representer import RoundTripRepresenter
 
-from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, Params, parse_yaml, read_yaml, validate
+from robust_deepfake.config import (
+    DEFAULT_PARAMS,
+    ConfigError,
+    Params,
+    confinement_problems,
+    parse_yaml,
+    read_yaml,
+    validate,
+)
 from robust_deepfake.config.cron import require_prefect_cron
 from robust_deepfake.io import atomic_open
 
@@ -122,6 +130,9 @@ def merge_params_file(overrides_path: str | Path, params_path: str | Path = DEFA
     yaml.dump(document, buffer)
     source = f"{params_path} merged with {overrides_path}"
     merged = validate(parse_yaml(buffer.getvalue(), source), source)
+    confined = confinement_problems(merged, params_path.parent)
+    if confined:
+        raise ConfigError("\n".join(f"{source}: {problem}" for problem in confined))
     require_prefect_cron(merged.reevaluate.cron, source)
     if changed:
         with atomic_open(params_path) as handle:
