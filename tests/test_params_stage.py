@@ -56,7 +56,7 @@ def _toy_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def toy(_toy_template: Path, tmp_path: Path) -> Path:
+def toy_repo(_toy_template: Path, tmp_path: Path) -> Path:
     root = tmp_path / "toy"
     shutil.copytree(_toy_template, root, symlinks=True,  # without DVC's per-machine state in .dvc/tmp
                     ignore=lambda folder, names: ["tmp"] if Path(folder).name == ".dvc" else [])
@@ -88,32 +88,32 @@ def test_the_project_stage_depends_on_params_yaml_as_a_file():
     ("\nreevaluate:", "\nreevalute:", "reevalute: unknown key"),
     ("  splits_dir: data/splits", "  splits_dir: /etc", "data.splits_dir: /etc is outside the repository"),
 ])
-def test_an_invalid_edit_stops_dvc_repro_and_dvc_repro_split(toy: Path, old: str, new: str, key: str):
-    _edit(toy, old, new)
+def test_an_invalid_edit_stops_dvc_repro_and_dvc_repro_split(toy_repo: Path, old: str, new: str, key: str):
+    _edit(toy_repo, old, new)
     for target in ([], ["split"]):
-        result = dvc("repro", *target, cwd=toy, check=False)
+        result = dvc("repro", *target, cwd=toy_repo, check=False)
         output = result.stdout + result.stderr
         assert result.returncode != 0, output
         assert key in output and "Traceback" not in output, output
-    assert _split_runs(toy) == 0
+    assert _split_runs(toy_repo) == 0
 
 
-def test_a_valid_edit_reruns_the_check_alone_and_a_reverted_file_comes_from_the_run_cache(toy: Path):
-    before = (toy / "metrics" / "params_check.json").read_bytes()
-    _edit(toy, "  lr: 0.004", "  lr: 0.003")
-    result = dvc("repro", cwd=toy)
-    assert "Running stage 'check_params'" in result.stdout and _split_runs(toy) == 0, result.stdout
-    assert (toy / "metrics" / "params_check.json").read_bytes() == before
-    run(["git", "checkout", "params.yaml"], toy)
-    result = dvc("repro", cwd=toy)
-    assert "Running stage" not in result.stdout and _split_runs(toy) == 0, result.stdout
-    _edit(toy, "  seed: 0\n  val_fraction", "  seed: 1\n  val_fraction")
-    dvc("repro", cwd=toy)
-    assert _split_runs(toy) == 1
+def test_a_valid_edit_reruns_the_check_alone_and_a_reverted_file_comes_from_the_run_cache(toy_repo: Path):
+    before = (toy_repo / "metrics" / "params_check.json").read_bytes()
+    _edit(toy_repo, "  lr: 0.004", "  lr: 0.003")
+    result = dvc("repro", cwd=toy_repo)
+    assert "Running stage 'check_params'" in result.stdout and _split_runs(toy_repo) == 0, result.stdout
+    assert (toy_repo / "metrics" / "params_check.json").read_bytes() == before
+    run(["git", "checkout", "params.yaml"], toy_repo)
+    result = dvc("repro", cwd=toy_repo)
+    assert "Running stage" not in result.stdout and _split_runs(toy_repo) == 0, result.stdout
+    _edit(toy_repo, "  seed: 0\n  val_fraction", "  seed: 1\n  val_fraction")
+    dvc("repro", cwd=toy_repo)
+    assert _split_runs(toy_repo) == 1
 
 
-def test_an_unknown_key_set_by_dvc_exp_run_in_a_temp_dir_is_refused(toy: Path):
-    result = dvc("exp", "run", "--temp", "-S", "+train.epoch=7", cwd=toy, check=False)
+def test_an_unknown_key_set_by_dvc_exp_run_in_a_temp_dir_is_refused(toy_repo: Path):
+    result = dvc("exp", "run", "--temp", "-S", "+train.epoch=7", cwd=toy_repo, check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "train.epoch: unknown key" in output, output
 

@@ -145,7 +145,9 @@ def test_registered_versions_and_aliases(client, micro_repo):
     (report,) = client.search_runs([experiment.experiment_id], "tags.stage = 'report'")
     assert report.data.tags["champion"] == decision["champion"]
     assert report.data.params["seeds"] == "[0, 1]"
-    assert set(report.data.metrics) == {"score_baseline", "score_reg"}
+    headline = {"seeds"} | {f"{metric}/{variant}" for metric in ("acc_clean", "acc_pgd") for variant in ("baseline", "reg")}
+    headline |= {f"pgd_acc_diff/reg_baseline/{part}" for part in ("mean", "lo", "hi", "claim")}
+    assert set(report.data.metrics) == {"score_baseline", "score_reg"} | headline
     assert report.data.tags["git_commit"] == version_commit(micro_repo)  # a committed run: no "-dirty"
 
 

@@ -180,8 +180,11 @@ def test_killed_run_resumes_to_the_same_metrics(make_params, tiny_raw, splits, t
     capsys.readouterr()
 
     root = tmp_path / "b"
-    root.mkdir()
-    (root / "params.yaml").write_text(yaml.safe_dump(_raw_params(tiny_raw, splits, epochs=3)))
+    (root / "data").mkdir(parents=True)
+    # the data folders must lie inside the repository: symlinks there are allowed
+    (root / "data" / "raw").symlink_to(tiny_raw, target_is_directory=True)
+    (root / "data" / "splits").symlink_to(splits, target_is_directory=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(_raw_params(Path("data/raw"), Path("data/splits"), epochs=3)))
     process = subprocess.Popen(
         [sys.executable, "-c", _TRAIN_SCRIPT, str(root)], cwd=root, env=clean_env(root),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
