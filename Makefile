@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 # vega, vega-lite and vega-embed, pinned in package-lock.json, inlined into one page
-# template so `dvc plots show` renders with no network (README, "Reading the results").
+# template so `dvc plots show` renders with no network (docs/pipeline.md, "Reading the outputs with DVC").
 # Rebuilt when the pins or the build module change; the file itself is the stamp.
 $(PLOTS_TEMPLATE): package.json package-lock.json tools/plots_template.py $(STAMP)
 	@command -v npm >/dev/null || { echo "npm not found: install Node.js with npm (Debian: apt-get install npm)" >&2; exit 1; }

@@ -1,4 +1,4 @@
-"""The multi-host study topology on 127.0.0.1 (issue #16), with the real servers and CLIs:
+"""The multi-host study topology on 127.0.0.1, with the real servers and CLIs:
 
 a Prefect server, an MLflow tracking server (SQL backend + artifact store), a bare git
 remote and a DVC remote in temp folders, and two Prefect process workers in two separate
