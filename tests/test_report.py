@@ -29,7 +29,7 @@ from robust_deepfake import units
 from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepEntry, SweepMetrics, SweepPredictions, summarize_sweep
 from robust_deepfake.tracking.tracker import NullTracker
 from robust_deepfake.verdict.champion import EVIDENCE, choose_champion
-from robust_deepfake.verdict.claims import assess
+from robust_deepfake.verdict.claims import assess, seeds_needed
 from robust_deepfake.verdict.seeds import present_pairs, seed_difference
 
 EPS = [0.0, 1 / 255, 2 / 255]
@@ -220,6 +220,10 @@ def test_headline_metrics_are_few_and_answer_the_questions(rendered):
         assert report["pgd_acc_diff"][pair] == pytest.approx(
             {"mean": row.mean, "lo": row.ci_low, "hi": row.ci_high, "claim": row.claim.claim})
     assert report["pgd_acc_diff"]["reg_baseline"]["mean"] == pytest.approx(np.mean(_pgd_accuracy_diffs(metrics)))
+    # the seeds at which every PGD accuracy comparison detects report.min_effect with 80% power
+    plans = [rows[(pair, "pgd", "accuracy")].claim for pair in pairs]
+    needed = [seeds_needed(c.min_effect, c.spread, c.level, c.power, c.max_seeds, c.min_seeds) for c in plans]
+    assert None not in needed and report["seeds_needed"] == max(needed) >= 2
     for variant in variants:
         pgd_1 = np.mean([metrics.get(ModelKey(variant, s), "pgd", EPS[1]).accuracy for s in SEEDS])
         assert report["acc_pgd"][variant] == pytest.approx(pgd_1)  # reference eps 1/255

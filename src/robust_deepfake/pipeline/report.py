@@ -36,6 +36,7 @@ from robust_deepfake.tracking.model_card import report_section
 from robust_deepfake.tracking.provenance import data_md5, machine_facts, run_origin
 from robust_deepfake.tracking.tracker import Tracker
 from robust_deepfake.verdict.champion import choose_champion
+from robust_deepfake.verdict.claims import seeds_for_every
 from robust_deepfake.verdict.differences import iinc_differences, sweep_differences
 from robust_deepfake.verdict.seeds import SeedDifference
 
@@ -175,7 +176,9 @@ def headline_metrics(inputs: ReportInputs, differences: list[SeedDifference], at
     an out): seed means per variant of clean accuracy and of accuracy under the reference
     attack and eps, and per comparison (in question order) the verdict's accuracy
     difference under that attack: seed mean, interval and claim (+1 / -1: the first / second
-    variant of the pair is higher, 0: no claim). Short names nested by variant or pair
+    variant of the pair is higher, 0: no claim); `seeds_needed`: the seeds at which every one
+    of those comparisons detects report.min_effect with 80% power at its observed spread
+    (absent: nothing to plan with). Short names nested by variant or pair
     (`acc_pgd.placebo`, `pgd_acc_diff.reg_placebo.lo`) keep `dvc exp show` narrow and clear
     of the `reg.` params prefix; numbers only."""
     variants = [v for v in VARIANTS if v in inputs.predictions.variants]
@@ -186,13 +189,16 @@ def headline_metrics(inputs: ReportInputs, differences: list[SeedDifference], at
                                   for k in inputs.sweep.models if k.variant == v])) for v in variants}
 
     rows = [d for d in differences if d.attack == attack and d.metric == "accuracy"]
+    needed = seeds_for_every([d.claim for d in rows])
     return {
         "seeds": len(seeds),
+        **({"seeds_needed": needed} if needed is not None else {}),
         "acc_clean": per_variant(CLEAN, 0.0, "accuracy"),
         f"acc_{attack}": per_variant(attack, eps, "accuracy"),
         f"{attack}_acc_diff": {d.pair.key: {"mean": d.mean, "lo": d.ci_low, "hi": d.ci_high, "claim": d.claim.claim}
                                for d in rows},
     }
+
 
 
 def _provenance(params: Params, root: Path) -> dict[str, str]:

@@ -18,6 +18,7 @@ from robust_deepfake.report.names import METRIC_NAMES
 from robust_deepfake.robustness.sweep import SweepMetrics
 from robust_deepfake.units import CLEAN
 from robust_deepfake.verdict.champion import ChampionDecision
+from robust_deepfake.verdict.claims import seeds_for_every
 from robust_deepfake.verdict.seeds import SeedDifference
 
 TITLE = "Robust deepfake detection report"
@@ -136,6 +137,9 @@ def power_section(differences: list[SeedDifference], attack: str) -> list[Block]
               _signed(d.mean), _seeds(d.claim.seeds_for_observed, d.claim.max_seeds),
               _seeds(d.claim.seeds_for_min_effect, d.claim.max_seeds), _f(d.claim.detectable), _plan_reading(d)]
              for d in rows]
+    needed = seeds_for_every([d.claim for d in rows if d.attack == attack])
+    every = (f" A run of **{needed} seeds** gives every comparison under {attack.upper()} that power for "
+             f"{first.min_effect:g} (`seeds_needed` in metrics/report.json)." if needed is not None else "")
     return [
         Heading("How many seeds a claim would take", 3),
         Table(["comparison", "metric", "seeds", "spread (SD of d_s)", "observed effect", "seeds for it",
@@ -143,7 +147,8 @@ def power_section(differences: list[SeedDifference], attack: str) -> list[Block]
         Para(f"{first.power:.0%} power, two-sided t-test at the spread shown (floored at the test SE); "
              f"`report.min_effect` = {first.min_effect:g}. **No claim below {first.min_seeds} seeds.** A spread "
              "estimated from few seeds is itself uncertain: read these counts as orders of magnitude. The numbers "
-             "differ from machine to machine (another CPU is another draw of training noise); the reading must not."),
+             "differ from machine to machine (another CPU is another draw of training noise); the reading must not."
+             + every),
     ]
 
 

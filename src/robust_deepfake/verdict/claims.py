@@ -116,6 +116,14 @@ def seeds_needed(effect: float, spread: float, level: float = 0.95, target: floa
     return int(counts[reached[0]]) if reached.size else None
 
 
+def seeds_for_every(claims: Sequence[SeedClaim]) -> int | None:
+    """The seeds at which every one of `claims` detects its min_effect with its power at its
+    observed spread (the largest of their seeds_for_min_effect); None when there are none,
+    or one has no spread to plan with or needs more than its max_seeds."""
+    counts = [c.seeds_for_min_effect for c in claims]
+    return max(counts) if counts and None not in counts else None
+
+
 def detectable_effect(spread: float, n: int, level: float = 0.95, target: float = POWER) -> float:
     """The true mean difference that n seeds detect with `target` power at this spread;
     NaN for n < 2 or a spread that is not positive and finite."""
