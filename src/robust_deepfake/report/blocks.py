@@ -61,12 +61,26 @@ figcaption { font-size: 0.85em; color: #555; }
 """
 
 
+_CODE = re.compile(r"`([^`]+)`")
+_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
+_EM = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])")
+
+
 def _md(text: str) -> str:
-    """Markdown text: `&` and `<` escaped so a viewer never renders a label as raw HTML."""
-    return text.replace("&", "&amp;").replace("<", "&lt;")
+    """Markdown text that a viewer shows as `inline_html` does: outside code spans `\\`,
+    `&` and `<` are escaped (no label renders as raw HTML or loses a backslash); a code span
+    is kept verbatim, as Markdown shows code spans literally."""
+    parts = _CODE.split(text)
+    for position in range(0, len(parts), 2):
+        parts[position] = parts[position].replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;")
+    for position in range(1, len(parts), 2):
+        parts[position] = f"`{parts[position]}`"
+    return "".join(parts)
 
 
 def _md_cell(text: str) -> str:
+    """A table cell: every `|` escaped, in code spans too (GFM drops that backslash), so a
+    pipe in a label never splits the cell; one line."""
     return _md(text).replace("|", "\\|").replace("\n", " ")
 
 
@@ -92,11 +106,6 @@ def _markdown(block: Block, base: Path) -> str:
 def to_markdown(blocks: Sequence[Block], base: Path) -> str:
     """The Markdown document: figures as links relative to `base` (its folder)."""
     return "\n\n".join(_markdown(block, base) for block in blocks) + "\n"
-
-
-_CODE = re.compile(r"`([^`]+)`")
-_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
-_EM = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])")
 
 
 def inline_html(text: str) -> str:
