@@ -112,6 +112,14 @@ def training_step(
     return StepLosses(total, clean, perturbed, correct, relative.mean())
 
 
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW as `fit` trains with it: on the CPU the fused implementation (one kernel per
+    parameter: 21 -> 5 ms per EfficientNet-B0 step on one thread, measured; its rounding
+    differs from the per-tensor loop's), on CUDA torch's default."""
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                             fused=True if device.type == "cpu" else None)
+
+
 def to_device(batch: Batch, device: torch.device, flip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A uint8 host batch as float [0, 1] images and labels on `device`; images where
     `flip` (bool per image) is set are mirrored left-right there. The copies do not block
@@ -358,7 +366,7 @@ def fit(
     weights = class_weights(train_set.labels)
     criterion = nn.CrossEntropyLoss(weight=weights.to(device))
     amp = Amp.for_device(device, config.amp)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config, device)
     train_indices = train_subset(len(train_set), config, seed)
     steps_per_epoch = math.ceil(len(train_indices) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
