@@ -23,7 +23,7 @@ def test_repro_produces_every_declared_output(micro_repo):
         "eval/attack_sweep.json", "eval/attack_predictions.npz", "plots/attack_sweep.csv",
         "eval/cam_iinc.json", "eval/cam_iinc_values.npz", "plots/iinc.csv", "reports/cam/cam_reg_pgd.png",
         "reports/report.md", "reports/report.html", "reports/figures/robustness_accuracy.png",
-        "eval/verdict.json", "metrics/report.json", "plots/robustness/pgd.csv",
+        "eval/verdict.json", "metrics/report.json", "metrics/machine.json", "plots/robustness/pgd.csv",
     ]:
         assert (micro_repo / path).exists(), path
     for variant in ("baseline", "reg"):

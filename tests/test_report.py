@@ -381,3 +381,20 @@ def test_the_report_run_logs_the_headline_answers(rendered):
     tags = answer_tags(ReportOutputs.at(root).metrics, ReportOutputs.at(root).verdict)
     assert set(tags) == {f"answer.{d.pair.key}" for d in summary["differences"]}
     assert tags["answer.reg_baseline"] == f"pgd accuracy: {row.reading()}"
+
+
+def test_the_headline_names_the_machine_it_was_produced_on(rendered):
+    """metrics/machine.json, committed beside metrics/report.json: the CPU, accelerator,
+    torch version and thread count, as the report's provenance states them."""
+    import torch
+
+    from robust_deepfake.tracking.provenance import cpu_model
+
+    root, _, _ = rendered
+    machine = json.loads(ReportOutputs.at(root).machine.read_text())
+    assert machine["cpu"] == cpu_model() and machine["torch"] == torch.__version__
+    assert isinstance(machine["torch_threads"], int) and machine["torch_threads"] >= 1
+    assert machine["accelerator"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+    assert "reading" in machine["note"]
+    markdown = (root / "reports" / "report.md").read_text()
+    assert f"| CPU | `{machine['cpu']}` |" in markdown and f"| `{machine['torch_threads']}` |" in markdown

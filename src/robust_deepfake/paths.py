@@ -141,13 +141,14 @@ class ReportOutputs:
     training: Path  # every model's per-epoch curves, one CSV each, for dvc plots
     metrics: Path  # the headline numbers (DVC metrics)
     verdict: Path  # the full verdict table
+    machine: Path  # where the headline numbers were produced (committed beside them)
 
     @classmethod
     def at(cls, root: Path) -> ReportOutputs:
         reports = root / "reports"
         return cls(reports / "report.md", reports / "report.html", reports / "figures",
                    root / "plots" / "robustness", root / "plots" / "training", root / "metrics" / "report.json",
-                   root / "eval" / "verdict.json")
+                   root / "eval" / "verdict.json", root / "metrics" / "machine.json")
 
 
 def relative_to_root(path: str | Path, root: Path) -> str | None:

@@ -154,6 +154,7 @@ def build_report(params: Params, root: Path, tracker: Tracker) -> dict:
                                  "provenance": provenance})
     summary = headline_metrics(inputs, differences, attack, ref_eps)
     write_json(outputs.metrics, summary)
+    write_json(outputs.machine, machine_record(params.train.num_threads))
     tracker.publish_report(decision, outputs, model_cards(inputs, differences, decision, level))
     return {"differences": differences, "decision": decision, "metrics": summary}
 
@@ -199,6 +200,20 @@ def headline_metrics(inputs: ReportInputs, differences: list[SeedDifference], at
                                for d in rows},
     }
 
+
+
+MACHINE_NOTE = ("Training floats differ by CPU model, accelerator and torch version from the first epoch, so "
+                "another machine gives other numbers in metrics/report.json; the verdict's reading (a claimed sign) "
+                "must not differ (docs/statistics.md, numbers that differ by machine).")
+
+
+def machine_record(threads: int) -> dict:
+    """Where the headline numbers were produced, committed beside metrics/report.json: the
+    CPU model, the accelerator, the torch version and the pinned thread count (the same
+    bytes on a rerun on one machine)."""
+    facts = machine_facts(threads)
+    return {"cpu": facts["cpu"], "accelerator": facts["accelerator"], "torch": facts["torch"],
+            "torch_threads": threads, "note": MACHINE_NOTE}
 
 
 def _provenance(params: Params, root: Path) -> dict[str, str]:
