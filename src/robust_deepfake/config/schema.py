@@ -79,6 +79,9 @@ class DataConfig(Strict):
     splits_dir: str = Field("data/splits", min_length=1)
     image_size: int = Field(64, ge=16, le=1024)
     on_bad_file: Literal["error", "skip"] = "error"
+    # Images smaller than this on a side are refused (or skipped and counted): upscaled to
+    # image_size they hold no detail to learn from.
+    min_image_size: int = Field(16, ge=1)
     # Decoded uint8 images are kept in RAM when they fit this budget (the demo: ~30 MB);
     # larger sets (DFFD at 224 px) stream from disk through DataLoader workers.
     cache_max_mb: int = Field(2048, ge=0)

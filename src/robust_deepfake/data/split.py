@@ -18,11 +18,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from robust_deepfake.config import SplitConfig
-from robust_deepfake.data.layout import SPLITS, Record
-from robust_deepfake.errors import StageError
+from robust_deepfake.config import DataConfig, SplitConfig
+from robust_deepfake.data.duplicates import (
+    Fingerprint,
+    NearDuplicates,
+    describe,
+    drop_duplicates,
+    exact_duplicate_groups,
+    near_duplicates_across_splits,
+)
+from robust_deepfake.data.fingerprint import content_hash, dhash
 from robust_deepfake.data.images import MASK_SIZE_HINT, BadImageError, MaskSizeError, mask_size_problem, open_rgb
-from robust_deepfake.data.layout import scan
+from robust_deepfake.data.layout import SPLITS, Record, scan
+from robust_deepfake.errors import StageError
 from robust_deepfake.progress import progress as bar
 
 
@@ -145,6 +153,12 @@ class SplitOutcome:
     result: SplitResult
     bad_files: list[str]  # "path: reason"
     hidden_files: list[str]
+    small_images: list[str] = field(default_factory=list)  # "path: W x H px ..." (skipped)
+    min_image_size: int = 0
+    duplicates_dropped: list[str] = field(default_factory=list)  # "path: why" (skipped)
+    duplicate_groups: int = 0
+    label_conflicts: int = 0
+    near_duplicates: NearDuplicates | None = None
 
     def metrics(self, holdout: list[str]) -> dict:
         counts: dict = {}
@@ -164,19 +178,34 @@ class SplitOutcome:
             "ignored_hidden_files": len(self.hidden_files),
             "moved_to_test": self.result.moved_to_test,
             "bad_files": self.bad_files[:50],
+            "min_image_size": self.min_image_size,
+            "skipped_small_images": len(self.small_images),
+            "small_images": self.small_images[:50],
+            "exact_duplicates": {"groups": self.duplicate_groups, "dropped": len(self.duplicates_dropped),
+                                 "label_conflicts": self.label_conflicts, "files": self.duplicates_dropped[:50]},
+            "near_duplicates": self.near_duplicates.as_dict() if self.near_duplicates else None,
         }
 
 
-def build_splits(raw_dir: str, config: SplitConfig, on_bad_file: str, progress: bool = True) -> SplitOutcome:
-    """Scan raw_dir, decode every image (and mask) once, then split what decoded.
+MIN_IMAGE_SIZE = DataConfig.model_fields["min_image_size"].default
 
-    Bad files raise BadDataError listing all of them when on_bad_file == 'error'; with
-    'skip' they are left out and counted.
+
+def build_splits(raw_dir: str, config: SplitConfig, on_bad_file: str, progress: bool = True,
+                 min_image_size: int = MIN_IMAGE_SIZE) -> SplitOutcome:
+    """Scan raw_dir, decode every image (and mask) once, check the content, then split
+    what passed and report near-duplicates across the splits.
+
+    Refused (each a StageError listing every file) when on_bad_file == 'error', left out
+    and counted with 'skip': files that do not decode, masks of another size than their
+    image, images under `min_image_size` px on a side, and exact copies (by SHA-256; skip
+    keeps the first copy of each group, none where the copies carry both labels).
     """
     records, hidden = scan(raw_dir)
     good: list[Record] = []
     bad: list[str] = []
     mismatched: list[str] = []  # masks whose size differs from their image's
+    small: list[str] = []
+    prints: dict[str, Fingerprint] = {}
     for record in bar(records, desc="decode", unit="img", disable=not progress):
         try:
             image = open_rgb(record.path)
@@ -185,8 +214,16 @@ def build_splits(raw_dir: str, config: SplitConfig, on_bad_file: str, progress: 
                 if problem:
                     mismatched.append(problem)
                     continue
+            prints[record.path] = Fingerprint(content_hash(record.path), dhash(image))
         except BadImageError as error:
             bad.append(str(error))
+            continue
+        except OSError as error:  # the file went away or became unreadable after the decode
+            bad.append(f"{record.path}: cannot read ({error.strerror or error})")
+            continue
+        if min(image.size) < min_image_size:
+            small.append(f"{record.path}: {image.size[0]}x{image.size[1]} px, under data.min_image_size "
+                         f"({min_image_size} px on a side)")
             continue
         good.append(record)
     if bad and on_bad_file == "error":
@@ -199,7 +236,25 @@ def build_splits(raw_dir: str, config: SplitConfig, on_bad_file: str, progress: 
             f"{len(mismatched)} mask(s) under {raw_dir} differ in size from their image; {MASK_SIZE_HINT} "
             f"(or set data.on_bad_file: skip to leave those images out):\n  {_listing(mismatched)}"
         )
-    return SplitOutcome(split_records(good, config), bad + mismatched, hidden)
+    if small and on_bad_file == "error":
+        raise SmallImageError(
+            f"{len(small)} image(s) under {raw_dir} are smaller than data.min_image_size ({min_image_size} px): "
+            "upscaled to data.image_size they hold no detail to learn from (lower data.min_image_size, or set "
+            f"data.on_bad_file: skip to leave them out):\n  {_listing(small)}"
+        )
+    groups = exact_duplicate_groups(good, prints)
+    if groups and on_bad_file == "error":
+        raise DuplicateImageError(
+            f"{len(groups)} group(s) of identical files (the same bytes) under {raw_dir}: a copy could be trained "
+            "on and tested on, or carry both labels. Delete the copies (or set data.on_bad_file: skip to keep "
+            f"the first of each group, none where the copies carry both labels):\n  "
+            f"{_listing([describe(group) for group in groups])}"
+        )
+    deduplicated = drop_duplicates(good, groups)
+    result = split_records(deduplicated.kept, config)
+    return SplitOutcome(result, bad + mismatched, hidden, small, min_image_size, deduplicated.dropped,
+                        deduplicated.groups, deduplicated.label_conflicts,
+                        near_duplicates_across_splits(result.assignment, prints))
 
 
 def _listing(lines: list[str], limit: int = 100) -> str:
@@ -208,3 +263,11 @@ def _listing(lines: list[str], limit: int = 100) -> str:
 
 class BadDataError(StageError, ValueError):
     """Some raw files cannot be decoded; str() lists them."""
+
+
+class SmallImageError(StageError, ValueError):
+    """Some raw images are under data.min_image_size; str() lists them."""
+
+
+class DuplicateImageError(StageError, ValueError):
+    """Some raw files are byte-for-byte copies of each other; str() lists the groups."""

@@ -25,7 +25,8 @@ def split(params: Params, root: Path) -> dict:
     note = check_data_accepted(root / params.data.raw_dir, root / DVC_FILE)
     if note:
         print(note)
-    outcome = build_splits(params.data.raw_dir, params.split, params.data.on_bad_file)
+    outcome = build_splits(params.data.raw_dir, params.split, params.data.on_bad_file,
+                           min_image_size=params.data.min_image_size)
     outputs = SplitOutputs.at(root, params.data.splits_dir)
     for name in SPLITS:
         rows = [
@@ -44,5 +45,11 @@ def split(params: Params, root: Path) -> dict:
 
 def format_summary(metrics: dict) -> str:
     summary = ", ".join(f"{name} {metrics[name]['total']}" for name in SPLITS)
-    skipped = metrics.get("skipped_bad_files", 0)
-    return f"split: {summary}" + (f"; skipped {skipped} bad file(s)" if skipped else "")
+    notes = [f"skipped {n} {what}" for n, what in (
+        (metrics.get("skipped_bad_files", 0), "bad file(s)"),
+        (metrics.get("skipped_small_images", 0), f"image(s) under {metrics.get('min_image_size')} px"),
+        ((metrics.get("exact_duplicates") or {}).get("dropped", 0), "duplicate file(s)")) if n]
+    near = sum(((metrics.get("near_duplicates") or {}).get("across_splits") or {}).values())
+    if near:
+        notes.append(f"{near} near-duplicate pair(s) across splits (metrics/split.json lists examples)")
+    return f"split: {summary}" + ("; " + "; ".join(notes) if notes else "")

@@ -249,7 +249,31 @@ def data_section(split: dict) -> list[Block]:
         Table(["split", "real", "fake", "total", "identities"], rows),
         Table(["source", "train", "val", "test"], per_source),
         Para(notes),
+        *data_checks(split),
     ]
+
+
+def data_checks(split: dict) -> list[Block]:
+    """The split's content checks in one paragraph: images under data.min_image_size and
+    exact copies left out (a run with on_bad_file: error would have stopped instead), and
+    the near-duplicate pairs across splits. Nothing for a split.json written before these
+    checks existed."""
+    if "exact_duplicates" not in split:
+        return []
+    copies = split["exact_duplicates"]
+    near = split.get("near_duplicates") or {}
+    across = near.get("across_splits") or {}
+    text = (f"Content checks: {split.get('skipped_small_images', 0)} image(s) under {split.get('min_image_size')} px "
+            f"left out; {copies.get('dropped', 0)} exact duplicate file(s) left out "
+            f"({copies.get('groups', 0)} group(s) of identical files, {copies.get('label_conflicts', 0)} with both "
+            "labels); near-duplicates across splits")
+    if across:
+        text += (f" ({near.get('hash', 'dHash')}, within {near.get('max_bits')} bits): "
+                 + ", ".join(f"{pair} {count}" for pair, count in across.items())
+                 + (" pair(s), examples in metrics/split.json." if sum(across.values()) else " pairs."))
+    else:
+        text += ": not measured."
+    return [Para(text)]
 
 
 def training_section(train: dict[ModelKey, dict], sweep: SweepMetrics) -> list[Block]:
