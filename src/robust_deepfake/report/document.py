@@ -24,6 +24,9 @@ from robust_deepfake.verdict.seeds import SeedDifference
 TITLE = "Robust deepfake detection report"
 PLACEBO_NOTE = (" The placebo is the regularized recipe with epsilon 0 (the alpha-weighted second pass, no "
                 "perturbation), so reg − placebo isolates the perturbation.")
+TRAINING_CURVES_CAPTION = ("A loss panel in which one epoch lies far above the rest (above Q3 + 3 IQR of the panel) "
+                           "cuts its y-axis there and marks that epoch with ▲ on the top edge; its title gives the "
+                           "cut and the largest value. Epochs count from 1.")
 NO_PLACEBO_NOTE = (" These outputs have no placebo (the recipe with epsilon 0), so the perturbation cannot be told "
                    "apart from the second pass.")
 
@@ -301,7 +304,7 @@ def training_section(train: dict[ModelKey, dict], sweep: SweepMetrics) -> list[B
              "machine facts: they are in each training's MLflow run, not in this (reproducible) report."),
         Table(["variant", "seed", "best epoch", "epochs run", "val accuracy", "val ROC-AUC", "test accuracy",
                "test ROC-AUC", "|L_pert − L_clean|", "relative size"], rows),
-        _figure("figures", "training_curves.png", "training curves"),
+        Figure(Path("figures") / "training_curves.png", "training curves", caption=TRAINING_CURVES_CAPTION),
     ]
 
 

@@ -20,6 +20,7 @@ from robust_deepfake.verdict.seeds import HIGHER_IS_BETTER, SeedDifference, t_in
 
 COLORS = {"baseline": "#1f77b4", "placebo": "#7f7f7f", "reg": "#d62728"}
 VARIANT_LABELS = {"baseline": "baseline", "placebo": "placebo", "reg": "regularized"}
+METRIC_RANGE = (0.0, 1.0)  # accuracy, ROC-AUC, attack success rate, IINC
 FOREST_FAMILIES = (("accuracy", ("accuracy",)), ("macro-F1", ("f1",)), ("ROC-AUC", ("auc",)),
                    ("attack success rate", ("asr",)), ("IINC", ("iinc_stability", "iinc_localization")))
 
@@ -50,8 +51,10 @@ def _eps_axis(axis, eps_values: list[float]) -> None:
     axis.grid(alpha=0.3)
 
 
-def _seed_curves(axis, frame: pd.DataFrame, variant: str, level: float, value: str = "value") -> None:
-    """Thin line per seed, thick seed mean, band = t-interval over seeds at each eps, within [0, 1]."""
+def _seed_curves(axis, frame: pd.DataFrame, variant: str, level: float, value: str = "value") -> bool:
+    """Thin line per seed, thick seed mean, band = t-interval over seeds at each eps, drawn
+    within the metric's range [0, 1] (every curve's metric lies there). True when a band
+    was clipped to that range."""
     color = COLORS.get(variant)
     for _, seed_frame in frame.groupby("seed"):
         seed_frame = seed_frame.sort_values("eps")
@@ -64,8 +67,18 @@ def _seed_curves(axis, frame: pd.DataFrame, variant: str, level: float, value: s
     x = np.array([s[0] for s in stats]) * 255
     axis.plot(x, [s[1] for s in stats], marker="o", color=color, linewidth=2,
               label=f"{VARIANT_LABELS.get(variant, variant)} (mean of {frame.seed.nunique()} seeds)")
-    low, high = (np.clip([s[i] for s in stats], 0, 1) for i in (2, 3))  # every curve's metric lies in [0, 1]
+    band = np.array([[s[2], s[3]] for s in stats], dtype=float)
+    clipped = bool(np.any(band < METRIC_RANGE[0]) or np.any(band > METRIC_RANGE[1]))
+    low, high = np.clip(band, *METRIC_RANGE).T
     axis.fill_between(x, low, high, color=color, alpha=0.15, linewidth=0)
+    return clipped
+
+
+def _clip_note(figure, clipped: bool) -> None:
+    """Say under the figure that a band was cut at the metric's range (only when one was)."""
+    if clipped:
+        figure.text(0.01, -0.08, f"Bands clipped to the metric's range [{METRIC_RANGE[0]:g}, {METRIC_RANGE[1]:g}]: "
+                    "the t-interval over few seeds reaches past it.", fontsize=8)
 
 
 def robustness_curves(sweep: pd.DataFrame, metric: str, level: float, path: Path) -> Path:
@@ -75,16 +88,18 @@ def robustness_curves(sweep: pd.DataFrame, metric: str, level: float, path: Path
     attacks = [a for a in dict.fromkeys(overall.attack) if a != CLEAN]
     clean = overall[overall.attack == CLEAN]
     figure, axes = plt.subplots(1, len(attacks), figsize=(3.8 * len(attacks), 3.3), sharey=True, squeeze=False)
+    clipped = False
     for axis, attack in zip(axes[0], attacks):
         rows = pd.concat([clean, overall[overall.attack == attack]])
         for variant, frame in rows.groupby("variant", sort=False):
-            _seed_curves(axis, frame, variant, level)
+            clipped |= _seed_curves(axis, frame, variant, level)
         axis.set_title(attack.upper())
         _eps_axis(axis, sorted(set(rows.eps)))
     axes[0][0].set_ylabel(metric_name(metric))
     axes[0][0].legend(fontsize=7)
     figure.suptitle(f"{metric_name(metric)} under attack: seeds (thin), seed mean (thick), "
                     f"{level:.0%} t-interval over seeds (band)", fontsize=10)
+    _clip_note(figure, clipped)
     return save_figure(figure, path)
 
 
@@ -94,12 +109,13 @@ def iinc_curves(iinc: pd.DataFrame, level: float, path: Path) -> Path:
     attacks = [a for a in dict.fromkeys(iinc.attack) if a != CLEAN]
     measures = ["stability", "localization"]
     figure, axes = plt.subplots(2, len(attacks), figsize=(3.8 * len(attacks), 5.8), squeeze=False, sharex=True)
+    clipped = False
     for row, measure in enumerate(measures):
         for col, attack in enumerate(attacks):
             axis = axes[row][col]
             rows = iinc[(iinc.measure == measure) & (iinc.attack.isin([attack, CLEAN]))]
             for variant, frame in rows.groupby("variant", sort=False):
-                _seed_curves(axis, frame, variant, level)
+                clipped |= _seed_curves(axis, frame, variant, level)
             axis.set_title(f"{attack.upper()}: {measure}", fontsize=9)
             _eps_axis(axis, sorted(set(iinc.eps)))
             if row == 0:
@@ -108,22 +124,60 @@ def iinc_curves(iinc: pd.DataFrame, level: float, path: Path) -> Path:
                                 fontsize=8)
     axes[0][0].legend(fontsize=7)
     figure.suptitle("Grad-CAM under attack: IINC (0 = identical maps; lower is better)", fontsize=10)
+    _clip_note(figure, clipped)
     return save_figure(figure, path)
 
 
+OUTLIER_FENCE = 3.0  # a loss above Q3 + 3 IQR of its panel is an outlier epoch
+
+
+def outlier_ceiling(values: np.ndarray) -> float | None:
+    """The y-axis top that keeps one outlier epoch from flattening every other curve: the
+    panel's Q3 + OUTLIER_FENCE * IQR (with 5% headroom), or None when no finite value lies
+    above it (or the outliers would barely stretch the axis, under 1.5 x that top)."""
+    finite = values[np.isfinite(values)]
+    if finite.size < 4:
+        return None
+    q1, q3 = np.percentile(finite, [25, 75])
+    fence = q3 + OUTLIER_FENCE * (q3 - q1)
+    top = fence + 0.05 * max(fence - finite.min(), abs(fence), 1e-12)
+    return top if finite.max() > 1.5 * top and finite.max() > fence else None
+
+
+def _clip_outliers(axis, history: pd.DataFrame, column: str, title: str) -> str:
+    """Cut the panel's y-axis at outlier_ceiling and mark each epoch above it with a ▲ on
+    the top edge; returns the panel title, which says so."""
+    top = outlier_ceiling(history[column].to_numpy(dtype=float))
+    if top is None:
+        return title
+    above = history[history[column] > top]
+    bottom = float(np.nanmin(history[column].to_numpy(dtype=float)))
+    axis.set_ylim(bottom - 0.05 * (top - bottom), top)
+    for (variant, _), frame in above.groupby(["variant", "seed"], sort=False):
+        axis.plot(frame.epoch, [top] * len(frame), linestyle="none", marker="^", markersize=7,
+                  color=COLORS.get(variant), clip_on=False, zorder=6)
+    return f"{title}\n(y-axis cut at {top:.3g}; epochs above it: {len(above)}, max {above[column].max():.3g}, ▲)"
+
+
 def training_curves(history: pd.DataFrame, path: Path) -> Path:
-    """Per-epoch curves of every model; `history` has variant and seed columns."""
+    """Per-epoch curves of every model; `history` has variant and seed columns. A loss
+    panel with an outlier epoch cuts its y-axis (outlier_ceiling) and says so in its title."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     panels = [("train_loss", "train loss"), ("val_loss", "val loss"), ("val_auc", "val ROC-AUC"),
               ("train_loss_gap", "|L_perturbed - L_clean| (reg)")]
-    figure, axes = plt.subplots(1, len(panels), figsize=(15, 3.0), squeeze=False)
+    figure, axes = plt.subplots(1, len(panels), figsize=(15, 3.2), squeeze=False)
     for axis, (column, title) in zip(axes[0], panels):
         for (variant, seed), frame in history.groupby(["variant", "seed"], sort=False):
             if column in frame and frame[column].notna().any():
                 axis.plot(frame.epoch, frame[column], marker="o", markersize=3, color=COLORS.get(variant),
                           alpha=0.8, label=f"{VARIANT_LABELS.get(variant, variant)} seed {seed}")
+        if column in history and column.endswith("loss") and history[column].notna().any():
+            title = _clip_outliers(axis, history, column, title)
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6)
     return save_figure(figure, path)
