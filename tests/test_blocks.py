@@ -9,7 +9,7 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 from markdown_check import markdown_problems
-from robust_deepfake.report.blocks import Bullets, Heading, Para, Table, to_html, to_markdown
+from robust_deepfake.report.blocks import Bullets, Contents, Heading, Para, Table, anchors, to_html, to_markdown
 
 HEADER = ["seed", "|L_pert − L_clean|", "a<b & c"]
 ROWS = [
@@ -73,3 +73,23 @@ def test_text_outside_tables_shows_the_same_in_both_renderings(tmp_path: Path):
         assert "<code>a&lt;b &amp;&amp; c</code>" in rendered
         assert "for &lt;b&gt;x&lt;/b&gt; &amp; a\\b" in rendered
         assert "<code>x|y</code> &lt;i&gt;" in rendered
+
+
+def test_the_contents_link_every_section_heading_in_both_renderings(tmp_path: Path):
+    """GitHub's anchors (lower case, punctuation dropped, `-1` after a repeat); every link
+    of the HTML page lands on a heading id, and markdown-it renders the Markdown links."""
+    import re
+
+    blocks = [Heading("Report", 1), Contents(), Heading("Verdict"), Para("x"), Heading("How many seeds?", 3),
+              Heading("Appendix: why `reg.epsilon` (a fixed benchmark)"), Heading("Verdict")]
+    assert list(anchors(blocks).values()) == ["report", "verdict", "how-many-seeds",
+                                              "appendix-why-regepsilon-a-fixed-benchmark", "verdict-1"]
+    markdown = to_markdown(blocks, tmp_path)
+    viewer = MarkdownIt("commonmark").enable("table").render(markdown)
+    wanted = ["#verdict", "#appendix-why-regepsilon-a-fixed-benchmark", "#verdict-1"]
+    assert re.findall(r'<a href="([^"]+)"', viewer) == wanted
+    page = to_html(blocks, "t", tmp_path)
+    assert re.findall(r'<a href="([^"]+)"', page) == wanted
+    ids = set(re.findall(r'<h\d id="([^"]+)"', page))
+    assert {link[1:] for link in wanted} <= ids
+    assert page.index('<nav class="contents">') < page.index('id="verdict"')

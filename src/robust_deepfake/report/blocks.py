@@ -47,7 +47,16 @@ class Figure:
     caption: str = ""
 
 
-Block = Heading | Para | Bullets | Table | Figure
+@dataclass(frozen=True)
+class Contents:
+    """A table of contents: a linked list of the document's headings of `level` (rendered
+    where the block stands, from every such heading in the document)."""
+
+    level: int = 2
+    title: str = "Contents"
+
+
+Block = Heading | Para | Bullets | Table | Figure | Contents
 
 BASE_CSS = """\
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -84,6 +93,32 @@ def _md_cell(text: str) -> str:
     return _md(text).replace("|", "\\|").replace("\n", " ")
 
 
+_NOT_IN_ANCHOR = re.compile(r"[^\w\- ]")
+
+
+def anchors(blocks: Sequence[Block]) -> dict[int, str]:
+    """The anchor of every heading, by its position in `blocks`, as GitHub names them (the
+    text without its markup, lower case, punctuation dropped, spaces as hyphens; `-1`, `-2`
+    … after a repeat), so a contents link works in report.md on GitHub and in report.html."""
+    seen: dict[str, int] = {}
+    found = {}
+    for position, block in enumerate(blocks):
+        if isinstance(block, Heading):
+            plain = block.text.replace("`", "").replace("*", "")
+            slug = _NOT_IN_ANCHOR.sub("", plain.lower()).replace(" ", "-")
+            count = seen.get(slug, 0)
+            seen[slug] = count + 1
+            found[position] = slug if count == 0 else f"{slug}-{count}"
+    return found
+
+
+def _entries(blocks: Sequence[Block], contents: Contents) -> list[tuple[str, str]]:
+    """(heading text, anchor) of every heading at the contents' level."""
+    named = anchors(blocks)
+    return [(block.text, named[position]) for position, block in enumerate(blocks)
+            if isinstance(block, Heading) and block.level == contents.level]
+
+
 def _relative(path: Path, base: Path) -> str:
     return (path.relative_to(base) if path.is_absolute() else path).as_posix()
 
@@ -103,9 +138,16 @@ def _markdown(block: Block, base: Path) -> str:
     return link + (f"\n\n*{_md(block.caption)}*" if block.caption else "")
 
 
+def _markdown_contents(blocks: Sequence[Block], contents: Contents) -> str:
+    links = [f"- [{_md(text).replace('[', '(').replace(']', ')')}](#{anchor})"
+             for text, anchor in _entries(blocks, contents)]
+    return f"**{_md(contents.title)}**\n\n" + "\n".join(links)
+
+
 def to_markdown(blocks: Sequence[Block], base: Path) -> str:
     """The Markdown document: figures as links relative to `base` (its folder)."""
-    return "\n\n".join(_markdown(block, base) for block in blocks) + "\n"
+    return "\n\n".join(_markdown_contents(blocks, block) if isinstance(block, Contents) else _markdown(block, base)
+                       for block in blocks) + "\n"
 
 
 def inline_html(text: str) -> str:
@@ -129,9 +171,7 @@ def _image_source(path: Path, base: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(file.read_bytes()).decode("ascii")
 
 
-def _html(block: Block, base: Path) -> str:
-    if isinstance(block, Heading):
-        return f"<h{block.level}>{inline_html(block.text)}</h{block.level}>"
+def _html(block: Para | Bullets | Table | Figure, base: Path) -> str:
     if isinstance(block, Para):
         lead = f"<strong>{inline_html(block.lead)}</strong> " if block.lead else ""
         return f"<p>{lead}{inline_html(block.text)}</p>"
@@ -145,10 +185,23 @@ def _html(block: Block, base: Path) -> str:
     return f'<figure><img alt="{html.escape(block.alt)}" src="{_image_source(block.path, base)}">{caption}</figure>'
 
 
+def _html_heading(heading: Heading, anchor: str) -> str:
+    return f'<h{heading.level} id="{html.escape(anchor)}">{inline_html(heading.text)}</h{heading.level}>'
+
+
+def _html_contents(blocks: Sequence[Block], contents: Contents) -> str:
+    links = "".join(f'<li><a href="#{html.escape(anchor)}">{inline_html(text)}</a></li>'
+                    for text, anchor in _entries(blocks, contents))
+    return f'<nav class="contents"><p><strong>{inline_html(contents.title)}</strong></p><ul>{links}</ul></nav>'
+
+
 def to_html(blocks: Sequence[Block], title: str, base: Path) -> str:
     """One standalone page: every string escaped, every figure embedded, nothing fetched.
     Relative figure paths are read from `base` (the Markdown's folder)."""
-    body = "\n".join(_html(block, base) for block in blocks)
+    named = anchors(blocks)
+    body = "\n".join(_html_contents(blocks, block) if isinstance(block, Contents)
+                     else _html_heading(block, named[position]) if isinstance(block, Heading)
+                     else _html(block, base) for position, block in enumerate(blocks))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
