@@ -398,3 +398,22 @@ def test_the_headline_names_the_machine_it_was_produced_on(rendered):
     assert "reading" in machine["note"]
     markdown = (root / "reports" / "report.md").read_text()
     assert f"| CPU | `{machine['cpu']}` |" in markdown and f"| `{machine['torch_threads']}` |" in markdown
+
+
+def test_contents_first_then_the_verdict_and_the_cam_grids_in_the_appendix(rendered):
+    """The contents link every section; the verdict and its forest plot come before the
+    data, the CAM grids after the provenance, under their appendix heading."""
+    import re
+
+    root, _, _ = rendered
+    markdown = (root / "reports" / "report.md").read_text()
+    links = re.findall(r"^- \[[^\]]+\]\(#([^)]+)\)$", markdown, flags=re.M)
+    assert links[:2] == ["verdict", "data"] and "appendix-grad-cam-grids" in links
+    headings = re.findall(r"^## (.+)$", markdown, flags=re.M)
+    assert len(links) == len(headings)
+    position = markdown.index
+    assert position("**Contents**") < position("## Verdict") < position("(figures/forest.png)") < position("## Data")
+    grids = [position(f"(cam/cam_{v}_{a}.png)") for v in ("baseline", "reg") for a in ATTACKS]
+    assert min(grids) > position("## Appendix: Grad-CAM grids") > position("## Provenance")
+    html = (root / "reports" / "report.html").read_text()
+    assert all(f'id="{anchor}"' in html for anchor in links)

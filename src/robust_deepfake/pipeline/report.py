@@ -27,7 +27,7 @@ from robust_deepfake.paths import (
     read_json_file,
 )
 from robust_deepfake.report import document as report_doc
-from robust_deepfake.report.blocks import Heading, to_html, to_markdown
+from robust_deepfake.report.blocks import Contents, Heading, to_html, to_markdown
 from robust_deepfake.report import figures as report_figures
 from robust_deepfake import units
 from robust_deepfake.units import CLEAN
@@ -132,6 +132,7 @@ def build_report(params: Params, root: Path, tracker: Tracker) -> dict:
         *report_doc.setup_section(params, len(inputs.predictions.labels), inputs.predictions.eps,
                                   inputs.predictions.attacks, inputs.predictions.quantized),
         *report_doc.headline(differences, attack),
+        Contents(),
         *report_doc.verdict_section(differences, decision, params.report.select_by, level, attack, FOREST),
         *report_doc.all_comparisons_section(differences, level),
         *report_doc.per_seed_section(differences, level, attack),
@@ -141,8 +142,9 @@ def build_report(params: Params, root: Path, tracker: Tracker) -> dict:
         *report_doc.iinc_section(inputs.cam, inputs.cam_figures),
         *report_doc.per_source_section(inputs.sweep_rows, attack, ref_eps),
         *report_doc.provenance_section(provenance),
-        *report_doc.dose_response_section(inputs.dose_response),
         *report_doc.how_to_read(),
+        *report_doc.dose_response_section(inputs.dose_response),
+        *report_doc.cam_appendix(inputs.cam_figures),
     ]
     with atomic_open(outputs.markdown) as handle:
         handle.write(to_markdown(blocks, outputs.markdown.parent))

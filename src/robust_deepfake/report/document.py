@@ -24,6 +24,7 @@ from robust_deepfake.verdict.seeds import SeedDifference
 TITLE = "Robust deepfake detection report"
 PLACEBO_NOTE = (" The placebo is the regularized recipe with epsilon 0 (the alpha-weighted second pass, no "
                 "perturbation), so reg − placebo isolates the perturbation.")
+CAM_APPENDIX = "Appendix: Grad-CAM grids"
 TRAINING_CURVES_CAPTION = ("A loss panel in which one epoch lies far above the rest (above Q3 + 3 IQR of the panel) "
                            "cuts its y-axis there and marks that epoch with ▲ on the top edge; its title gives the "
                            "cut and the largest value. Epochs count from 1.")
@@ -369,8 +370,19 @@ def iinc_section(cam: CamMetrics, cam_figures: list[str]) -> list[Block]:
              "that stops explaining anything can look 'stable': read stability with the accuracy under attack."),
         Table(header, rows),
         _figure("figures", "iinc.png", "IINC vs eps"),
-        *[_figure("cam", name) for name in cam_figures],
+        *([Para(f"The {len(cam_figures)} Grad-CAM grids (clean and attacked images with each model's map) are in "
+                f"the appendix *{CAM_APPENDIX}*.")] if cam_figures else []),
     ]
+
+
+def cam_appendix(cam_figures: list[str]) -> list[Block]:
+    """The Grad-CAM grids, after everything a reader decides on."""
+    if not cam_figures:
+        return []
+    return [Heading(CAM_APPENDIX),
+            Para("One grid per variant and attack: test images clean and attacked, each with the model's Grad-CAM "
+                 "(what the IINC table above measures)."),
+            *[_figure("cam", name) for name in cam_figures]]
 
 
 def per_source_section(sweep_rows: pd.DataFrame, attack: str, eps: float) -> list[Block]:
