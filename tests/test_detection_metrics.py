@@ -6,10 +6,12 @@ import warnings
 import numpy as np
 import pytest
 from scipy.optimize import brentq
-from sklearn.metrics import average_precision_score, roc_curve
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score, roc_curve
 
 from robust_deepfake.metrics import (
+    ATTACK_METRICS,
     METRIC_DEFINITIONS,
+    attack_metrics,
     average_precision,
     detection_metrics,
     equal_error_rate,
@@ -83,8 +85,29 @@ def test_evasion_and_real_to_fake_rates():
 
 def test_every_metric_has_one_definition_and_a_direction():
     keys = {"accuracy", "f1", "auc", "asr", "ap", "eer", "tpr_at_fpr_1", "tpr_at_fpr_5", "evasion_rate",
-            "real_to_fake_rate"}
+            "real_to_fake_rate", "iinc_stability", "iinc_localization"}
     assert set(METRIC_DEFINITIONS) == keys
     lower = {key for key, d in METRIC_DEFINITIONS.items() if not d.higher_is_better}
-    assert lower == {"asr", "eer", "evasion_rate", "real_to_fake_rate"}
+    assert lower == {"asr", "eer", "evasion_rate", "real_to_fake_rate", "iinc_stability", "iinc_localization"}
+    assert set(ATTACK_METRICS) <= keys
+    assert "Dang et al., CVPR 2020" in METRIC_DEFINITIONS["iinc_localization"].definition
+    assert "extension" in METRIC_DEFINITIONS["iinc_stability"].definition
     assert all(d.definition and d.key == key for key, d in METRIC_DEFINITIONS.items())
+
+
+def test_attack_metrics_of_one_cell_against_scikit_learn_and_by_hand():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    clean = np.array([0.1, 0.2, 0.7, 0.9, 0.8, 0.6, 0.3])  # reals: right, right, wrong; fakes: 3 right, 1 wrong
+    attacked = np.array([0.6, 0.1, 0.9, 0.2, 0.7, 0.4, 0.1])
+    metrics = attack_metrics(labels, clean, attacked)
+    assert list(metrics) == list(ATTACK_METRICS)
+    predicted = (attacked >= 0.5).astype(int)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
+    assert metrics["f1"] == pytest.approx(f1_score(labels, predicted, average="macro"))
+    assert metrics["auc"] == pytest.approx(roc_auc_score(labels, attacked))
+    assert metrics["ap"] == pytest.approx(average_precision_score(labels, attacked))
+    assert metrics["asr"] == pytest.approx(3 / 5)  # of the 5 right when clean, real 0 and fakes 3, 5 flip
+    assert metrics["evasion_rate"] == pytest.approx(2 / 3)  # fakes 3 and 5 of the 3 detected
+    assert metrics["real_to_fake_rate"] == pytest.approx(1 / 2)  # real 0 of the 2 right
+    clean_row = attack_metrics(labels, clean, clean)
+    assert clean_row["asr"] == clean_row["evasion_rate"] == clean_row["real_to_fake_rate"] == 0.0

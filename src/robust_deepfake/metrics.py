@@ -55,8 +55,23 @@ METRIC_DEFINITIONS: dict[str, MetricDefinition] = {d.key: d for d in (
                                             "turns into 'real' (the threat that matters for a detector)"),
     MetricDefinition("real_to_fake_rate", False, "share of the reals classified real when clean that the "
                                                  "attack turns into 'fake' (a false alarm; a lesser threat)"),
+    MetricDefinition("iinc_localization", False, "IINC (Inverse Intersection Non-Containment; Dang et al., "
+                                                 "CVPR 2020, the DFFD paper) between a fake's Grad-CAM and its "
+                                                 "ground-truth manipulation mask: 0 = the same region, 1 = disjoint; "
+                                                 "DFFD's use"),
+    MetricDefinition("iinc_stability", False, "IINC between the clean and the adversarial Grad-CAM of the same "
+                                              "image: how far the explanation moves under attack (0 = not at all); "
+                                              "our extension of DFFD's localization measure"),
 )}
 TPR_AT_FPR = {"tpr_at_fpr_1": 0.01, "tpr_at_fpr_5": 0.05}
+# What the sweep records per model, attack and eps (attack_metrics), in this order.
+ATTACK_METRICS = ("accuracy", "f1", "auc", "asr", "evasion_rate", "real_to_fake_rate", "ap", "eer",
+                  "tpr_at_fpr_1", "tpr_at_fpr_5")
+
+
+def higher_is_better(key: str) -> bool:
+    """The metric's direction for the detector (KeyError for an undefined key)."""
+    return METRIC_DEFINITIONS[key].higher_is_better
 
 
 def _both_classes(labels: np.ndarray) -> bool:
@@ -129,3 +144,21 @@ def threat_metrics(labels: np.ndarray, p_clean: np.ndarray, p_adv: np.ndarray, t
     """The evasion rate (fake -> real) and the real -> fake rate, reported separately."""
     return {"evasion_rate": evasion_rate(labels, p_clean, p_adv, threshold),
             "real_to_fake_rate": real_to_fake_rate(labels, p_clean, p_adv, threshold)}
+
+
+def attack_success_rate(labels: np.ndarray, p_clean: np.ndarray, p_adv: np.ndarray, threshold: float = 0.5) -> float:
+    """Share of the images classified correctly when clean that the attack misclassifies
+    (both directions); 0 when none was correct."""
+    labels = np.asarray(labels).astype(int)
+    right = (np.asarray(p_clean) >= threshold).astype(int) == labels
+    flipped = right & ((np.asarray(p_adv) >= threshold).astype(int) != labels)
+    return float(flipped.sum() / max(right.sum(), 1))
+
+
+def attack_metrics(labels: np.ndarray, p_clean: np.ndarray, p_adv: np.ndarray) -> dict[str, float]:
+    """Every ATTACK_METRICS value of one model under one attack (p_adv = p_clean: the clean
+    row, where the flip rates are 0): classification_metrics, the attack success rate,
+    threat_metrics and detection_metrics of p_adv."""
+    out = {**classification_metrics(labels, p_adv), "asr": attack_success_rate(labels, p_clean, p_adv),
+           **threat_metrics(labels, p_clean, p_adv), **detection_metrics(labels, p_adv)}
+    return {key: out[key] for key in ATTACK_METRICS}
