@@ -156,6 +156,22 @@ BAD = [
     ("data.splits_dir", ".", "data.splits_dir", "is the repository itself"),
     ("data.splits_dir", "data/raw/splits", "data.splits_dir", "overlaps data.raw_dir"),
     ("data.raw_dir", "data", "data.splits_dir", "overlaps data.raw_dir"),
+    # the worst-case ensemble, the masking checks and the criteria that read them
+    ("attack.ensemble.apgd_steps", 0, "attack.ensemble.apgd_steps", "greater than or equal to 1"),
+    ("attack.ensemble.apgd_restarts", 0, "attack.ensemble.apgd_restarts", "greater than or equal to 1"),
+    ("attack.ensemble.square_queries", -1, "attack.ensemble.square_queries", "greater than or equal to 0"),
+    ("attack.ensemble.fab", "no", "attack.ensemble.fab", "valid boolean"),
+    ("attack.ensemble.autoattack", True, "attack.ensemble.autoattack", "unknown key"),
+    ("attack.masking.eps", "3/255", "attack.masking.eps", "must be one of attack.eps (1/255, 2/255)"),
+    ("attack.masking.eps", "0.5/255", "attack.masking.eps", "whole grey level"),
+    ("attack.masking.eps", 0, "attack.masking.eps", "(0, 1]"),
+    ("attack.masking.large_eps", "1/255", "attack.masking.large_eps", "must be larger than the masking eps (1/255)"),
+    ("attack.masking.large_eps", "16.5/255", "attack.masking.large_eps", "whole grey level"),
+    ("attack.masking.strong_factor", 1, "attack.masking.strong_factor", "greater than or equal to 2"),
+    ("attack.masking.tolerance", 2, "attack.masking.tolerance", "less than or equal to 1"),
+    ("attack.masking.noise_level", 1, "attack.masking.noise_level", "less than 1"),
+    ("report.select_by", "pgd_f1", "report.select_by", "Input should be"),
+    ("attack.attacks", ["fgsm", "bim"], "report.select_by", "needs pgd in attack.attacks"),
 ]
 
 
@@ -194,6 +210,12 @@ def test_reference_eps_must_be_in_cam_eps_where_that_is_set(tmp_path):
                      "figures are drawn at it (or set cam.eps to null: all of attack.eps) (got 2/255)"]
 
 
+def test_an_ensemble_criterion_needs_the_ensemble(tmp_path):
+    lines = _refusal(_write(tmp_path, _with({"attack.ensemble.enabled": False, "report.select_by": "ensemble_evasion"})))
+    assert lines == [f"{tmp_path / 'params.yaml'}: report.select_by: needs the ensemble: "
+                     "attack.ensemble.enabled is false (got ensemble_evasion)"]
+
+
 def test_every_problem_gets_its_own_line(tmp_path):
     lines = _refusal(_write(tmp_path, _with({"split.seed": -1, "train.epochs": True, "reg.epsilon": float("nan")})))
     assert sorted(LINE.match(line)["key"] for line in lines) == ["reg.epsilon", "split.seed", "train.epochs"]
@@ -227,12 +249,15 @@ def _scalar(annotation: object) -> object:
     return annotation
 
 
-def _leaves(kind: type) -> list[str]:
+def _leaves(kind: type, model: type = Params, prefix: str = "") -> list[str]:
+    """Dotted keys of every field of `kind`, nested sections (attack.ensemble) included."""
     keys = []
-    for section, section_field in Params.model_fields.items():
-        for name, field in section_field.annotation.model_fields.items():
-            if _scalar(field.annotation) is kind:
-                keys.append(f"{section}.{name}")
+    for name, field in model.model_fields.items():
+        annotation = _scalar(field.annotation)
+        if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+            keys += _leaves(kind, annotation, f"{prefix}{name}.")
+        elif annotation is kind:
+            keys.append(f"{prefix}{name}")
     return keys
 
 
@@ -245,7 +270,9 @@ SEEDS = [key for key in INTS if key.endswith(".seed")]
 def test_the_schema_rows_cover_what_they_should():
     assert {"train.lr", "train.weight_decay", "reg.epsilon", "report.reference_eps", "attack.step_size"} <= set(FLOATS)
     assert {"train.epochs", "data.image_size", "attack.max_samples"} <= set(INTS)
-    assert {"model.pretrained", "train.amp", "attack.quantize"} <= set(BOOLS)
+    assert {"model.pretrained", "train.amp", "attack.quantize", "attack.ensemble.fab"} <= set(BOOLS)
+    assert {"attack.ensemble.apgd_steps", "attack.masking.strong_runs"} <= set(INTS)
+    assert {"attack.masking.eps", "attack.masking.tolerance"} <= set(FLOATS)
     assert set(SEEDS) == {"split.seed", "attack.seed", "eval.seed", "cam.seed"}
 
 
@@ -298,6 +325,11 @@ GOOD = [
     ("reevaluate.aliases", ["champion", "reg-seed1"]),
     ("reg.epsilon_scale", "relative"),
     ("reg.epsilon_scale", "absolute"),
+    ("attack.ensemble.square_queries", 0),   # Square left out
+    ("attack.masking.eps", "2/255"),
+    ("attack.ensemble.enabled", False),      # the checks then run their own ensemble
+    ("report.select_by", "pgd_evasion"),
+    ("report.select_by", "ensemble_accuracy"),
 ]
 
 

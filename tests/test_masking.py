@@ -11,7 +11,14 @@ from toy_models import CoarseInput, toy_images, train_toy_cnn
 
 from robust_deepfake.robustness import masking
 from robust_deepfake.robustness.ensemble import EnsembleBudget, run_ensemble
-from robust_deepfake.robustness.masking_probes import ProbeBudget, checks, measure, pgd_images
+from robust_deepfake.robustness.masking_probes import (
+    Measurements,
+    ProbeBudget,
+    ProbeRun,
+    checks,
+    measure,
+    pgd_images,
+)
 
 EPS = 8 / 255
 BUDGET = ProbeBudget(steps=10, step_size_relative=0.25, ensemble=EnsembleBudget(apgd_steps=10, square_queries=200))
@@ -69,7 +76,7 @@ def test_known_predictions_and_a_finished_ensemble_are_reused(toys):
     reused = measure(model, images, labels, 2 / 255, budget, seed=1, known={"clean": clean, "fgsm": fgsm_known},
                      ensemble=ensemble)
     assert reused.accuracy["fgsm"] == 0.0
-    for name in ("clean", "pgd", "pgd_strong", "pgd_large", "noise", "apgd", "square"):
+    for name in ("clean", "pgd", "pgd_strong", "pgd_large", "noise", "white_box", "ensemble"):
         assert reused.accuracy[name] == pytest.approx(full.accuracy[name]), name
     assert "transfer" not in reused.accuracy and "transfer" not in _table(checks(reused))
     again = measure(model, images, labels, 2 / 255, budget, seed=1)
@@ -126,3 +133,23 @@ def test_rows_serialize():
     row = masking.steps_and_restarts(0.4, 0.4)
     assert row.as_dict() == {"check": "steps_and_restarts", "status": "PASS",
                              "numbers": {"accuracy": 0.4, "stronger": 0.4, "change": 0.0}, "reason": row.reason}
+
+
+def test_probes_over_batches_count_every_image_and_repeat_exactly(toys):
+    (model, source), images, labels = toys
+    budget = ProbeBudget(steps=3, large_steps=2, ensemble=EnsembleBudget(apgd_steps=3, square_queries=10))
+    transfer = pgd_images(source, images, labels, 2 / 255, budget)
+
+    def in_batches() -> Measurements:
+        run = ProbeRun(model, 2 / 255, budget, seed=2)
+        for rows in torch.arange(len(labels)).split(24):  # 24, 24, 16
+            run.add(images[rows], labels[rows], transfer_images=transfer[rows])
+        return run.measurements()
+
+    first = in_batches()
+    assert first.n == len(labels) and first == in_batches()
+    assert {"clean", "fgsm", "pgd", "pgd_strong", "pgd_large", "transfer", "noise", "white_box", "ensemble"} <= set(
+        first.accuracy)
+    assert first.accuracy["ensemble"] <= first.accuracy["white_box"]
+    assert first.accuracy["pgd_strong"] <= first.accuracy["pgd"]  # the worst per image of both runs
+    assert Measurements.from_dict(first.as_dict()) == first

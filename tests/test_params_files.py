@@ -106,7 +106,10 @@ def test_merging_the_shipped_dffd_overrides(repo_root, tmp_path):
     merged = load_params(target)
     assert merged.data.image_size == 224 and merged.model.pretrained
     assert merged.model.weights_path == "weights/efficientnet_b0_ra-3dd342df.pth"
-    assert merged.attack.eps_grid == pytest.approx([0, 1 / 255, 2 / 255, 4 / 255, 8 / 255])
+    assert merged.attack.eps_grid == pytest.approx([0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255])
+    ensemble = merged.attack.ensemble  # full strength: APGD 100 steps with a restart, Square 5000 queries, FAB
+    assert (ensemble.apgd_steps, ensemble.apgd_restarts, ensemble.square_queries, ensemble.fab) == (100, 2, 5000, True)
+    assert merged.attack.masking_eps == merged.report.reference_eps
     assert "# Every knob" in text, "comments must survive the merge"
     assert "also available: mifgsm" not in text, "attack.attacks now lists mifgsm: the replaced comment must go"
     assert _line(text, "tracking_uri:").startswith("tracking_uri: null"), "unchanged nulls stay `null`"

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from scipy.optimize import brentq
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score, roc_curve
 from torch import nn
 
 from robust_deepfake.config import AttackConfig, EvalConfig
@@ -24,6 +25,7 @@ from robust_deepfake.robustness.attacks import build_attack, quantize_8bit
 from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import (
     CSV_COLUMNS,
+    ENSEMBLE,
     SweepMetrics,
     SweepPredictions,
     adversarial,
@@ -145,7 +147,9 @@ def models() -> dict[ModelKey, nn.Module]:
 
 
 def _config(**overrides) -> AttackConfig:
-    settings = dict(attacks=["fgsm", "pgd"], eps=["1/255", "2/255"], steps=2, batch_size=16, seed=5)
+    """The gradient attacks alone unless `ensemble` is given (the ensemble's own tests below)."""
+    settings = dict(attacks=["fgsm", "pgd"], eps=["1/255", "2/255"], steps=2, batch_size=16, seed=5,
+                    ensemble={"enabled": False})
     return AttackConfig(**{**settings, **overrides})
 
 
@@ -346,6 +350,19 @@ def test_asr_counts_flips_of_correctly_classified_clean_images_only():
     assert metrics.get(BASELINE, CLEAN, 0.0).asr == 0.0
 
 
+def _oracles(labels: np.ndarray, p_clean: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """The field's metrics straight from scikit-learn's ROC curve and AP, and the flip rates
+    by counting (what summarize_sweep must write)."""
+    fpr, tpr, _ = roc_curve(labels, p, drop_intermediate=False)
+    clean_right, now_right = (p_clean >= 0.5) == labels, (p >= 0.5) == labels
+    detected, real_right = clean_right & (labels == 1), clean_right & (labels == 0)
+    return {"ap": average_precision_score(labels, p),
+            "eer": brentq(lambda x: 1 - x - np.interp(x, fpr, tpr), 0, 1),
+            "tpr_at_fpr_1": tpr[fpr <= 0.01].max(), "tpr_at_fpr_5": tpr[fpr <= 0.05].max(),
+            "evasion_rate": (~now_right[detected]).mean() if detected.any() else math.nan,
+            "real_to_fake_rate": (~now_right[real_right]).mean() if real_right.any() else math.nan}
+
+
 def test_metrics_match_scikit_learn_overall_and_per_source():
     rng = np.random.default_rng(4)
     labels = np.array([0] * 6 + [1] * 6)
@@ -371,6 +388,8 @@ def test_metrics_match_scikit_learn_overall_and_per_source():
                 assert entry.auc == pytest.approx(roc_auc_score(labels, p))
                 flips = (clean_correct & (predicted != labels)).sum()
                 assert entry.asr == pytest.approx(flips / clean_correct.sum())
+                for metric, expected in _oracles(labels, p_fake[m, 0, 0], p).items():
+                    assert getattr(entry, metric) == pytest.approx(expected, nan_ok=True), (metric, attack, eps)
                 assert set(entry.ci) == {"accuracy", "f1", "auc"}
                 assert all(low <= high for low, high in entry.ci.values())
                 mine = [r for r in rows if (r["variant"], r["seed"], r["attack"], r["eps"]) ==
@@ -384,7 +403,16 @@ def test_metrics_match_scikit_learn_overall_and_per_source():
                 for source in ("pggan_like", "faceswap_like"):  # a fake method against all reals
                     both = (sources == source) | (labels == 0)
                     assert by_source[(source, "auc")]["value"] == pytest.approx(roc_auc_score(labels[both], p[both]))
-                assert ("ffhq_like", "auc") not in by_source
+                    expected = _oracles(labels[both], p_fake[m, 0, 0][both], p[both])
+                    for metric in ("ap", "eer", "tpr_at_fpr_1", "tpr_at_fpr_5", "evasion_rate"):
+                        assert by_source[(source, metric)]["value"] == pytest.approx(expected[metric], nan_ok=True)
+                    assert by_source[(source, "ap")]["n"] == both.sum()
+                    assert by_source[(source, "evasion_rate")]["n"] == (sources == source).sum()
+                reals = sources == "ffhq_like"
+                assert by_source[("ffhq_like", "real_to_fake_rate")]["value"] == pytest.approx(
+                    _oracles(labels, p_fake[m, 0, 0], p)["real_to_fake_rate"], nan_ok=True)  # every real is ffhq
+                assert by_source[("ffhq_like", "real_to_fake_rate")]["n"] == reals.sum()
+                assert ("ffhq_like", "auc") not in by_source and ("ffhq_like", "evasion_rate") not in by_source
                 assert by_source[("all", "asr")]["value"] == entry.asr
     assert all(list(row) == CSV_COLUMNS for row in rows)
     assert {row["eps_label"] for row in rows} == {"0", "1/255", "2/255"}
@@ -410,3 +438,48 @@ def test_summarize_keeps_the_quantized_flag_and_nan_auc_for_one_class():
     metrics, _ = summarize_sweep(predictions, EvalConfig(n_bootstrap=5), holdout=[])
     assert isinstance(metrics, SweepMetrics) and metrics.quantized is False
     assert math.isnan(metrics.get(BASELINE, "fgsm", 1 / 255).auc)
+
+
+# --- the worst-case ensemble as an attack of the sweep ----------------------------------
+
+ENSEMBLE_ON = {"enabled": True, "apgd_steps": 2, "square_queries": 5}
+
+
+@pytest.fixture(scope="module")
+def with_ensemble(models, images_on_disk):
+    config = _config(attacks=["fgsm", "bim", "pgd"], ensemble=ENSEMBLE_ON, batch_size=5)
+    return config, _sweep(models, images_on_disk, config)
+
+
+def test_the_ensemble_is_an_attack_of_the_sweep_and_the_per_image_worst_case(with_ensemble):
+    config, predictions = with_ensemble
+    assert predictions.attacks == ["fgsm", "bim", "pgd", ENSEMBLE]
+    labels = predictions.labels
+    fake = labels == 1
+    ensemble = predictions.attacks.index(ENSEMBLE)
+    for m in range(len(predictions.models)):
+        np.testing.assert_array_equal(predictions.p_fake[m, ensemble, 0], predictions.p_fake[m, 0, 0])  # clean row
+        for e in range(1, len(predictions.eps)):
+            worst = predictions.p_fake[m, ensemble, e]
+            right = (worst >= 0.5) == labels
+            for a, name in enumerate(config.attacks):
+                other = predictions.p_fake[m, a, e]
+                assert np.all(right <= ((other >= 0.5) == labels)), name  # robust only where every attack fails
+                # and at least as far toward the wrong class (float32 scores of the same images)
+                assert np.all(np.where(fake, worst <= other + 1e-6, worst >= other - 1e-6)), name
+    metrics, _ = summarize_sweep(predictions, EvalConfig(n_bootstrap=0), holdout=[])
+    for key in predictions.models:
+        for eps in predictions.eps[1:]:
+            assert metrics.get(key, ENSEMBLE, eps).accuracy <= min(
+                metrics.get(key, name, eps).accuracy for name in config.attacks)
+            assert metrics.get(key, ENSEMBLE, eps).evasion_rate >= metrics.get(key, "pgd", eps).evasion_rate
+
+
+def test_the_ensemble_row_is_deterministic_and_leaves_the_other_rows_alone(models, images_on_disk, with_ensemble):
+    config, predictions = with_ensemble
+    again = _sweep(models, images_on_disk, config)
+    assert again.p_fake.tobytes() == predictions.p_fake.tobytes()
+    without = _sweep(models, images_on_disk, config.model_copy(update={"ensemble": config.ensemble.model_copy(
+        update={"enabled": False})}))
+    assert without.attacks == config.attacks
+    np.testing.assert_array_equal(without.p_fake, predictions.p_fake[:, :3])  # the attacks do not see it

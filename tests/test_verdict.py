@@ -21,6 +21,7 @@ from robust_deepfake.verdict.champion import (
     EVIDENCE,
     NothingToScore,
     choose_champion,
+    criterion_plan,
     robustness_score,
     score_drift,
     score_plan,
@@ -375,6 +376,34 @@ def test_no_alias_moves_when_every_variant_is_under_the_floor():
 # --- the watched score ------------------------------------------------------------------
 
 
+def _evasion_sweep(evasion: dict[ModelKey, float]) -> SweepMetrics:
+    """PGD at both attacked eps with the given evasion rate and accuracy 0.5 everywhere."""
+    entries = []
+    for key, rate in evasion.items():
+        entries.append(SweepEntry(key, "clean", 0.0, 0.9, 0.9, 0.95, 0.0, N, evasion_rate=0.0))
+        entries += [SweepEntry(key, "pgd", eps, 0.5, 0.5, 0.5, 0.5, N, evasion_rate=rate) for eps in EPS[1:]]
+    return SweepMetrics(entries, 0.95, True)
+
+
+def test_pgd_evasion_is_a_criterion_where_lower_evasion_wins():
+    evasion = {ModelKey("baseline", s): v for s, v in zip(SEEDS, [0.90, 0.85, 0.88])}
+    evasion |= {ModelKey("reg", s): v for s, v in zip(SEEDS, [0.60, 0.62, 0.55])}
+    sweep = _evasion_sweep(evasion)
+    assert criterion_plan("pgd_evasion", sweep.attacks) == (["pgd"], "evasion_rate")
+    assert robustness_score(sweep, ModelKey("reg", 0), "pgd_evasion") == pytest.approx(1 - 0.60)  # oriented
+    decision = choose_champion(sweep, "pgd_evasion", CONFIG, current_champion="baseline")
+    assert decision.move_champion and decision.champion.variant == "reg"
+    assert decision.variant_scores["reg"] == pytest.approx(1 - np.mean([0.60, 0.62, 0.55]))
+    # the re-evaluation watches the same oriented score on curves as logged (raw evasion rates)
+    curves = sweep_curves(sweep, ModelKey("reg", 0), ["pgd"], "evasion_rate")
+    assert curves == {"pgd": {1: 0.60, 2: 0.60}}
+    assert watched_score(curves, "pgd_evasion") == (pytest.approx(0.40), "pgd")
+    drift = score_drift({"pgd": {1: 0.70}}, {"pgd": {1: 0.60}}, "pgd_evasion")  # evasion up by 0.1
+    assert drift.drop == pytest.approx(0.1) and drift.metric == "1-evasion_rate"
+    with pytest.raises(ValueError, match="ensemble_"):
+        criterion_plan("ensemble_accuracy", sweep.attacks)  # no ensemble in this sweep
+
+
 def test_the_watched_score_falls_back_to_what_the_curves_can_score():
     assert watched_score({"pgd": {0: 0.9, 1: 0.6, 2: 0.4}, "fgsm": {1: 1.0}}) == (0.5, "pgd")
     # no PGD configured: pgd_accuracy falls back to the mean over every attack
@@ -399,7 +428,7 @@ def test_the_watched_score_of_sweep_curves_is_the_champion_score():
     """The re-evaluation scores MLflow curves keyed by eps step; the champion scores the
     sweep keyed by eps: both read one model's sweep to the same number."""
     metrics = summarize_sweep(_predictions(), CONFIG, holdout=[])[0]
-    for criterion in ("pgd_accuracy", "pgd_auc", "mean_attack_accuracy"):
+    for criterion in ("pgd_accuracy", "pgd_auc", "pgd_evasion", "mean_attack_accuracy"):
         attacks, metric = score_plan(criterion, metrics.attacks)
         for key in metrics.models:
             curves = sweep_curves(metrics, key, attacks, metric)

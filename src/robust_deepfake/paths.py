@@ -112,11 +112,12 @@ class SweepOutputs:
     predictions: Path  # per-sample p(fake), SweepPredictions
     metrics: Path  # per model, attack and eps, SweepMetrics
     plot: Path  # long table for dvc plots and the report
+    masking: Path  # the gradient-masking checks per model, MaskingChecks
 
     @classmethod
     def at(cls, root: Path) -> SweepOutputs:
         return cls(root / "eval" / "attack_predictions.npz", root / "eval" / "attack_sweep.json",
-                   root / "plots" / "attack_sweep.csv")
+                   root / "plots" / "attack_sweep.csv", root / "eval" / "masking_checks.json")
 
 
 @dataclass(frozen=True)

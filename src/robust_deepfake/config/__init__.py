@@ -26,7 +26,9 @@ from robust_deepfake.config.schema import (
     AttackConfig,
     CamConfig,
     DataConfig,
+    EnsembleConfig,
     EvalConfig,
+    MaskingConfig,
     ModelConfig,
     Params,
     PixelValue,
@@ -47,7 +49,7 @@ from robust_deepfake.units import parse_pixel_value
 
 __all__ = [
     "CONFINED_KEYS", "DEFAULT_PARAMS", "MAX_SEED", "UNCONFINED_KEYS", "AttackConfig", "CamConfig", "ConfigError",
-    "DataConfig", "EvalConfig",
+    "DataConfig", "EnsembleConfig", "EvalConfig", "MaskingConfig",
     "ModelConfig", "Params", "PixelValue", "ReevaluateConfig", "RegConfig", "ReportConfig", "Seed", "SplitConfig",
     "Strict", "TrackingConfig", "TrainConfig", "confinement_problems", "flatten", "format_errors", "load_params",
     "load_params_or_exit",

@@ -171,6 +171,47 @@ class TrainConfig(Strict):
 AttackName = Literal["fgsm", "bim", "pgd", "mifgsm"]
 
 
+class EnsembleConfig(Strict):
+    """The worst-case ensemble (robustness/ensemble.py), attack `ensemble` of the sweep at
+    every eps of attack.eps: per image the worst of the sweep's attacks, APGD-CE, FAB (when
+    on) and Square; robust only when every one fails."""
+
+    enabled: bool = True
+    apgd_steps: int = Field(5, ge=1)
+    apgd_restarts: int = Field(1, ge=1)  # runs, each from a new random start (1 = a single run)
+    square_queries: int = Field(25, ge=0)  # per image and run; 0 leaves Square out
+    square_restarts: int = Field(1, ge=1)
+    fab: bool = False
+    fab_steps: int = Field(10, ge=1)
+    fab_restarts: int = Field(1, ge=1)
+
+
+class MaskingConfig(Strict):
+    """The gradient-masking checks (robustness/masking.py) the sweep runs on every model at
+    one eps (eval/masking_checks.json)."""
+
+    enabled: bool = True
+    eps: PixelValue | None = None  # one of attack.eps; None: the smallest (AttackConfig.masking_eps)
+    # doubled steps + restarts: strong_runs more PGD runs with strong_factor x attack.steps
+    strong_factor: int = Field(2, ge=2)
+    strong_runs: int = Field(1, ge=1)
+    large_eps: PixelValue = 16 / 255  # PGD there must leave <= large_eps_accuracy
+    large_steps: int = Field(3, ge=1)
+    large_eps_accuracy: float = Field(0.05, ge=0, le=1)
+    tolerance: float = Field(0.01, ge=0, le=1)  # accuracy gap that counts as "stronger" / "not converged"
+    noise_level: float = Field(0.95, gt=0, lt=1)  # Wilson interval of the clean accuracy noise must stay in
+
+    @field_validator("eps", "large_eps")
+    @classmethod
+    def _budget(cls, value: float | None) -> float | None:
+        if value is None:
+            return value
+        if not 0 < value <= 1:
+            raise ValueError(f"must be in (0, 1] (pixel units), got {label(value)}")
+        require_whole_grey_levels([value])
+        return value
+
+
 class AttackConfig(Strict):
     attacks: list[AttackName] = Field(default_factory=lambda: ["fgsm", "bim", "pgd"])
     # Pixel-space L-inf budgets for images in [0, 1]; 0 (the clean row) is always added.
@@ -189,6 +230,8 @@ class AttackConfig(Strict):
     max_samples: int | None = Field(128, ge=2)
     batch_size: int = Field(128, ge=1)
     seed: Seed = 0
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
 
     @field_validator("eps")
     @classmethod
@@ -213,6 +256,26 @@ class AttackConfig(Strict):
         if value is not None and not 0 < value <= 1:
             raise ValueError(f"must be in (0, 1] (pixel units), got {label(value)}")
         return value
+
+    @model_validator(mode="after")
+    def _masking(self) -> AttackConfig:
+        """The checks reuse the sweep's scores at one of its budgets, below the large one."""
+        swept = [eps for eps in self.eps if eps > 0]
+        problems: list[tuple[str, str, str | None]] = []
+        eps = self.masking.eps
+        if eps is not None and round(eps * 255, 6) not in {round(e * 255, 6) for e in swept}:
+            problems.append(("masking.eps", f"must be one of attack.eps ({', '.join(label(e) for e in swept)})",
+                             label(eps)))
+        elif self.masking.large_eps <= self.masking_eps:
+            problems.append(("masking.large_eps", f"must be larger than the masking eps ({label(self.masking_eps)})",
+                             label(self.masking.large_eps)))
+        raise_problems(problems)
+        return self
+
+    @property
+    def masking_eps(self) -> float:
+        """The eps of the gradient-masking checks: attack.masking.eps, else the smallest swept one."""
+        return self.masking.eps if self.masking.eps is not None else min(e for e in self.eps if e > 0)
 
     def step_size_for(self, eps: float) -> float:
         return self.step_size if self.step_size is not None else self.step_size_relative * eps
@@ -260,8 +323,12 @@ class CamConfig(Strict):
 
 
 class ReportConfig(Strict):
+    # The champion criterion (verdict/champion.py criterion_plan): <attack>_<metric> over
+    # the attacked eps (evasion: lower is better, scored as 1 - evasion rate), every
+    # attack's accuracy, or the clean row.
     select_by: Literal[
-        "pgd_accuracy", "pgd_auc", "mean_attack_accuracy", "clean_accuracy", "clean_auc"
+        "pgd_accuracy", "pgd_auc", "pgd_evasion", "ensemble_accuracy", "ensemble_auc", "ensemble_evasion",
+        "mean_attack_accuracy", "clean_accuracy", "clean_auc"
     ] = "pgd_auc"
     # One of attack.eps (and of cam.eps where set): checked in Params._cross_checks.
     reference_eps: PixelValue = 1 / 255
@@ -366,6 +433,11 @@ class Params(Strict):
                 "are drawn at it (or set cam.eps to null: all of attack.eps)",
                 label(self.report.reference_eps),
             ))
+        select_by = self.report.select_by
+        if select_by.startswith("pgd_") and "pgd" not in self.attack.attacks:
+            problems.append(("report.select_by", "needs pgd in attack.attacks", select_by))
+        if select_by.startswith("ensemble_") and not self.attack.ensemble.enabled:
+            problems.append(("report.select_by", "needs the ensemble: attack.ensemble.enabled is false", select_by))
         raise_problems(problems)
         return self
 

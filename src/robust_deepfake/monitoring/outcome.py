@@ -7,6 +7,7 @@ attacks and eps both have (drop = previous - current).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ class Outcome:
     previous_run_id: str | None
     clean_accuracy: float
     iinc_stability: float
+    evasion_rate: float = math.nan  # mean over eps > 0 of the scored attacks' evasion rate (lower is better)
 
     def dropped(self, max_drop: float) -> bool:
         drop = self.drift.drop
@@ -51,13 +53,14 @@ class Outcome:
         run = f"; run {self.run_id}" if self.run_id else ""
         who = f"@{self.alias} ({self.registered_model} v{self.version})"
         d = self.drift
+        evasion = f"; evasion rate {self.evasion_rate:.3f}" if math.isfinite(self.evasion_rate) else ""
         if d.previous is None:
-            return f"{who}: mean {d.attacks} {d.metric} {self.robustness:.3f} ({d.note}){run}"
+            return f"{who}: mean {d.attacks} {d.metric} {self.robustness:.3f}{evasion} ({d.note}){run}"
         verdict = f"dropped by {d.drop:.3f} > reevaluate.max_drop {max_drop}" if self.dropped(max_drop) \
             else f"change {d.current - d.previous:+.3f} (max_drop {max_drop})"
         grid = ", ".join(units.label(units.from_step(step)) for step in d.eps_steps)
         return (f"{who}: mean {d.attacks} {d.metric} over eps [{grid}] now {d.current:.3f}, previous evaluation "
-                f"{d.previous:.3f} (run {self.previous_run_id}): {verdict}{run}")
+                f"{d.previous:.3f} (run {self.previous_run_id}): {verdict}{evasion}{run}")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,7 +68,7 @@ class Outcome:
             "robustness": self.robustness, "robustness_by": f"{self.drift.attacks} {self.drift.metric}",
             "previous": self.drift.previous, "drop": self.drift.drop,
             "previous_run_id": self.previous_run_id, "clean_accuracy": self.clean_accuracy,
-            "iinc_stability": self.iinc_stability,
+            "iinc_stability": self.iinc_stability, "evasion_rate": self.evasion_rate,
         }
 
 

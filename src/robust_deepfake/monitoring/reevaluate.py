@@ -28,16 +28,17 @@ import numpy as np
 from robust_deepfake.config import Params
 from robust_deepfake.data.dataset import ImageSet, load_split
 from robust_deepfake.explain.measure import CamSubset, measure
+from robust_deepfake.metrics import ATTACK_METRICS
 from robust_deepfake.model.device import resolve_device
 from robust_deepfake.monitoring.outcome import Outcome, ReevaluationError
 from robust_deepfake.paths import VARIANTS, ModelKey
-from robust_deepfake.robustness.sweep import SweepMetrics, run_sweep, stratified_subset, summarize_sweep
+from robust_deepfake.robustness.sweep import SweepMetrics, run_sweep, stratified_subset, summarize_sweep, sweep_attacks
 from robust_deepfake.tracking.provenance import data_md5, run_origin
 from robust_deepfake.tracking.runs import SWEEP_PREFIX, finite_metrics, log_batched, now_ms
 from robust_deepfake.tracking.store import configure, ensure_experiment, require_store
 from robust_deepfake import units
 from robust_deepfake.units import CLEAN
-from robust_deepfake.verdict.champion import curve_score, score_drift, score_plan, sweep_curves
+from robust_deepfake.verdict.champion import curve_score, oriented, score_drift, score_plan, score_name, sweep_curves
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -50,7 +51,7 @@ REEVAL_PREFIX = "reeval_vs_eps255"
 REEVAL_CAM_PREFIX = "reeval_cam_vs_eps255"  # <prefix>/<attack>/iinc_<measure>, as runs.CAM_PREFIX on training runs
 TRAINING_PREFIX = SWEEP_PREFIX  # what the attack_sweep stage logs on each training run
 LAST_RUN_TAG = "last_reevaluation_run_id"
-SWEEP_METRICS = ("accuracy", "f1", "auc", "asr")
+SWEEP_METRICS = ATTACK_METRICS  # every metric the attack_sweep stage logs on training runs
 
 
 def model_key(version: ModelVersion) -> ModelKey:
@@ -167,7 +168,7 @@ def reevaluate_alias(
     evaluation. The caller decides what a drop means (see Outcome.dropped)."""
     from mlflow import MlflowClient
 
-    attacks, metric = score_plan(params.report.select_by, params.attack.attacks)
+    attacks, metric = score_plan(params.report.select_by, sweep_attacks(params.attack))
     uri = require_store(params.tracking, root)  # unreachable or read-only: one line, in seconds
     client = MlflowClient()
     name = params.tracking.registered_model
@@ -180,8 +181,8 @@ def reevaluate_alias(
     test = load_test_split(root, params, image_size)
     indices = stratified_subset([s.source for s in test.samples], params.attack.max_samples, params.attack.seed)
     log(f"attacking {len(indices)} of {len(test)} test images at {image_size} px on {torch_device}: "
-        f"{params.attack.attacks}, eps {[units.label(e) for e in params.attack.eps]}, {params.attack.steps} steps; "
-        f"scored by mean {'+'.join(attacks)} {metric} (report.select_by {params.report.select_by})")
+        f"{sweep_attacks(params.attack)}, eps {[units.label(e) for e in params.attack.eps]}, {params.attack.steps} steps; "
+        f"scored by mean {'+'.join(attacks)} {score_name(metric)} (report.select_by {params.report.select_by})")
     predictions = run_sweep({key: model}, test, indices, params.attack, torch_device, show_progress=False)
     # point metrics only: the intervals are the report's business, and the bootstrap is the slow part
     point_only = params.eval.model_copy(update={"n_bootstrap": 0})
@@ -194,9 +195,11 @@ def reevaluate_alias(
     stability = [r["value"] for r in cam_rows if r["measure"] == "stability" and math.isfinite(r["value"])]
     outcome = Outcome(
         alias=alias, registered_model=name, version=str(version.version), model=key, run_id="",
-        robustness=curve_score(current, attacks), drift=score_drift(current, previous, params.report.select_by),
+        robustness=curve_score(oriented(current, metric), attacks),
+        drift=score_drift(current, previous, params.report.select_by),
         previous_run_id=previous_run_id, clean_accuracy=float(metrics.get(key, CLEAN, 0.0).accuracy),
         iinc_stability=float(np.mean(stability)) if stability else math.nan,
+        evasion_rate=curve_score(sweep_curves(metrics, key, attacks, "evasion_rate"), attacks),
     )
     outcome.run_id = log_reevaluation(client, params, root, version, outcome, metrics, cam_rows, device)
     log(outcome.describe(params.reevaluate.max_drop))
@@ -282,6 +285,7 @@ def _run_metrics(outcome: Outcome, metrics: SweepMetrics, cam_rows: list[dict], 
         "robustness": outcome.robustness, "robustness_common": drift.current,
         "previous_robustness": drift.previous, "robustness_drop": drift.drop,
         "clean_accuracy": outcome.clean_accuracy, "iinc_stability": outcome.iinc_stability,
+        "evasion_rate": outcome.evasion_rate,
     })
     return logged + [Metric(key, value, now, 0, model_id=model_id) for key, value in scalars.items()]
 
@@ -297,7 +301,7 @@ def simulate_drop(params: Params, root: Path, alias: str, previous: float = 1.0)
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    attacks, metric = score_plan(params.report.select_by, params.attack.attacks)
+    attacks, metric = score_plan(params.report.select_by, sweep_attacks(params.attack))
     configure(params.tracking, root)
     client = MlflowClient()
     name = params.tracking.registered_model

@@ -1,59 +1,131 @@
 """The body of the attack_sweep stage: attack every trained model (each variant, each
-seed) on the same test images and summarize."""
+seed) on the same test images, run the gradient-masking checks on each, and summarize."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from robust_deepfake.config import Params
+from torch import nn
+
+from robust_deepfake import units
+from robust_deepfake.config import AttackConfig, Params
 from robust_deepfake.data.dataset import load_split
 from robust_deepfake.io import write_csv
+from robust_deepfake.metrics import ATTACK_METRICS
 from robust_deepfake.model.detector import load_trained
-from robust_deepfake.paths import SweepOutputs, TrainOutputs, model_keys
+from robust_deepfake.paths import ModelKey, SweepOutputs, TrainOutputs, model_keys
 from robust_deepfake.pipeline.preamble import open_stage
-from robust_deepfake import units
-from robust_deepfake.units import CLEAN
-from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepMetrics, run_sweep, stratified_subset, summarize_sweep
-from robust_deepfake.tracking.runs import SWEEP_PREFIX
+from robust_deepfake.robustness.masking_outputs import MaskingChecks
+from robust_deepfake.robustness.masking_probes import ProbeBudget, ProbeRun, tolerances
+from robust_deepfake.robustness.sweep import (
+    CSV_COLUMNS,
+    Probe,
+    SweepMetrics,
+    run_sweep,
+    stratified_subset,
+    summarize_sweep,
+)
+from robust_deepfake.tracking.runs import MASKING_PREFIX, SWEEP_PREFIX
 from robust_deepfake.tracking.tracker import Tracker
+from robust_deepfake.units import CLEAN
+
+TRANSFER_SOURCE = "baseline"  # the transfer attack is PGD crafted on this variant of the same seed
 
 
-def attack_sweep(params: Params, root: Path, tracker: Tracker) -> SweepMetrics:
-    """Write the sweep's outs; `tracker` records the metric-vs-eps curves on each model's run."""
+@dataclass(frozen=True)
+class SweepOutcome:
+    metrics: SweepMetrics
+    checks: MaskingChecks  # no models when attack.masking.enabled is false
+
+
+def masking_probes(models: dict[ModelKey, nn.Module], config: AttackConfig) -> dict[ModelKey, Probe]:
+    """One ProbeRun per model at attack.masking's eps; every model but the transfer source
+    gets the source variant's PGD images of the same seed as its transfer attack."""
+    budget = ProbeBudget.from_config(config)
+    eps = config.masking_eps
+    passes = budget.strong_runs * budget.steps * budget.strong_factor + budget.large_steps + 1
+    probes = {}
+    for key, model in models.items():
+        source = ModelKey(TRANSFER_SOURCE, key.seed)
+        transfer_from = source if key != source and source in models and "pgd" in config.attacks else None
+        probes[key] = Probe(ProbeRun(model, eps, budget, config.seed, config.quantize), eps, transfer_from, passes)
+    return probes
+
+
+def attack_sweep(params: Params, root: Path, tracker: Tracker) -> SweepOutcome:
+    """Write the sweep's outs; `tracker` records the metric-vs-eps curves and the masking
+    checks on each model's run."""
     device = open_stage(params, tracker)
+    config = params.attack
     keys = model_keys(params.train.seeds)
-    loaded = {key: load_trained(TrainOutputs.of(root, key).model_dir, device) for key in keys}
+    loaded = {key: load_trained(TrainOutputs.of(root, key).model_dir, device)[0] for key in keys}
     test = load_split(params.data.splits_dir, "test", params.data.image_size, params.data.cache_max_mb)
-    indices = stratified_subset([s.source for s in test.samples], params.attack.max_samples, params.attack.seed)
+    indices = stratified_subset([s.source for s in test.samples], config.max_samples, config.seed)
+    ensemble = config.ensemble
     print(
         f"attack_sweep: {len(keys)} models, {len(indices)} of {len(test)} test images, attacks "
-        f"{params.attack.attacks}, eps {[units.label(e) for e in params.attack.eps]}, {params.attack.steps} steps, "
-        f"{'scored after 8-bit rounding' if params.attack.quantize else 'float adversarial images'}, on {device}",
+        f"{config.attacks}, eps {[units.label(e) for e in config.eps]}, {config.steps} steps"
+        + (f"; ensemble APGD-CE {ensemble.apgd_steps} steps x {ensemble.apgd_restarts} run(s)"
+           + (f", FAB {ensemble.fab_steps} steps" if ensemble.fab else "")
+           + (f", Square {ensemble.square_queries} queries" if ensemble.square_queries else "")
+           if ensemble.enabled else "")
+        + (f"; masking checks at {units.label(config.masking_eps)}" if config.masking.enabled else "")
+        + f", {'scored after 8-bit rounding' if config.quantize else 'float adversarial images'}, on {device}",
         flush=True,
     )
-    predictions = run_sweep({key: model for key, (model, _) in loaded.items()}, test, indices, params.attack, device)
+    probes = masking_probes(loaded, config) if config.masking.enabled else {}
+    predictions = run_sweep(loaded, test, indices, config, device, probes=probes)
     metrics, rows = summarize_sweep(predictions, params.eval, params.split.holdout_methods)
     outputs = SweepOutputs.at(root)
     predictions.save(outputs.predictions)
     metrics.save(outputs.metrics)
     write_csv(outputs.plot, CSV_COLUMNS, rows)
     curves = [{"model": e.model, "attack": e.attack, "metric": metric, "value": getattr(e, metric), "eps": e.eps}
-              for e in metrics.entries for metric in ("accuracy", "f1", "auc", "asr")]  # clean: step 0
+              for e in metrics.entries for metric in ATTACK_METRICS]  # clean: step 0
     tracker.log_eps_curves(keys, curves, SWEEP_PREFIX)
-    return metrics
+    # written with no models when attack.masking.enabled is false (a DVC out always exists)
+    checks = MaskingChecks.of({key: probe.run.measurements() for key, probe in probes.items()},
+                              {key: probe.transfer_from for key, probe in probes.items() if probe.transfer_from},
+                              config.masking_eps, ProbeBudget.from_config(config), tolerances(config))
+    checks.save(outputs.masking)
+    tracker.log_eps_curves(keys, masking_curves(checks), MASKING_PREFIX)
+    return SweepOutcome(metrics, checks)
 
 
-def format_table(metrics: SweepMetrics) -> str:
-    """Accuracy / AUC per model, attack and eps, as fixed-width text."""
+def masking_curves(checks: MaskingChecks) -> list[dict]:
+    """The checks as MLflow metrics on each model's run: `<check>/warn` (1 = WARN) and
+    every number behind it, at step = the checks' eps in grey levels."""
+    out = []
+    for entry in checks.models:
+        for row in entry.rows:
+            values = {"warn": float(row.status == "WARN"), **row.numbers}
+            out += [{"model": entry.model, "attack": row.check, "metric": name, "value": value, "eps": checks.eps}
+                    for name, value in values.items() if math.isfinite(value)]
+    return out
+
+
+def format_table(outcome: SweepOutcome) -> str:
+    """Accuracy / AUC / evasion rate per model, attack and eps, then the masking checks, as
+    fixed-width text."""
+    metrics = outcome.metrics
     lines = []
     for key in metrics.models:
         clean = metrics.get(key, CLEAN, 0.0)
-        lines.append(f"{key.name:14s} clean  acc {clean.accuracy:.3f} auc {clean.auc:.3f}")
+        lines.append(f"{key.name:14s} clean    acc {clean.accuracy:.3f} auc {clean.auc:.3f}")
         for attack in metrics.attacks:
             cells = "  ".join(
                 f"{units.label(eps)}: acc {metrics.get(key, attack, eps).accuracy:.3f} "
-                f"auc {metrics.get(key, attack, eps).auc:.3f}"
+                f"auc {metrics.get(key, attack, eps).auc:.3f} evasion {metrics.get(key, attack, eps).evasion_rate:.3f}"
                 for eps in metrics.attacked_eps
             )
-            lines.append(f"{key.name:14s} {attack:6s} {cells}")
+            lines.append(f"{key.name:14s} {attack:8s} {cells}")
+    if outcome.checks.models:
+        lines.append(f"gradient-masking checks at {units.label(outcome.checks.eps)}:")
+        for entry in outcome.checks.models:
+            lines.append(f"{entry.model.name:14s} " + "  ".join(f"{row.check} {row.status}" for row in entry.rows))
+        line = outcome.checks.verdict_line()
+        if line:
+            lines.append(line)
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from robust_deepfake.paths import (
     relative_to_root,
 )
 from robust_deepfake.robustness.sweep import SweepMetrics
-from robust_deepfake.verdict.champion import NothingToScore, curve_score, score_plan, sweep_curves
+from robust_deepfake.verdict.champion import NothingToScore, curve_score, oriented, score_name, score_plan, sweep_curves
 from robust_deepfake.units import CLEAN
 
 T = TypeVar("T")
@@ -122,14 +122,14 @@ def _from_sweep(outputs: _Outputs, params: Params | None) -> Figures:
         attacks, metric = score_plan(params.report.select_by if params else "pgd_accuracy", sweep.attacks)
     except NothingToScore:  # a sweep without attacks
         attacks, metric = [], "accuracy"
-    figures: Figures = {"robustness_by": f"{'+'.join(attacks)} {metric}"} if attacks else {}
+    figures: Figures = {"robustness_by": f"{'+'.join(attacks)} {score_name(metric)}"} if attacks else {}
     for variant in VARIANTS:
         keys = [key for key in sweep.models if key.variant == variant]
         clean = [entry for entry in sweep.entries if entry.model in keys and entry.attack == CLEAN]
         if clean:
             figures[f"{variant}/clean_accuracy"] = _mean([e.accuracy for e in clean])
             figures[f"{variant}/clean_auc"] = _mean([e.auc for e in clean])
-        scores = [curve_score(sweep_curves(sweep, key, attacks, metric), attacks) for key in keys]
+        scores = [curve_score(oriented(sweep_curves(sweep, key, attacks, metric), metric), attacks) for key in keys]
         if attacks and scores:
             figures[f"{variant}/robustness"] = _mean(scores)
     return figures

@@ -25,8 +25,12 @@ Per member and run, each image's candidates (its best-loss point, and for APGD i
 misclassified one) are rounded to 8 bits when `quantize` is on, scored, and the one with
 the lowest margin is kept if lower than the image's current worst case (initially the
 clean image). An image is fooled when its worst case is misclassified (p(fake) >= 0.5 is
-"fake"); only images not yet fooled go to the next run or member. The first member runs
-on every image, so misclassified images also get a worst-case score (AUC/AP under attack).
+"fake"); only images not yet fooled go to the next run or member. Alone, the first member
+runs on every image, so misclassified images also get a worst-case score (AUC/AP under
+attack). Given `candidates` (the adversarial images of attacks already run at this eps,
+e.g. the sweep's FGSM, BIM and PGD), those are offered first: every image then has a
+worst case over them, the result is at most as robust as each of them per image, and the
+members run only on the images none of them fooled.
 
 Random state: each member draws from torch's global CPU generator (torchattacks draws on
 the CPU and copies to the device), seeded with `member_seed(seed, member, eps)` inside
@@ -38,12 +42,14 @@ the ball (see attacks.quantize_8bit).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 
 import torch
 from torch import nn
 
+from robust_deepfake.config import EnsembleConfig
 from robust_deepfake.robustness.attacks import attack_mode, quantize_8bit
 from robust_deepfake.units import rng_offset
 
@@ -90,6 +96,18 @@ class EnsembleBudget:
     @property
     def order(self) -> tuple[str, ...]:
         return tuple(name for name in MEMBERS if name in self.members)
+
+    @classmethod
+    def from_config(cls, config: EnsembleConfig) -> EnsembleBudget:
+        """params.yaml's attack.ensemble: APGD always, FAB when `fab`, Square unless 0 queries."""
+        members = ("apgd",) + (("fab",) if config.fab else ()) + (("square",) if config.square_queries else ())
+        return cls(members, config.apgd_steps, config.apgd_restarts, max(config.square_queries, 1),
+                   config.square_restarts, fab_steps=config.fab_steps, fab_restarts=config.fab_restarts)
+
+    def gradient_passes(self) -> int:
+        """Forward-backward passes per image of the gradient members at most (progress bars)."""
+        return (self.apgd_steps + 1) * self.apgd_restarts + (
+            self.fab_steps * self.fab_restarts if "fab" in self.members else 0)
 
 
 @dataclass(frozen=True)
@@ -209,8 +227,10 @@ def _runs(ta: ModuleType, model: nn.Module, member: str, eps: float, budget: Ens
 
 
 def run_ensemble(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
-                 budget: EnsembleBudget = EnsembleBudget(), seed: int = 0, quantize: bool = True) -> EnsembleResult:
-    """The per-image worst case over the budget's members at L-inf budget `eps`.
+                 budget: EnsembleBudget = EnsembleBudget(), seed: int = 0, quantize: bool = True,
+                 candidates: Mapping[str, torch.Tensor] | None = None) -> EnsembleResult:
+    """The per-image worst case over `candidates` (attack name -> adversarial images of
+    these images at `eps`, offered in order) and the budget's members at L-inf budget `eps`.
 
     `images` (N, C, H, W) in [0, 1] on the model's device, `labels` (N,) with 1 = fake.
     The model is attacked in eval mode with frozen parameters (both restored)."""
@@ -221,6 +241,11 @@ def run_ensemble(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, e
         stats = []
         if eps == 0:
             return EnsembleResult(worst.adversarial, worst.p_fake, worst.margin, worst.fooled_by)
+        every = torch.arange(len(labels), device=images.device)
+        for name, candidate in (candidates or {}).items():
+            worst.offer(every, candidate.detach(), eps)
+            worst.settle(name)
+        attack_all = not candidates
         for index, member in enumerate(budget.order):
             attacked = queries = fooled = 0
             member_rng = member_seed(seed, member, eps)
@@ -228,7 +253,7 @@ def run_ensemble(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, e
                 torch.random.default_generator.manual_seed(member_rng)
                 restarts, run = _runs(ta, model, member, eps, budget, member_rng)
                 for restart in range(restarts):
-                    rows = torch.arange(len(labels), device=images.device) if index == restart == 0 else worst.todo()
+                    rows = every if attack_all and index == restart == 0 else worst.todo()
                     if len(rows) == 0:
                         break
                     candidates, calls = run(images[rows], labels[rows], restart)

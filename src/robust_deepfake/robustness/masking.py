@@ -24,7 +24,7 @@ those numbers, so the pipeline can feed them from the sweep's outputs as well.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Literal
@@ -147,3 +147,19 @@ def random_noise(noisy: float, clean: float, n: int, level: float = 0.95) -> Che
 
 def any_warning(rows: list[CheckRow]) -> bool:
     return any(row.status == "WARN" for row in rows)
+
+
+def verdict_line(rows_by_model: Mapping[str, Sequence[CheckRow]]) -> str | None:
+    """The verdict's one line when any model's check warns, else None:
+    `robustness under PGD may be gradient masking: <check> warns for <models> (<the first
+    one's reason>); ...`, checks in CHECKS order."""
+    warned: dict[str, list[tuple[str, CheckRow]]] = {}
+    for model, rows in rows_by_model.items():
+        for row in rows:
+            if row.status == "WARN":
+                warned.setdefault(row.check, []).append((model, row))
+    if not warned:
+        return None
+    parts = [f"{check} warns for {', '.join(model for model, _ in warned[check])} ({warned[check][0][1].reason})"
+             for check in sorted(warned, key=lambda c: CHECKS.index(c) if c in CHECKS else len(CHECKS))]
+    return "robustness under PGD may be gradient masking: " + "; ".join(parts)

@@ -26,6 +26,7 @@ from robust_deepfake.units import label, to_step
 
 SWEEP_PREFIX = "attack_vs_eps255"
 CAM_PREFIX = "cam_vs_eps255"
+MASKING_PREFIX = "masking_vs_eps255"  # <prefix>/<check>/<number or warn> at the checks' eps
 EPS_STEP_NOTE = "metrics named */<attack>/<metric> under the *_vs_eps255 prefixes: step = eps x 255 (grey levels)"
 MLFLOW_BATCH_LIMIT = 900  # log_batch takes at most 1,000 metrics per call
 EPS_PARAMS = {"attack.eps", "attack.step_size", "cam.eps", "report.reference_eps"}  # logged as k/255 labels

@@ -19,7 +19,8 @@ from robust_deepfake import units
 from robust_deepfake.config import EvalConfig
 from robust_deepfake.errors import StageError
 from robust_deepfake.paths import ModelKey
-from robust_deepfake.robustness.sweep import SweepMetrics
+from robust_deepfake.metrics import higher_is_better
+from robust_deepfake.robustness.sweep import ENSEMBLE, SweepMetrics
 from robust_deepfake.units import CLEAN
 from robust_deepfake.verdict.claims import MIN_EFFECT
 from robust_deepfake.verdict.seeds import COMPARISONS, SeedDifference, paired_seeds, seed_difference
@@ -27,22 +28,43 @@ from robust_deepfake.verdict.seeds import COMPARISONS, SeedDifference, paired_se
 Curves = Mapping[str, Mapping[Any, float]]  # attack -> eps (or eps step) -> metric value
 
 
+CRITERION_METRICS = {"accuracy": "accuracy", "auc": "auc", "evasion": "evasion_rate"}  # <attack>_<short>
+CRITERION_ATTACKS = ("pgd", ENSEMBLE)
+
+
 def criterion_plan(criterion: str, attacks: Sequence[str]) -> tuple[list[str], str]:
     """The attacks and metric an attacked `report.select_by` criterion averages over eps > 0:
-    pgd_accuracy / pgd_auc: PGD's accuracy / AUC; mean_attack_accuracy: every attack's
-    accuracy. ValueError for clean_* (no attack), an unknown criterion, or pgd_* when
-    `attacks` has no PGD."""
+    <attack>_<accuracy|auc|evasion> for attack pgd or ensemble (evasion: the evasion rate,
+    scored as 1 - evasion, see `oriented`); mean_attack_accuracy: every attack's accuracy.
+    ValueError for clean_* (no attack), an unknown criterion, or an attack the sweep lacks."""
     attacks = [a for a in attacks if a != CLEAN]
-    if criterion.startswith("pgd_"):
-        if "pgd" not in attacks:
-            raise ValueError("report.select_by: pgd_* needs pgd in attack.attacks")
-        return ["pgd"], criterion.removeprefix("pgd_")
+    attack, _, short = criterion.partition("_")
+    if attack in CRITERION_ATTACKS and short in CRITERION_METRICS:
+        if attack not in attacks:
+            raise ValueError(f"report.select_by: {attack}_* needs {attack} in the sweep's attacks"
+                             + (" (attack.ensemble.enabled)" if attack == ENSEMBLE else " (attack.attacks)"))
+        return [attack], CRITERION_METRICS[short]
     if criterion == "mean_attack_accuracy":
         if not attacks:
             raise ValueError("report.select_by: mean_attack_accuracy needs at least one attack")
         return attacks, "accuracy"
     raise ValueError(f"report.select_by: {criterion!r} is not an attacked criterion "
-                     "(pgd_accuracy, pgd_auc, mean_attack_accuracy)")
+                     f"({', '.join(f'{a}_{m}' for a in CRITERION_ATTACKS for m in CRITERION_METRICS)}, "
+                     "mean_attack_accuracy)")
+
+
+def oriented(curves: Curves, metric: str) -> dict[str, dict[Any, float]]:
+    """`curves` with higher = more robust: the metric's values, or 1 - value for a rate where
+    lower is better (metrics.higher_is_better: the evasion rate), so every score, drift and
+    champion comparison reads one way."""
+    flip = not higher_is_better(metric)
+    return {attack: {key: (1 - value if flip else value) for key, value in values.items()}
+            for attack, values in curves.items()}
+
+
+def score_name(metric: str) -> str:
+    """How the oriented score of `metric` is named: `accuracy`, or `1-evasion_rate`."""
+    return metric if higher_is_better(metric) else f"1-{metric}"
 
 
 def curve_score(curves: Curves, attacks: Sequence[str],
@@ -51,7 +73,7 @@ def curve_score(curves: Curves, attacks: Sequence[str],
     float or an MLflow step: only its sign and membership matter) over eps > 0, restricted
     to `eps` when given. Non-finite values (never logged to MLflow) do not count; NaN when
     nothing is left. `robustness_score` (the champion) and `watched_score` / `score_drift`
-    (the scheduled re-evaluation) all score through this function."""
+    (the scheduled re-evaluation) all score through this function, on `oriented` curves."""
     values = [
         float(value)
         for attack in attacks
@@ -64,7 +86,8 @@ def curve_score(curves: Curves, attacks: Sequence[str],
 def robustness_score(metrics: SweepMetrics, key: ModelKey, criterion: str) -> float:
     """One model's score under `report.select_by` (higher is better), from the sweep.
 
-    pgd_accuracy / pgd_auc: mean over eps > 0 of PGD's metric; mean_attack_accuracy: over
+    <attack>_<metric>: mean over eps > 0 of that attack's metric (1 - the evasion rate for
+    *_evasion); mean_attack_accuracy: over
     every attack and eps > 0 (criterion_plan, curve_score); clean_*: the unattacked row.
     The scheduled re-evaluation watches the same score (score_plan, watched_score)."""
     if criterion.startswith("clean_"):
@@ -74,7 +97,7 @@ def robustness_score(metrics: SweepMetrics, key: ModelKey, criterion: str) -> fl
         raise ValueError("report.select_by: the sweep has no eps > 0")
     curves = {attack: {eps: getattr(metrics.get(key, attack, eps), metric) for eps in metrics.attacked_eps}
               for attack in attacks}
-    return curve_score(curves, attacks)
+    return curve_score(oriented(curves, metric), attacks)
 
 
 def sweep_curves(metrics: SweepMetrics, key: ModelKey, attacks: Iterable[str], metric: str) -> dict[str, dict[int, float]]:
@@ -104,15 +127,16 @@ def score_plan(select_by: str, attacks: Iterable[str]) -> tuple[list[str], str]:
 
 
 def watched_score(curves: Curves, select_by: str = "pgd_accuracy", eps: Collection | None = None) -> tuple[float, str]:
-    """The score of `curves` (of score_plan's metric) and the attacks it averages, joined
-    by `+`: curve_score over eps > 0, restricted to `eps` when given."""
-    attacks, _ = score_plan(select_by, curves)
-    return curve_score(curves, attacks, eps), "+".join(attacks)
+    """The score of `curves` (of score_plan's metric, as logged) and the attacks it averages,
+    joined by `+`: curve_score of the oriented curves over eps > 0, restricted to `eps` when given."""
+    attacks, metric = score_plan(select_by, curves)
+    return curve_score(oriented(curves, metric), attacks, eps), "+".join(attacks)
 
 
 @dataclass
 class Drift:
-    """One evaluation's score against the previous one's, on the attacks and eps both have."""
+    """One evaluation's score (oriented: higher is more robust) against the previous one's,
+    on the attacks and eps both have."""
 
     current: float
     previous: float | None = None
@@ -128,11 +152,13 @@ class Drift:
 
 
 def score_drift(current: Curves, previous: Curves | None, select_by: str = "pgd_accuracy") -> Drift:
-    """Score both curves (attack -> eps step -> metric value) the same way on the attacks of
-    score_plan that both have and the eps > 0 all of those share; with nothing in common
-    (or no previous evaluation) only the current score, over its whole grid."""
+    """Score both curves (attack -> eps step -> metric value, as logged) the same way, oriented,
+    on the attacks of score_plan that both have and the eps > 0 all of those share; with
+    nothing in common (or no previous evaluation) only the current score, over its whole grid."""
     attacks, metric = score_plan(select_by, current)
-    whole = Drift(curve_score(current, attacks), attacks="+".join(attacks), metric=metric)
+    current, previous = oriented(current, metric), oriented(previous, metric) if previous else previous
+    name = score_name(metric)
+    whole = Drift(curve_score(current, attacks), attacks="+".join(attacks), metric=name)
     if not previous:
         whole.note = "no previous evaluation"
         return whole
@@ -145,7 +171,7 @@ def score_drift(current: Curves, previous: Curves | None, select_by: str = "pgd_
         whole.note = "no attack and eps in common with the previous evaluation"
         return whole
     return Drift(curve_score(current, common, shared), curve_score(previous, common, shared),
-                 "+".join(common), metric, sorted(shared))
+                 "+".join(common), name, sorted(shared))
 
 
 CANDIDATES = ("baseline", "reg")  # the placebo is a control: never @champion / @challenger
