@@ -25,6 +25,9 @@ from robust_deepfake.paths import (
     run_record_path,
 )
 from robust_deepfake.pipeline.report import build_report
+from robust_deepfake.robustness.masking import MaskingTolerances
+from robust_deepfake.robustness.masking_outputs import MaskingChecks
+from robust_deepfake.robustness.masking_probes import Measurements, ProbeBudget
 from robust_deepfake import units
 from robust_deepfake.robustness.sweep import CSV_COLUMNS, SweepEntry, SweepMetrics, SweepPredictions, summarize_sweep
 from robust_deepfake.tracking.tracker import NullTracker
@@ -58,6 +61,7 @@ def _synthetic_outputs(root, params) -> SweepMetrics:
     metrics, rows = summarize_sweep(predictions, params.eval, holdout=["fake_y"])
     metrics.save(sweep.metrics)
     write_csv(sweep.plot, CSV_COLUMNS, rows)
+    _masking_checks(keys).save(sweep.masking)
 
     split = {name: {"total": t, "real": t // 2, "fake": t - t // 2, "groups": t, "by_source": {s: t // 3 for s in SOURCES}}
              for name, t in (("train", 90), ("val", 30), ("test", 60))}
@@ -105,6 +109,24 @@ def _synthetic_outputs(root, params) -> SweepMetrics:
     return metrics
 
 
+MASKED = ModelKey("reg", 1)  # the one model whose synthetic PGD had not converged
+
+
+def _masking_checks(keys) -> MaskingChecks:
+    """Every check passes except steps_and_restarts for MASKED (PGD 30% -> 20% with 2x steps)."""
+    measured = {}
+    for key in keys:
+        accuracy = {"clean": 0.85, "fgsm": 0.40, "bim": 0.31, "pgd": 0.30, "pgd_strong": 0.20 if key == MASKED else 0.295,
+                    "pgd_large": 0.02, "transfer": 0.70, "noise": 0.84, "white_box": 0.28, "ensemble": 0.28}
+        evasion = {name: 1 - value for name, value in accuracy.items() if name != "clean"}
+        measured[key] = Measurements(1 / 255, 16 / 255, 60, accuracy, evasion)
+    transfer = {key: ModelKey("baseline", key.seed) for key in keys if key.variant != "baseline"}
+    for key in keys:
+        if key not in transfer:
+            del measured[key].accuracy["transfer"]
+    return MaskingChecks.of(measured, transfer, 1 / 255, ProbeBudget(), MaskingTolerances())
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
@@ -123,10 +145,11 @@ def test_every_section_and_figure_exists(rendered):
                     "### Per seed (test sampling only)", "## Data", "## Training",
                     "## Robustness", "### FGSM", "### PGD", "## Explanations: Grad-CAM and IINC",
                     "## Per-source generalization", "## ROC curves and confusion matrices", "## Provenance",
-                    "## How to read this report"]:
+                    "## How to read this report", "## Threat model and detection metrics at 1/255",
+                    "## Gradient-masking checks"]:
         assert section in markdown, section
-    figures = ["forest.png", "robustness_accuracy.png", "robustness_auc.png", "robustness_asr.png", "iinc.png",
-               "training_curves.png", "per_source.png", "roc.png", "confusion.png"]
+    figures = ["forest.png", "robustness_accuracy.png", "robustness_auc.png", "robustness_evasion_rate.png",
+               "robustness_asr.png", "iinc.png", "training_curves.png", "per_source.png", "roc.png", "confusion.png"]
     for name in figures:
         path = root / "reports" / "figures" / name
         assert path.exists() and Image.open(path).size[0] > 300, name
@@ -146,8 +169,8 @@ def test_html_is_self_contained(rendered):
     html = (root / "reports" / "report.html").read_text()
     assert "<table>" in html
     sources = [part.split('"')[0] for part in html.split('<img alt="')[1:]]
-    assert len(sources) == 9 + 4
-    assert html.count('src="data:image/png;base64,') == 13
+    assert len(sources) == 10 + 4
+    assert html.count('src="data:image/png;base64,') == 14
     assert 'src="figures/' not in html and 'src="cam/' not in html
 
 
@@ -205,11 +228,43 @@ def _numeric_leaves(node) -> list[float]:
     return [node] if isinstance(node, int | float) and not isinstance(node, bool) else []
 
 
+def test_masking_checks_are_one_table_and_a_warning_reaches_the_verdict(rendered):
+    root, _, _ = rendered
+    markdown = (root / "reports" / "report.md").read_text()
+    section = markdown.split("## Gradient-masking checks")[1].split("\n## ")[0]
+    table = [line for line in section.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| model | iterative_vs_fgsm | steps_and_restarts | large_eps | black_box | transfer |")
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in table[1:]}
+    assert set(rows) == {key.name for key in model_keys(SEEDS)}
+    assert "**WARN** (30.0 → 20.0)" in rows[MASKED.name] and "PASS (30.0 → 29.5)" in rows["reg-seed0"]
+    assert "PASS (transfer 70.0 vs white-box 28.0)" in rows["reg-seed0"]
+    assert rows["baseline-seed0"].count("—") == 1  # no transfer check on the source itself
+    verdict = markdown.split("## Verdict")[1].split("\n## ")[0]
+    assert ("**Caution:** Robustness under PGD may be gradient masking: steps_and_restarts warns for reg-seed1 "
+            "(attack had not converged") in verdict
+    saved = json.loads(ReportOutputs.at(root).verdict.read_text())["masking"]
+    assert saved.startswith("robustness under PGD may be gradient masking: steps_and_restarts warns for reg-seed1")
+
+
+def test_the_threat_table_and_iinc_definition(rendered):
+    root, _, metrics = rendered
+    markdown = (root / "reports" / "report.md").read_text()
+    section = markdown.split("## Threat model and detection metrics at 1/255")[1].split("\n## ")[0]
+    assert "| variant | attack | accuracy | ROC-AUC | evasion rate | real→fake rate | AP | EER | TPR@FPR 1% |" in section
+    row = next(line for line in section.splitlines() if line.startswith("| reg | PGD |"))
+    expected = np.mean([metrics.get(ModelKey("reg", s), "pgd", EPS[1]).evasion_rate for s in SEEDS])
+    assert row.split(" | ")[4] == f"{expected:.3f}"
+    assert "*evasion rate* (lower is better)" in section
+    iinc = markdown.split("## Explanations: Grad-CAM and IINC")[1]
+    assert "as DFFD defines it (Dang et al., CVPR 2020)" in iinc and "our extension" in iinc
+    assert "**lower is better**" in iinc
+
+
 def test_headline_metrics_are_few_and_answer_the_questions(rendered):
     root, summary, metrics = rendered
     report = json.loads(ReportOutputs.at(root).metrics.read_text())
     assert report == json.loads(json.dumps(summary["metrics"]))
-    assert len(_numeric_leaves(report)) <= 20
+    assert len(_numeric_leaves(report)) <= 24
     assert report["seeds"] == len(SEEDS)
     variants = list(dict.fromkeys(k.variant for k in metrics.models))
     pairs = [p.key for p in present_pairs(variants)]
@@ -229,6 +284,8 @@ def test_headline_metrics_are_few_and_answer_the_questions(rendered):
         assert report["acc_pgd"][variant] == pytest.approx(pgd_1)  # reference eps 1/255
         clean = np.mean([metrics.get(ModelKey(variant, s), "clean", 0.0).accuracy for s in SEEDS])
         assert report["acc_clean"][variant] == pytest.approx(clean)
+        evasion = np.mean([metrics.get(ModelKey(variant, s), "pgd", EPS[1]).evasion_rate for s in SEEDS])
+        assert report["evasion_pgd"][variant] == pytest.approx(evasion)
     # no strings or booleans (DVC would show them as metrics), no `reg.` prefix clashing with params
     assert all(isinstance(v, int | float) and not isinstance(v, bool) for v in _leaves(report))
     assert not any(name.startswith("reg") for name in report)

@@ -31,6 +31,7 @@ from robust_deepfake.report.blocks import Contents, Heading, to_html, to_markdow
 from robust_deepfake.report import figures as report_figures
 from robust_deepfake import units
 from robust_deepfake.units import CLEAN
+from robust_deepfake.robustness.masking_outputs import MaskingChecks
 from robust_deepfake.robustness.sweep import SweepMetrics, SweepPredictions
 from robust_deepfake.tracking.model_card import report_section
 from robust_deepfake.tracking.provenance import data_md5, machine_facts, run_origin
@@ -52,6 +53,7 @@ class ReportInputs:
     sweep: SweepMetrics
     sweep_rows: pd.DataFrame
     predictions: SweepPredictions
+    masking: MaskingChecks
     cam: CamMetrics
     iinc_rows: pd.DataFrame
     iinc_values: IincValues
@@ -76,6 +78,7 @@ class ReportInputs:
             sweep=SweepMetrics.load(sweep.metrics),
             sweep_rows=_read_csv(sweep.plot),
             predictions=SweepPredictions.load(sweep.predictions),
+            masking=MaskingChecks.load(sweep.masking),
             cam=CamMetrics.load(cam.metrics),
             iinc_rows=_read_csv(cam.plot),
             iinc_values=IincValues.load(cam.values),
@@ -108,7 +111,7 @@ def build_report(params: Params, root: Path, tracker: Tracker) -> dict:
     level = params.eval.ci
 
     robustness_figures = []
-    for metric in ("accuracy", "auc", "asr"):
+    for metric in ("accuracy", "auc", "evasion_rate", "asr"):
         name = f"robustness_{metric}.png"
         report_figures.robustness_curves(inputs.sweep_rows, metric, level, outputs.figures / name)
         robustness_figures.append(name)
@@ -134,11 +137,15 @@ def build_report(params: Params, root: Path, tracker: Tracker) -> dict:
         *report_doc.headline(differences, attack),
         Contents(),
         *report_doc.verdict_section(differences, decision, params.report.select_by, level, attack, FOREST),
+        *report_doc.masking_verdict(inputs.masking),
         *report_doc.all_comparisons_section(differences, level),
         *report_doc.per_seed_section(differences, level, attack),
         *report_doc.data_section(inputs.split),
         *report_doc.training_section(inputs.train, inputs.sweep),
         *report_doc.robustness_section(inputs.sweep, robustness_figures),
+        *report_doc.ensemble_note(params.attack.ensemble, inputs.sweep.attacks),
+        *report_doc.threat_section(inputs.sweep, ref_eps),
+        *report_doc.masking_section(inputs.masking),
         *report_doc.iinc_section(inputs.cam, inputs.cam_figures),
         *report_doc.per_source_section(inputs.sweep_rows, attack, ref_eps),
         *report_doc.provenance_section(provenance),
@@ -153,7 +160,7 @@ def build_report(params: Params, root: Path, tracker: Tracker) -> dict:
     _write_dvc_plots(outputs.plots, inputs.sweep_rows)
     _write_training_plots(outputs.training, inputs.history)
     write_json(outputs.verdict, {"differences": [d.as_dict() for d in differences], "decision": decision.as_dict(),
-                                 "provenance": provenance})
+                                 "masking": inputs.masking.verdict_line(), "provenance": provenance})
     summary = headline_metrics(inputs, differences, attack, ref_eps)
     write_json(outputs.metrics, summary)
     write_json(outputs.machine, machine_record(params.train.num_threads))
@@ -175,9 +182,9 @@ def model_cards(inputs: ReportInputs, differences: list[SeedDifference], decisio
 
 
 def headline_metrics(inputs: ReportInputs, differences: list[SeedDifference], attack: str, eps: float) -> dict:
-    """The <= 20 numbers `dvc metrics show` and `dvc exp show` display (every other table is
-    an out): seed means per variant of clean accuracy and of accuracy under the reference
-    attack and eps, and per comparison (in question order) the verdict's accuracy
+    """The <= 24 numbers `dvc metrics show` and `dvc exp show` display (every other table is
+    an out): seed means per variant of clean accuracy and of accuracy and evasion rate under
+    the reference attack and eps, and per comparison (in question order) the verdict's accuracy
     difference under that attack: seed mean, interval and claim (+1 / -1: the first / second
     variant of the pair is higher, 0: no claim); `seeds_needed`: the seeds at which every one
     of those comparisons detects report.min_effect with 80% power at its observed spread
@@ -198,6 +205,7 @@ def headline_metrics(inputs: ReportInputs, differences: list[SeedDifference], at
         **({"seeds_needed": needed} if needed is not None else {}),
         "acc_clean": per_variant(CLEAN, 0.0, "accuracy"),
         f"acc_{attack}": per_variant(attack, eps, "accuracy"),
+        f"evasion_{attack}": per_variant(attack, eps, "evasion_rate"),
         f"{attack}_acc_diff": {d.pair.key: {"mean": d.mean, "lo": d.ci_low, "hi": d.ci_high, "claim": d.claim.claim}
                                for d in rows},
     }

@@ -11,11 +11,15 @@ import numpy as np
 import pandas as pd
 
 from robust_deepfake import units
+from robust_deepfake.config import EnsembleConfig
 from robust_deepfake.explain.outputs import CamMetrics
+from robust_deepfake.metrics import METRIC_DEFINITIONS
 from robust_deepfake.paths import VARIANTS, ModelKey
 from robust_deepfake.report.blocks import Block, Bullets, Figure, Heading, Para, Table
 from robust_deepfake.report.names import METRIC_NAMES
-from robust_deepfake.robustness.sweep import SweepMetrics
+from robust_deepfake.robustness.masking import CHECKS, CheckRow
+from robust_deepfake.robustness.masking_outputs import MaskingChecks
+from robust_deepfake.robustness.sweep import ENSEMBLE, SweepMetrics
 from robust_deepfake.units import CLEAN
 from robust_deepfake.verdict.champion import ChampionDecision
 from robust_deepfake.verdict.claims import seeds_for_every
@@ -318,19 +322,20 @@ def _mean_sd(values: list[float]) -> str:
 def robustness_section(sweep: SweepMetrics, figures: list[str]) -> list[Block]:
     parts: list[Block] = [
         Heading("Robustness"),
-        Para("Seed mean ± sd over seeds per variant (every model attacked on the same test images); ASR = share of "
-             "a model's correctly classified clean images the attack flips.")]
+        Para("Seed mean ± sd over seeds per variant (every model attacked on the same test images); evasion = share "
+             "of the fakes detected when clean that the attack turns into 'real' (the attack success rate over both "
+             "classes is in eval/attack_sweep.json and its figure).")]
     seeds = sorted({k.seed for k in sweep.models})
     for attack in sweep.attacks:
         rows = []
         for eps in [0.0, *sweep.attacked_eps]:
             row = [units.label(eps) if eps > 0 else "0 (clean)"]
-            for metric in ("accuracy", "auc", "asr"):
+            for metric in ("accuracy", "auc", "evasion_rate"):
                 for variant in VARIANTS:
                     values = [getattr(sweep.get(ModelKey(variant, s), attack, eps), metric) for s in seeds]
                     row.append(_mean_sd(values))
             rows.append(row)
-        header = ["eps"] + [f"{v} {name}" for name in ("acc", "AUC", "ASR") for v in VARIANTS]
+        header = ["eps"] + [f"{v} {name}" for name in ("acc", "AUC", "evasion") for v in VARIANTS]
         parts += [Heading(attack.upper(), 3), Table(header, rows)]
     if _same_rows(sweep, "bim", "pgd"):
         parts.append(Para("for every model and eps at these settings (PGD's random start did not change any "
@@ -345,6 +350,121 @@ def _same_rows(sweep: SweepMetrics, a: str, b: str) -> bool:
         return False
     return all((sweep.get(k, a, e).accuracy, sweep.get(k, a, e).auc) == (sweep.get(k, b, e).accuracy, sweep.get(k, b, e).auc)
                for k in sweep.models for e in sweep.attacked_eps)
+
+
+THREAT_COLUMNS = ("accuracy", "auc", "evasion_rate", "real_to_fake_rate", "ap", "eer", "tpr_at_fpr_1", "tpr_at_fpr_5")
+
+
+def threat_section(sweep: SweepMetrics, eps: float) -> list[Block]:
+    """The evasion threat model and the deepfake benchmarks' metrics, clean and under each
+    attack at `eps`, seed means per variant; each metric defined in one sentence."""
+    seeds = sorted({k.seed for k in sweep.models})
+    variants = [v for v in VARIANTS if any(k.variant == v for k in sweep.models)]
+    rows = []
+    for variant in variants:
+        for attack, at in [(CLEAN, 0.0)] + [(a, eps) for a in sweep.attacks]:
+            values = [[getattr(sweep.get(ModelKey(variant, s), attack, at), metric) for s in seeds]
+                      for metric in THREAT_COLUMNS]
+            cells = ["—" if attack == CLEAN and metric in ("evasion_rate", "real_to_fake_rate")
+                     else _f(float(np.nanmean(v)) if np.isfinite(v).any() else math.nan)
+                     for metric, v in zip(THREAT_COLUMNS, values)]
+            rows.append([variant, "clean" if attack == CLEAN else attack.upper(), *cells])
+    return [
+        Heading(f"Threat model and detection metrics at {units.label(eps)}"),
+        Para("For a deepfake detector the attacker's goal is **evasion**: a fake perturbed so that it is scored real "
+             "(Carlini & Farid, CVPR-W 2020; Hussain et al., WACV 2021). The evasion rate is the headline under attack; "
+             "attacking real images into 'fake' (a false alarm) is reported separately. AP, EER and the true-detection "
+             "rate at a low false-alarm rate are what deepfake benchmarks report (DFFD; DeepfakeBench). Fake is the "
+             "positive class; seed means."),
+        Table(["variant", "attack", *(METRIC_NAMES[m] for m in THREAT_COLUMNS)], rows),
+        Bullets([f"*{METRIC_NAMES[m]}* ({'higher' if METRIC_DEFINITIONS[m].higher_is_better else 'lower'} is "
+                 f"better): {METRIC_DEFINITIONS[m].definition}." for m in THREAT_COLUMNS]),
+    ]
+
+
+def ensemble_note(config: EnsembleConfig, attacks: list[str]) -> list[Block]:
+    """What the ENSEMBLE rows are (nothing when the sweep has no ensemble)."""
+    if ENSEMBLE not in attacks:
+        return []
+    members = [f"APGD-CE ({config.apgd_steps} steps x {config.apgd_restarts} run(s))"]
+    if config.fab:
+        members.append(f"FAB ({config.fab_steps} steps)")
+    if config.square_queries:
+        members.append(f"Square ({config.square_queries} queries, black-box)")
+    others = ", ".join(a.upper() for a in attacks if a != ENSEMBLE)
+    return [Para(f"per image the worst case over {others} and {', '.join(members)} at the same eps (Croce & Hein, "
+                 "ICML 2020; Andriushchenko et al., ECCV 2020): an image counts as robust only when every attack "
+                 "fails, as in RobustBench's AutoAttack. Its DLR and targeted members are left out: with two classes "
+                 "DLR has no third logit, the only target is the other class, and cross-entropy and the logit margin "
+                 "give the same gradient sign. Its accuracy is the robust accuracy to quote; PGD's is an upper bound.",
+                 lead="ENSEMBLE:")]
+
+
+def _pct_of(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _check_cell(row: CheckRow) -> str:
+    """PASS/WARN with the numbers the check compared, as accuracies in %."""
+    n = row.numbers
+    if row.check == "iterative_vs_fgsm":
+        numbers = " / ".join(f"{name.upper()} {_pct_of(value)}" for name, value in n.items())
+    elif row.check == "steps_and_restarts":
+        numbers = f"{_pct_of(n['accuracy'])} → {_pct_of(n['stronger'])}"
+    elif row.check == "large_eps":
+        numbers = f"acc {_pct_of(n['accuracy'])}, evasion {_pct_of(n['evasion_rate'])}"
+    elif row.check == "black_box":
+        numbers = f"white-box {_pct_of(n['white_box'])} → +Square {_pct_of(n['square'])}"
+    elif row.check == "transfer":
+        numbers = f"transfer {_pct_of(n['transfer'])} vs white-box {_pct_of(min(v for k, v in n.items() if k != 'transfer'))}"
+    elif row.check == "random_noise":
+        numbers = f"noise {_pct_of(n['noise'])} in [{_pct_of(n['low'])}, {_pct_of(n['high'])}]"
+    else:
+        numbers = ", ".join(f"{k} {v:.3g}" for k, v in n.items())
+    return f"{'**WARN**' if row.status == 'WARN' else 'PASS'} ({numbers})"
+
+
+MASKING_CHECK_TEXT = {
+    "iterative_vs_fgsm": "iterative attacks (BIM, PGD) at least as strong as single-step FGSM",
+    "steps_and_restarts": "PGD with twice the steps and a random restart changes accuracy by at most the tolerance "
+                          "(else the attack had not converged and its accuracy is an upper bound)",
+    "large_eps": "PGD at a large budget leaves (almost) no accuracy, or (almost) no detected fake",
+    "black_box": "Square (black-box, reads only the scores) fools no more images than the white-box attacks left",
+    "transfer": "PGD crafted on the baseline of the same seed is not stronger here than white-box attacks on this model",
+    "random_noise": "uniform noise in the eps-ball leaves accuracy inside the clean accuracy's Wilson interval",
+}
+
+
+def masking_section(checks: MaskingChecks) -> list[Block]:
+    """One PASS/WARN table of the gradient-masking checks, every model, with the numbers."""
+    heading = Heading("Gradient-masking checks")
+    if not checks.models:
+        return [heading, Para("Not run (`attack.masking.enabled: false`).")]
+    present = [c for c in CHECKS if any(row.check == c for entry in checks.models for row in entry.rows)]
+    rows = []
+    for entry in checks.models:
+        by_check = {row.check: row for row in entry.rows}
+        rows.append([entry.model.name] + [_check_cell(by_check[c]) if c in by_check else "—" for c in present])
+    tol = checks.tolerances
+    warnings = [f"{entry.model.name} {row.check}: {row.reason}" for entry in checks.models for row in entry.rows
+                if row.status == "WARN"]
+    return [
+        heading,
+        Para(f"A model whose input gradients are flat, noisy or saturated looks robust to gradient attacks without "
+             f"being robust (Athalye et al., ICML 2018; Carlini et al., 2019). At {units.label(checks.eps)}, on the "
+             f"sweep's images (accuracy in %, tolerance {_pct_of(tol['stronger_by'])} points, large budget "
+             f"{checks.budget['large_eps_label']}):"),
+        Bullets([f"`{c}`: {MASKING_CHECK_TEXT[c]}." for c in present]),
+        Table(["model", *present], rows),
+        *([Para("; ".join(warnings) + ".", lead="Warnings:")] if warnings else
+          [Para("every check passes for every model.", lead="No warning:")]),
+    ]
+
+
+def masking_verdict(checks: MaskingChecks) -> list[Block]:
+    """The verdict's line when any masking check warns (masking.verdict_line), else nothing."""
+    line = checks.verdict_line()
+    return [Para(line[0].upper() + line[1:] + ".", lead="Caution:")] if line else []
 
 
 def iinc_section(cam: CamMetrics, cam_figures: list[str]) -> list[Block]:
@@ -363,11 +483,13 @@ def iinc_section(cam: CamMetrics, cam_figures: list[str]) -> list[Block]:
     n = cam.get(cam.models[0], CLEAN, 0.0, "localization").n
     return [
         Heading("Explanations: Grad-CAM and IINC"),
-        Para(f"IINC (Dang et al., CVPR 2020) between two maps: 0 = identical, 1 = disjoint; seed mean ± sd. *Stability*: "
-             f"clean CAM vs adversarial CAM ({cam.method} at `{cam.target_layer}`), how far the explanation moves under "
-             f"attack. *Localization*: CAM vs the ground-truth manipulation mask, on the {n} fakes with masks. Lower is "
-             "better for both. An empty (all-zero) CAM against a non-empty map scores 1/(3 − |U|) ≤ 0.5, so a model "
-             "that stops explaining anything can look 'stable': read stability with the accuracy under attack."),
+        Para(f"IINC (Inverse Intersection Non-Containment) between two maps: 0 = identical, 1 = disjoint; seed mean "
+             f"± sd; **lower is better** for both uses. *Localization* is IINC as DFFD defines it (Dang et al., CVPR "
+             f"2020): CAM vs the ground-truth manipulation mask, on the {n} fakes with masks. *Stability* is our "
+             f"extension of it: clean CAM vs adversarial CAM of the same image ({cam.method} at `{cam.target_layer}`), "
+             "how far the explanation moves under attack. An empty (all-zero) CAM against a non-empty map scores "
+             "1/(3 − |U|) ≤ 0.5, so a model that stops explaining anything can look 'stable': read stability with the "
+             "accuracy under attack."),
         Table(header, rows),
         _figure("figures", "iinc.png", "IINC vs eps"),
         *([Para(f"The {len(cam_figures)} Grad-CAM grids (clean and attacked images with each model's map) are in "

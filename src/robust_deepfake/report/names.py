@@ -12,11 +12,17 @@ METRIC_NAMES = {
     "f1": "macro-F1",
     "auc": "ROC-AUC",
     "asr": "attack success rate",
+    "evasion_rate": "evasion rate",
+    "real_to_fake_rate": "real→fake rate",
+    "ap": "AP",
+    "eer": "EER",
+    "tpr_at_fpr_1": "TPR@FPR 1%",
+    "tpr_at_fpr_5": "TPR@FPR 5%",
     "score": "champion score",
     "iinc_stability": "IINC stability",
     "iinc_localization": "IINC localization",
 }
-SHORT_KEYS = {"acc": "accuracy", "auc": "auc", "f1": "f1", "asr": "asr"}  # the study's `<short>_<where>` keys
+SHORT_KEYS = {"acc": "accuracy", "auc": "auc", "f1": "f1", "asr": "asr", "evasion": "evasion_rate"}  # the study's `<short>_<where>` keys
 
 
 def metric_name(key: str) -> str:
