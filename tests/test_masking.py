@@ -153,3 +153,29 @@ def test_probes_over_batches_count_every_image_and_repeat_exactly(toys):
     assert first.accuracy["ensemble"] <= first.accuracy["white_box"]
     assert first.accuracy["pgd_strong"] <= first.accuracy["pgd"]  # the worst per image of both runs
     assert Measurements.from_dict(first.as_dict()) == first
+
+def test_checks_round_trip_and_the_verdict_line(tmp_path):
+    from robust_deepfake.paths import ModelKey
+    from robust_deepfake.robustness.masking_outputs import MaskingChecks
+
+    accuracy = {"clean": 0.85, "fgsm": 0.40, "bim": 0.31, "pgd": 0.30, "pgd_strong": 0.295, "pgd_large": 0.02,
+                "transfer": 0.70, "noise": 0.84, "white_box": 0.28, "ensemble": 0.28}
+    evasion = {name: 1 - value for name, value in accuracy.items() if name != "clean"}
+    good = Measurements(1 / 255, 16 / 255, 128, {k: v for k, v in accuracy.items() if k != "transfer"}, evasion)
+    bad = Measurements(1 / 255, 16 / 255, 128, {**accuracy, "pgd_large": 0.4, "ensemble": 0.20},
+                       {**evasion, "pgd_large": 0.5})
+    baseline, reg = ModelKey("baseline", 0), ModelKey("reg", 0)
+    checks_ = MaskingChecks.of({baseline: good, reg: bad}, {reg: baseline}, 1 / 255, ProbeBudget(),
+                               masking.MaskingTolerances())
+    assert [m.model for m in checks_.models] == [baseline, reg]
+    assert [row.check for row in checks_.models[0].rows] == [c for c in masking.CHECKS if c != "transfer"]
+    assert [row.check for row in checks_.models[1].rows] == list(masking.CHECKS)
+    line = checks_.verdict_line()
+    assert line.startswith("robustness under PGD may be gradient masking: large_eps warns for reg-seed0 (PGD at "
+                           "16/255 still leaves 40.0% accuracy")
+    assert "; black_box warns for reg-seed0 (black-box Square beats" in line and "baseline" not in line
+    path = tmp_path / "masking_checks.json"
+    checks_.save(path)
+    assert MaskingChecks.load(path) == checks_
+    passing = MaskingChecks.of({baseline: good}, {}, 1 / 255, ProbeBudget(), masking.MaskingTolerances())
+    assert passing.verdict_line() is None and masking.verdict_line({}) is None

@@ -483,3 +483,48 @@ def test_the_ensemble_row_is_deterministic_and_leaves_the_other_rows_alone(model
         update={"enabled": False})}))
     assert without.attacks == config.attacks
     np.testing.assert_array_equal(without.p_fake, predictions.p_fake[:, :3])  # the attacks do not see it
+
+class _Recorder:
+    """A BatchProbe that keeps what the sweep hands it."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def add(self, images, labels, known, ensemble, transfer_images) -> None:
+        self.calls.append({"images": images, "known": known, "ensemble": ensemble, "transfer": transfer_images})
+
+
+def test_probes_get_the_sweep_scores_its_ensemble_and_the_paired_baselines_pgd_images(models, images_on_disk):
+    from robust_deepfake.robustness.sweep import Probe
+
+    config = _config(attacks=["fgsm", "pgd"], ensemble=ENSEMBLE_ON, batch_size=5)
+    probes = {REG: Probe(_Recorder(), 1 / 255, transfer_from=BASELINE), BASELINE: Probe(_Recorder(), 1 / 255)}
+    predictions = run_sweep(models, images_on_disk, np.arange(8), config, CPU, show_progress=False, probes=probes)
+    reg, baseline = probes[REG].run.calls, probes[BASELINE].run.calls
+    assert len(reg) == len(baseline) == 2  # one call per batch (5 + 3 images), at 1/255 only
+    e, m = predictions.eps.index(1 / 255), predictions.index(REG)
+    known = np.concatenate([call["known"]["pgd"] for call in reg])
+    np.testing.assert_array_equal(known, predictions.p_fake[m, 1, e].astype(np.float32))
+    np.testing.assert_array_equal(np.concatenate([c["known"]["clean"] for c in reg]), predictions.p_fake[m, 0, 0])
+    ensemble = np.concatenate([call["ensemble"].p_fake.numpy() for call in reg])
+    np.testing.assert_array_equal(ensemble, predictions.p_fake[m, 2, e].astype(np.float32))
+    assert all(call["transfer"] is None for call in baseline)
+    # the transfer images are the baseline's PGD images of the batch: scored on the baseline, its PGD row
+    transferred = np.concatenate([_p_fake(models[BASELINE], call["transfer"]) for call in reg])
+    np.testing.assert_allclose(transferred, predictions.p_fake[0, 1, e], atol=1e-6)
+    with pytest.raises(ValueError, match="do not run|does not run"):
+        run_sweep(models, images_on_disk, np.arange(8), config, CPU, show_progress=False,
+                  probes={REG: Probe(_Recorder(), 4 / 255)})
+
+
+def test_the_pipeline_pairs_every_variant_with_the_baseline_of_its_seed():
+    from robust_deepfake.pipeline.attack_sweep import masking_probes
+
+    keys = [ModelKey("baseline", 0), ModelKey("baseline", 1), ModelKey("reg", 0), ModelKey("reg", 1)]
+    probes = masking_probes({key: PixelDetector(0) for key in keys}, _config(attacks=["fgsm", "bim", "pgd"]))
+    assert list(probes) == keys  # a probe for every model
+    assert {key: probe.transfer_from for key, probe in probes.items()} == {
+        keys[0]: None, keys[1]: None, keys[2]: keys[0], keys[3]: keys[1]}
+    assert {probe.eps for probe in probes.values()} == {1 / 255}  # attack.masking.eps null: the smallest
+    without_pgd = masking_probes({key: PixelDetector(0) for key in keys}, _config(attacks=["fgsm", "bim"]))
+    assert all(probe.transfer_from is None for probe in without_pgd.values())

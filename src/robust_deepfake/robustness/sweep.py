@@ -260,6 +260,9 @@ def run_sweep(
     sources = {probe.transfer_from for probe in probes.values() if probe.transfer_from is not None}
     if sources and "pgd" not in config.attacks:
         raise ValueError("a transfer probe needs pgd in attack.attacks (the source model's PGD images)")
+    off_grid = [key.name for key, probe in probes.items() if not any(abs(probe.eps - eps) < 1e-12 for _, eps in attacked)]
+    if off_grid:
+        raise ValueError(f"probes of {off_grid} are at an eps the sweep does not run")
     for model in models.values():
         model.to(device).eval()
     attacks = {(m, a, e): build_attack(name, model, eps, config, attack_generator(config.seed, name, eps))
