@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module", ["ensemble_cost", "attack_libraries"])
+@pytest.mark.parametrize("module", ["ensemble_cost", "attack_libraries", "sweep_cost"])
 def test_help(module):
     result = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
