@@ -112,6 +112,19 @@ def worst_p_fake(labels: torch.Tensor, *p_fake: np.ndarray) -> np.ndarray:
     return np.where(fake, stacked.min(axis=0), stacked.max(axis=0))
 
 
+def strong_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, budget: ProbeBudget,
+               seed: int = 0, quantize: bool = True, start: torch.Generator | None = None) -> np.ndarray:
+    """p(fake) per image of the worst of `strong_runs` PGD runs with `strong_factor` x the
+    steps, their random starts drawn one after another from one seeded generator (`start`,
+    else the probe's own)."""
+    generator = start or attack_generator(seed, "pgd_strong", eps)
+    steps = budget.steps * budget.strong_factor
+    return worst_p_fake(labels, *(
+        _scored(model, pgd_images(model, images, labels, eps, budget, seed, quantize, steps=steps, start=generator),
+                labels, False)
+        for _ in range(budget.strong_runs)))
+
+
 def ensemble_stages(result: EnsembleResult) -> dict[str, np.ndarray]:
     """Per image whether it survived the ensemble's white-box part (everything but Square)
     and the whole ensemble (robust: every attack failed)."""
@@ -148,11 +161,8 @@ class ProbeRun:
         if "pgd" not in p:
             p["pgd"] = _scored(model, pgd_images(model, images, labels, eps, budget, self.seed, quantize,
                                                  start=self._generators["pgd"]), labels, False)
-        steps = budget.steps * budget.strong_factor
-        p["pgd_strong"] = worst_p_fake(labels, p["pgd"], *(
-            _scored(model, pgd_images(model, images, labels, eps, budget, self.seed, quantize, steps=steps,
-                                      start=self._generators["pgd_strong"]), labels, False)
-            for _ in range(budget.strong_runs)))
+        p["pgd_strong"] = worst_p_fake(labels, p["pgd"], strong_pgd(model, images, labels, eps, budget, self.seed,
+                                                                      quantize, self._generators["pgd_strong"]))
         p["pgd_large"] = _scored(model, pgd_images(model, images, labels, budget.large_eps, budget, self.seed,
                                                    quantize, steps=budget.large_steps,
                                                    start=self._generators["pgd_large"]), labels, False)
