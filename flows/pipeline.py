@@ -15,6 +15,7 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.futures import wait
 from prefect.states import Failed, State
 
+from flows.launch import run_flow
 from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, load_params
 from robust_deepfake.orchestration import dvc_runner
 from robust_deepfake.pipeline.key_metrics import key_metrics
@@ -30,10 +31,15 @@ def _transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
 
 @task(name="dvc-stage", task_run_name="{stage}", retries=2, retry_delay_seconds=10,
       retry_condition_fn=_transient_only, cache_policy=NO_CACHE)
-def dvc_stage(stage: str, repo: str, device: str = "auto") -> bool:
-    """`dvc repro --single-item <stage>`; True when it ran, False when DVC skipped it."""
+def dvc_stage(stage: str, repo: str, device: str = "auto") -> bool | State:
+    """`dvc repro --single-item <stage>`; True when it ran, False when DVC skipped it, a
+    Failed state naming the stage and its error line (its data: the StageFailed) when it
+    failed: a reason in the run's log, not a traceback."""
     logger = get_run_logger()
-    result = dvc_runner.repro_stage(Path(repo), stage, dvc_runner.stage_env(device), on_line=logger.info)
+    try:
+        result = dvc_runner.repro_stage(Path(repo), stage, dvc_runner.stage_env(device), on_line=logger.info)
+    except dvc_runner.StageFailed as error:
+        return Failed(message=str(error), data=error)
     if not result.ran:
         logger.info(f"{stage}: up to date, skipped by DVC")
     return result.ran
@@ -78,16 +84,15 @@ def pipeline(
         if len(devices) > 1 and len(level) > 1:
             futures = [stage.submit(name, str(root), devices[i % len(devices)]) for i, name in enumerate(level)]
             wait(futures)
-            failures = [future.state.result(raise_on_failure=False) for future in futures if future.state.is_failed()]
+            failures = [future.state.message for future in futures if not future.state.is_completed()]
         else:
             for name in level:
-                try:
-                    stage(name, str(root), devices[0])
-                except dvc_runner.StageFailed as error:
-                    failures = [error]
+                state = stage(name, str(root), devices[0], return_state=True)
+                if not state.is_completed():
+                    failures = [state.message]
                     break
         if failures:
-            return Failed(message="; ".join(str(error) for error in failures))
+            return Failed(message="; ".join(failures))
     metrics: dict[str, float | str] = key_metrics(root, graph)  # only outputs this run covered
     if overrides or experiment_name:
         metrics["experiment"] = dvc_runner.save_experiment(root, experiment_name)
@@ -101,4 +106,4 @@ def pipeline(
 
 
 if __name__ == "__main__":
-    pipeline()
+    run_flow(pipeline)

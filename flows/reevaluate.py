@@ -18,8 +18,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.blocks.core import Block
 from prefect.blocks.abstract import NotificationBlock
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Failed
+from prefect.states import Failed, State
 
+from flows.launch import run_flow
 from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, load_params
 from robust_deepfake.errors import StageError
 from robust_deepfake.monitoring.outcome import Alert, Outcome, drop_alert
@@ -29,10 +30,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @task(name="reevaluate-model", task_run_name="reevaluate-{alias}", cache_policy=NO_CACHE)
-def reevaluation_task(alias: str, repo: str, device: str = "auto") -> Outcome:
+def reevaluation_task(alias: str, repo: str, device: str = "auto") -> Outcome | State:
+    """The alias's Outcome, or a Failed state whose message says why it could not be
+    evaluated (no registered model, no such alias, a bad device, ...): a reason, not a
+    traceback in the run's log."""
     logger = get_run_logger()
     root = Path(repo)
-    return reevaluate_alias(load_params(root / DEFAULT_PARAMS), root, alias, device, log=logger.info)
+    try:
+        return reevaluate_alias(load_params(root / DEFAULT_PARAMS), root, alias, device, log=logger.info)
+    except (StageError, FileNotFoundError, ValueError) as error:  # ReevaluationError, DeviceError, ...
+        return Failed(message=f"@{alias}: {error}")
 
 
 class NotifyBlockError(StageError):
@@ -101,10 +108,11 @@ def reevaluate(
     max_drop = params.reevaluate.max_drop
     outcomes, problems = [], []
     for alias in aliases or params.reevaluate.aliases:
-        try:
-            outcomes.append(reevaluation_task(alias, str(root), device))
-        except (StageError, FileNotFoundError, ValueError) as error:  # ReevaluationError, DeviceError, ...
-            problems.append(f"@{alias}: {error}")
+        state = reevaluation_task(alias, str(root), device, return_state=True)
+        if state.is_completed():
+            outcomes.append(state.result())
+        else:
+            problems.append(state.message)
     if outcomes:
         create_table_artifact(
             key="reevaluation",
@@ -128,4 +136,4 @@ def reevaluate(
 
 
 if __name__ == "__main__":
-    reevaluate()
+    run_flow(reevaluate)

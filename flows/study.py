@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed
+from prefect.states import Failed, State
 
+from flows.launch import run_flow
 from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, load_params, read_yaml
 from robust_deepfake.errors import StageError
 from robust_deepfake.orchestration.dvc_runner import OrchestrationError, read_stage_graph, stage_env
@@ -52,9 +53,19 @@ def checkout() -> Path:
 @flow(name=CELL_FLOW, flow_run_name="{label}")
 def study_cell(label: str, cell: dict[str, Any], expected_hash: str, git_remote: str | None = None,
                dvc_remote: str | None = None, parent_run_id: str | None = None, shared: bool = False,
-               targets: list[str] | None = None) -> dict:
+               targets: list[str] | None = None) -> dict | State:
     """One cell: reuse its record if any host finished it, else `dvc exp run --temp` on one
-    GPU of this host, push the experiment, and record it in MLflow."""
+    GPU of this host, push the experiment, and record it in MLflow. A cell that fails for
+    a known reason (another checkout, a failed stage, ...) ends Failed with that reason as
+    its message, not a traceback."""
+    try:
+        return _run_cell(label, cell, expected_hash, git_remote, dvc_remote, parent_run_id, shared, targets)
+    except (StageError, OrchestrationError, cells.CellFailed) as error:
+        return Failed(message=str(error))
+
+
+def _run_cell(label: str, cell: dict[str, Any], expected_hash: str, git_remote: str | None,
+              dvc_remote: str | None, parent_run_id: str | None, shared: bool, targets: list[str] | None) -> dict:
     logger = get_run_logger()
     root = checkout()
     the_cell = Cell.from_dict(cell)
@@ -260,11 +271,7 @@ def main(argv: list[str] | None = None) -> None:
             print("error: --pool needs a Prefect server: export PREFECT_API_URL=http://<host>:4200/api "
                   "(docs/study.md)", file=sys.stderr)
             raise SystemExit(2)
-    state = study(args.spec, pool=args.pool, report_dir=args.report_dir, return_state=True)
-    result = state.result(raise_on_failure=False)
-    if state.is_failed():
-        print(f"error: {state.message}", file=sys.stderr)
-        raise SystemExit(1)
+    result = run_flow(study, spec_path=args.spec, pool=args.pool, report_dir=args.report_dir)
     print(f"study done: {result['cells']} cells ({result['computed']} computed, {result['reused']} reused); "
           f"report {result['report']}")
 

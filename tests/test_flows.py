@@ -13,7 +13,9 @@ One Prefect test server for the whole session (conftest's `prefect_harness`, ~10
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, dvc, run
+from helpers import REPO, clean_env, dvc, run
 from toy_dvc_repo import calls, make_toy_repo
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("own_mlflow_stores")]
@@ -78,6 +80,40 @@ def test_transient_failures_are_retried_real_errors_fail_naming_the_stage(prefec
     called = [name for name, _ in calls(root)]
     assert called == ["prepare", "right", "right", "left"]  # one retry of the transient failure, none of the real one
     assert "report" not in called
+
+
+def _flow_command(code: str, cwd: Path):
+    """`python -c <code>` in this checkout, against the session's Prefect server."""
+    from prefect.settings import get_current_settings
+
+    env = clean_env(cwd)
+    env["PREFECT_API_URL"] = get_current_settings().api.url
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{REPO / 'src'}"
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_a_failing_stage_ends_the_command_with_its_reason_and_no_traceback(prefect_harness, tmp_path):
+    root = make_toy_repo(tmp_path / "toy", flags={"left": "--fail"})
+    done = _flow_command("from flows.launch import run_flow\nfrom flows.pipeline import pipeline\n"
+                         f"run_flow(pipeline, repo={str(root)!r}, retry_delay_s=0)", root)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert ("error: flow 'pipeline' failed: stage 'left' failed: error: params.yaml: train.lr: stage left "
+            "refuses this value") in done.stderr
+    assert "Traceback" not in output, output
+
+
+def test_reevaluation_without_a_registered_model_ends_with_the_reason_and_no_traceback(prefect_harness, tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    done = _flow_command("from flows.launch import run_flow\nfrom flows.reevaluate import reevaluate\n"
+                         f"run_flow(reevaluate, repo={str(root)!r}, aliases=['champion'])", root)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "error: flow 'reevaluate' failed: @champion: " in done.stderr, output
+    assert "Traceback" not in output, output
 
 
 def test_several_devices_run_independent_stages_at_once(prefect_harness, tmp_path):

@@ -20,7 +20,7 @@ from robust_deepfake.data.materialize import (
     track_raw_dir,
 )
 from robust_deepfake.data.sample import SampleSpec, spec_to_meta
-from robust_deepfake.errors import StageError
+from robust_deepfake.errors import StageError, os_error_line
 from robust_deepfake.explain.layers import target_layer_problem
 from robust_deepfake.paths import find_repo_root
 
@@ -285,9 +285,17 @@ def _add_reevaluate(commands) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command. What a command does not handle itself ends in one `error:` line,
+    never a traceback: a StageError (exit 2) or an OSError such as a full disk or a
+    permission refused while writing (exit 1, naming the file)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except StageError as error:
+        fail(str(error), code=2)
+    except OSError as error:
+        fail(os_error_line(error), code=1)
 
 
 if __name__ == "__main__":

@@ -51,3 +51,18 @@ def error_line(lines: Sequence[str]) -> str:
         if matches:
             return matches[-1]
     return stripped[-1] if stripped else "no output"
+
+
+SUPPORT_BANNER = "Having any troubles?"
+
+
+def failure(result: subprocess.CompletedProcess) -> str:
+    """Why a `dvc` command failed, in one line: its `ERROR: ...` line (DVC names the file
+    there, e.g. `[Errno 40] Too many levels of symbolic links: '<path>'`), never only DVC's
+    support banner. Commands whose failure should be explained run without -q: with -q DVC
+    prints the banner alone."""
+    lines = [line for line in f"{result.stderr}\n{result.stdout}".splitlines() if SUPPORT_BANNER not in line]
+    line = error_line(lines)
+    if line == "no output":
+        return f"exit status {result.returncode}, no message"
+    return line.replace("ERROR: unexpected error - ", "ERROR: ", 1)

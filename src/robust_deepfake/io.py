@@ -89,13 +89,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path (see temp_dir_for); it replaces `path` only if the block succeeds.
 
     The temp file gets the umask's mode (mkstemp makes it 0600), so the output ends
-    up with the same permissions as any file the process creates."""
+    up with the same permissions as any file the process creates. An OSError that names
+    no file or only the temp file (a full disk while writing or closing it) is raised
+    naming `path` instead."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=temp_dir_for(path))
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=temp_dir_for(path))
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.chmod(tmp_path, default_file_mode())  # after the block: a writer may recreate the file
         try:
@@ -104,8 +107,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             if error.errno != errno.EXDEV:
                 raise
             _replace_across_mounts(tmp_path, path)  # one filesystem, two mounts (a bind mount)
+    except OSError as error:
+        names_another = error.filename is not None and (tmp_path is None or Path(error.filename) != tmp_path)
+        if names_another or isinstance(error, (ConnectionError, TimeoutError)):
+            raise
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from None
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from robust_deepfake.config.yaml import YAMLError, dump_yaml, load_yaml
 from robust_deepfake.data.sample import spec_from_meta, spec_to_meta, write_sample
-from robust_deepfake.dvc_cli import run_dvc
+from robust_deepfake.dvc_cli import failure, run_dvc
 from robust_deepfake.errors import StageError
 from robust_deepfake.io import atomic_open, write_json
 
@@ -146,9 +146,9 @@ def ensure_raw_data(dvc_file: str | Path = DVC_FILE, force: bool = False, log=pr
         if target.exists():
             shutil.rmtree(target)  # a partial checkout left behind above
         staging.rename(target)
-        result = run_dvc("commit", "-f", "-q", str(tracked.dvc_file.name), cwd=root)
+        result = run_dvc("commit", "-f", str(tracked.dvc_file.name), cwd=root)
         if result.returncode != 0:
-            raise DataStateError(f"dvc commit failed: {(result.stderr or result.stdout).strip()}")
+            raise DataStateError(f"dvc commit {tracked.dvc_file} failed: {failure(result)}")
         return f"generated the bundled sample into {target}; it matches {tracked.dvc_file}"
 
     pull = run_dvc("pull", "-q", str(tracked.dvc_file.name), cwd=root)
@@ -187,9 +187,9 @@ def _record(dvc_file: Path, directory: Path, meta: dict, by: str) -> None:
     content = {"outs": [{"path": os.path.relpath(directory, dvc_file.parent).replace(os.sep, "/")}], "meta": meta}
     with atomic_open(dvc_file) as handle:
         dump_yaml(content, handle)
-    result = run_dvc("commit", "-f", "-q", dvc_file.name, cwd=dvc_file.parent.resolve())
+    result = run_dvc("commit", "-f", dvc_file.name, cwd=dvc_file.parent.resolve())
     if result.returncode != 0:
-        raise DataStateError(f"dvc commit {dvc_file} failed: {(result.stderr or result.stdout).strip()}")
+        raise DataStateError(f"dvc commit {dvc_file} failed: {failure(result)}")
     record_acceptance(dvc_file, read_dvc_file(dvc_file).md5, by)
 
 
@@ -217,8 +217,23 @@ def use_link_cache(root: str | Path) -> str | None:
         return current
     result = run_dvc("config", "--local", "cache.type", LINK_CACHE_TYPES, cwd=root)
     if result.returncode != 0:
-        raise DataStateError(f"dvc config cache.type failed: {(result.stderr or result.stdout).strip()}")
+        raise DataStateError(f"dvc config cache.type failed: {failure(result)}")
     return LINK_CACHE_TYPES
+
+
+def dead_links(directory: Path) -> list[str]:
+    """`path: reason` for each symbolic link under `directory` that cannot be followed (a
+    missing target, a loop), sorted; DVC would stop at the first with no usable message."""
+    found = []
+    for parent, folders, files in os.walk(directory):
+        for name in folders + files:
+            path = Path(parent, name)
+            if path.is_symlink():
+                try:
+                    path.stat()
+                except OSError as error:
+                    found.append(f"{path}: {error.strerror or error}")
+    return sorted(found)
 
 
 def track_raw_dir(
@@ -240,6 +255,11 @@ def track_raw_dir(
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise DataStateError(f"{raw_dir}: no such directory")
+    broken = dead_links(raw_dir)
+    if broken:
+        shown = "\n  ".join(broken[:20]) + (f"\n  ... and {len(broken) - 20} more" if len(broken) > 20 else "")
+        raise DataStateError(f"{len(broken)} symbolic link(s) under {raw_dir} lead nowhere or loop; fix or remove "
+                             f"them, then track again:\n  {shown}")
     cache_type = use_link_cache(dvc_file.parent.resolve()) if link_cache else None
     _record(dvc_file, raw_dir, {"source": note or "user data"}, "robust-deepfake data track")
     done = f"{dvc_file} now tracks {raw_dir} ({read_dvc_file(dvc_file).md5})"
