@@ -58,7 +58,8 @@ def test_one_training_run_per_variant_and_seed_with_params_tags_and_epoch_metric
         assert run.data.params["train.seeds"] == "[0, 1]"
         assert tags["git_commit"] != "unknown"
         assert tags["data_md5"].endswith(".dir")
-        assert "val_auc" in run.data.metrics and "best/val_auc" in run.data.metrics
+        assert "Training/val_auc" in run.data.metrics and "best/val_auc" in run.data.metrics
+        assert "epoch" not in run.data.metrics and "Training/epoch" not in run.data.metrics  # the step is the epoch
         assert tags["reg_mode"] == ("random" if tags["variant"] == "reg" else "none")
         assert run.data.params["attack.eps"] == '["1/255", "2/255"]'  # budgets as people write them
         # step = eps in grey levels (the prefix says so); the clean row is step 0 of the sweep's curves

@@ -165,6 +165,6 @@ def test_a_killed_training_run_is_closed_and_the_resumed_run_holds_every_epoch(t
     resumed_id = client.get_run(killed.info.run_id).data.tags["resumed_in_run"]
     resumed = runs[resumed_id]
     assert resumed.info.status == "FINISHED" and resumed.data.tags["resumed_from_run"] == killed.info.run_id
-    steps = sorted(m.step for m in client.get_metric_history(resumed_id, "val_auc"))
+    steps = sorted(m.step for m in client.get_metric_history(resumed_id, "Training/val_auc"))
     assert steps == [1, 2, 3]  # the epochs before the crash too
     assert not (root / CHECKPOINT_DIR / "baseline" / "seed0" / "mlflow_run.json").exists()

@@ -23,6 +23,7 @@ from robust_deepfake.data.sample import SampleSpec, spec_to_meta
 from robust_deepfake.errors import StageError, os_error_line
 from robust_deepfake.explain.layers import target_layer_problem
 from robust_deepfake.paths import find_repo_root
+from robust_deepfake.tracking.store import configure, landing_url
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -142,6 +143,20 @@ def _reevaluate_simulate_drop(args: argparse.Namespace) -> None:
     print(f"@{args.alias}: its next re-evaluation compares with run {run_id} ({args.previous}) and reports a drop")
 
 
+def _mlflow_url(args: argparse.Namespace) -> None:
+    """Print the experiment's runs table address (tracking.store.landing_url)."""
+    import mlflow  # loaded only for this command
+
+    root = find_repo_root()
+    params = load_params_or_exit(Path(args.params) if args.params else root / DEFAULT_PARAMS)
+    uri = configure(params.tracking, root)
+    experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
+    if experiment is None:
+        fail(f"no experiment {params.tracking.experiment!r} in {uri} yet: run `dvc repro` (or `make demo`) first",
+             code=2)
+    print(landing_url(args.server, experiment.experiment_id))
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -173,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(commands)
     _add_params(commands)
     _add_predict(commands)
+    _add_mlflow_url(commands)
     _add_reevaluate(commands)
     return parser
 
@@ -266,6 +282,16 @@ def _add_predict(commands) -> None:
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar for folders")
     predict.set_defaults(func=_predict)
+
+
+def _add_mlflow_url(commands) -> None:
+    url = _parser(commands, "mlflow-url", help="the MLflow UI address of this experiment's runs table",
+                  description="Print the address that opens `mlflow ui` on this experiment's training runs "
+                  "(the model-training view, with the columns variant, seed, stage and the best epoch's "
+                  "metrics) instead of MLflow's GenAI overview.")
+    url.add_argument("--server", default="http://127.0.0.1:5000", help="where `mlflow ui` listens")
+    url.add_argument("--params", help="params file naming the store and experiment (default: <repo>/params.yaml)")
+    url.set_defaults(func=_mlflow_url)
 
 
 def _add_reevaluate(commands) -> None:

@@ -20,7 +20,7 @@ REGISTERED_MODEL_DESCRIPTION = (
     "EfficientNet-B0 deepfake detector, p(fake) per face image. Each version is one training "
     "(variant x seed) of the robust-deepfake pipeline; its description is its model card. Aliases: "
     "@champion / @challenger (the report's choice, above the quality floor), @baseline / @reg (each "
-    "variant's representative seed), @<variant>-seed<k>. Only `dvc repro` of a committed workspace "
+    "variant's representative seed), `@<variant>-seed<k>` (one per training). Only `dvc repro` of a committed workspace "
     "moves them; `dvc exp run` versions carry the tag dvc_experiment instead."
 )
 
@@ -57,9 +57,7 @@ def training_card(params: Params, key: ModelKey, summary: Mapping[str, Any], dat
         f"- best epoch {summary.get('best_epoch')} of {summary.get('epochs_run')}",
         "",
         "## Validation (best epoch)",
-        "| metric | value |",
-        "|---|---|",
-        *(f"| {name} | {summary[name]:.4f} |" for name in ("val_auc", "val_accuracy", "val_f1", "val_loss")
+        *(f"- {name}: **{summary[name]:.4f}**" for name in ("val_auc", "val_accuracy", "val_f1", "val_loss")
           if name in summary),
         "",
         "## Provenance",
@@ -73,17 +71,27 @@ def training_card(params: Params, key: ModelKey, summary: Mapping[str, Any], dat
     return "\n".join(lines) + "\n"
 
 
+def aligned_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A table as a fenced code block with padded columns: MLflow's description view draws
+    Markdown tables without cell spacing, monospace columns stay readable there and as text."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(cell).ljust(width) for cell, width in zip(cells, widths)).rstrip()
+
+    return ["```text", line(header), line(["-" * width for width in widths]), *map(line, rows), "```"]
+
+
 def report_section(key: ModelKey, rows: Sequence[Mapping[str, Any]], verdict: Sequence[str], floor: str,
                    decision: str) -> str:
     """The report's addition to a version's card: its test numbers (clean and per attack/eps),
     the variant comparison over seeds, and the quality floor."""
     lines = [
         "## Test set, clean and under attack (report stage)",
-        "| attack | eps | accuracy | ROC-AUC |",
-        "|---|---|---|---|",
-        *(f"| {r['attack']} | {units.label(r['eps'])} | {r['accuracy']:.3f} | {r['auc']:.3f} |" for r in rows),
+        *aligned_table(["attack", "eps", "accuracy", "ROC-AUC"],
+                       [[r["attack"], units.label(r["eps"]), f"{r['accuracy']:.3f}", f"{r['auc']:.3f}"] for r in rows]),
         "",
-        "## Baseline vs regularized over seeds",
+        "## Variant comparisons over seeds",
         *(f"- {line}" for line in verdict),
         "",
         f"## Quality floor\n- {floor}" + ("" if floor.startswith("passed") else

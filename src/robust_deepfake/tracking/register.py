@@ -27,7 +27,13 @@ from robust_deepfake.paths import ModelKey, TrainOutputs, find_repo_root
 from robust_deepfake.tracking.model_card import REGISTERED_MODEL_DESCRIPTION, training_card
 from robust_deepfake.tracking.provenance import data_md5, run_origin
 from robust_deepfake.tracking.registry import WEIGHTS_TAG, weights_sha256
-from robust_deepfake.tracking.runs import close_killed_run, finite_metrics, log_training_artifacts, training_run
+from robust_deepfake.tracking.runs import (
+    close_killed_run,
+    epoch_metrics,
+    finite_metrics,
+    log_training_artifacts,
+    training_run,
+)
 from robust_deepfake.tracking.tracker import MlflowTracker
 
 PYFUNC_MODULE = "robust_deepfake.pyfunc_model"
@@ -134,7 +140,8 @@ class MlflowTrainingTracker(MlflowTracker):
     def log_epoch(self, record: dict) -> None:
         import mlflow
 
-        mlflow.log_metrics(finite_metrics(record), step=int(record["epoch"]) + 1)
+        metrics, step = epoch_metrics(record)
+        mlflow.log_metrics(metrics, step=step)
 
     def log_resumed(self, records: list[dict]) -> None:
         """Also tags the run with the killed run it continues."""

@@ -1,8 +1,9 @@
 """What MLflow runs record: the training run (params, data, provenance, per-epoch
 metrics and artifacts), metric-vs-eps curves on it, and the one batched metric logger.
 
-Curves on training runs are named `<prefix>/<attack>/<metric>` with step = eps x 255
-(grey levels): MLflow's x-axis can only say "Step", so the unit is in the prefix.
+Per-epoch metrics are `Training/<name>` (step = epoch, from 1), the chosen epoch's
+`best/<name>`; curves on training runs are named `<prefix>/<attack>/<metric>` with step =
+eps x 255 (grey levels): MLflow's x-axis can only say "Step", so the unit is in the prefix.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from robust_deepfake.tracking.registry import version_of_weights
 from robust_deepfake.tracking.store import configure, ensure_experiment
 from robust_deepfake.units import label, to_step
 
+EPOCH_PREFIX = "Training"  # capitalised: MLflow sorts chart sections by code point, so these come first
 SWEEP_PREFIX = "attack_vs_eps255"
 CAM_PREFIX = "cam_vs_eps255"
 MASKING_PREFIX = "masking_vs_eps255"  # <prefix>/<check>/<number or warn> at the checks' eps
@@ -51,6 +53,14 @@ def log_batched(client, run_id: str, metrics: Sequence[Any], params: Sequence[An
 def finite_metrics(values: dict[str, Any]) -> dict[str, float]:
     """Numbers MLflow can store (io.finite_number): drops NaN/inf and non-numeric entries."""
     return {key: number for key, value in values.items() if (number := finite_number(value)) is not None}
+
+
+def epoch_metrics(record: dict[str, Any]) -> tuple[dict[str, float], int]:
+    """One epoch's record (`epoch` counted from 0) as MLflow metrics and step: every finite
+    number under `Training/` at step = the epoch counted from 1, as best_epoch counts it
+    (the epoch itself is the step, not a metric)."""
+    metrics = {f"{EPOCH_PREFIX}/{name}": value for name, value in finite_metrics(record).items() if name != "epoch"}
+    return metrics, int(record["epoch"]) + 1
 
 
 def loggable_params(params: Params) -> dict[str, Any]:

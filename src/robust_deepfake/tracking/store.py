@@ -8,6 +8,7 @@ several processes write at once, e.g. queued `dvc exp` runs).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -113,8 +114,8 @@ def _require_writable(uri: str) -> None:
 
 
 def ensure_experiment(name: str, root: Path) -> str:
-    """The experiment's id, created on first use, marked as classical model development so
-    `mlflow ui` opens it on its runs (not on the GenAI traces view)."""
+    """The experiment's id, created on first use, with the landing tags (landing_tags): its
+    description and the saved runs view that landing_url opens."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
@@ -122,8 +123,52 @@ def ensure_experiment(name: str, root: Path) -> str:
         location = None
         if mlflow.get_tracking_uri().startswith("sqlite:"):
             location = (store_root(root) / ARTIFACT_DIR).as_uri()
-        return mlflow.create_experiment(name, artifact_location=location,
-                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return mlflow.create_experiment(name, artifact_location=location, tags=landing_tags())
+    stale = {key: value for key, value in landing_tags().items() if experiment.tags.get(key) != value}
+    if stale and not _description_edited(experiment.tags):
+        client = mlflow.MlflowClient()
+        for key, value in stale.items():
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
+
+
+# --- what `mlflow ui` opens on ---------------------------------------------------------------
+# MLflow 3.x opens an experiment on its GenAI overview unless the page is asked for the
+# "machine_learning" workflow (`workflowType` in the URL, then remembered by the browser);
+# the experimentKind tag alone does not do it. `viewStateShareKey=<key>` applies the view
+# saved in the experiment tag `mlflow.sharedViewState.<key>` (plain JSON): its run-table
+# columns. landing_url() is the address that does both.
+DESCRIPTION_TAG = "mlflow.note.content"
+VIEW_KEY = "runs"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+LANDING_QUERY = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+RUN_COLUMNS = (("tags", "variant"), ("tags", "seed"), ("tags", "stage"), ("metrics", "best/val_auc"),
+               ("metrics", "best/val_accuracy"), ("metrics", "best_epoch"), ("metrics", "epochs_run"),
+               ("metrics", "acc_clean/reg"), ("metrics", "acc_clean/baseline"))
+EXPERIMENT_DESCRIPTION = """**robust-deepfake**: one run per training, named `train_<variant>-seed<k>` (variant: baseline, placebo, reg), tagged `variant`, `seed`, `stage`; one `report` run per report with the verdict's numbers. Metric groups: `Training/*` per epoch (step = epoch, from 1), `best/*` the chosen epoch, `attack_vs_eps255/<attack>/*` and `cam_vs_eps255/<attack>/*` (step = eps in grey levels, k of k/255). The registered model `robust-deepfake-detector` holds one version per training, its description is its model card.
+
+Runs table with these columns: `#/experiments/<id>/runs?""" + LANDING_QUERY + "` (`robust-deepfake mlflow-url` prints it)."
+
+
+def run_view() -> dict:
+    """The saved runs view: the columns a reader compares models by, every run shown."""
+    return {"selectedColumns": [f"{kind}.`{name}`" for kind, name in RUN_COLUMNS], "runsHiddenMode": "SHOW_ALL"}
+
+
+def landing_tags() -> dict[str, str]:
+    """The experiment tags landing_url relies on: kind, description, saved runs view."""
+    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, DESCRIPTION_TAG: EXPERIMENT_DESCRIPTION,
+            VIEW_TAG: json.dumps(run_view(), separators=(",", ":"))}
+
+
+def _description_edited(tags: dict[str, str]) -> bool:
+    """True when someone wrote their own description in the UI: it is kept (and with it the
+    other landing tags, which are then theirs to keep too)."""
+    description = tags.get(DESCRIPTION_TAG)
+    return description is not None and not description.startswith("**robust-deepfake**")
+
+
+def landing_url(server: str, experiment_id: str) -> str:
+    """The address of the experiment's runs table, with the saved view, on `server`
+    (e.g. http://127.0.0.1:5000)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{LANDING_QUERY}"
