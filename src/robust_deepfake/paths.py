@@ -56,6 +56,14 @@ class ModelKey:
         return f"{self.variant}-seed{self.seed}"
 
 
+def resume_checkpoint(root: Path, key: ModelKey) -> Path:
+    """A training's per-epoch resume state; RUN_MARKER beside it names its MLflow run."""
+    return Path(root) / CHECKPOINT_DIR / key.variant / f"seed{key.seed}" / "last.pt"
+
+
+RUN_MARKER = "mlflow_run.json"
+
+
 def model_keys(seeds: list[int]) -> list[ModelKey]:
     """Every trained model of a run, variant-major (baseline seeds, then reg seeds)."""
     return [ModelKey(variant, seed) for variant in VARIANTS for seed in seeds]

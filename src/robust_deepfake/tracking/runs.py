@@ -19,7 +19,7 @@ from typing import Any
 
 from robust_deepfake.config import Params, flatten
 from robust_deepfake.io import finite_number
-from robust_deepfake.paths import ModelKey, TrainOutputs
+from robust_deepfake.paths import CHECKPOINT_DIR, RUN_MARKER, VARIANTS, ModelKey, TrainOutputs, resume_checkpoint
 from robust_deepfake.tracking.provenance import data_md5, run_origin
 from robust_deepfake.tracking.registry import version_of_weights
 from robust_deepfake.tracking.store import configure, ensure_experiment
@@ -90,6 +90,74 @@ def close_killed_run(marker: Path) -> str | None:
     except mlflow.exceptions.MlflowException:
         return None  # another store, or deleted
     return run_id
+
+
+def close_dead_trainings(root: Path) -> list[str]:
+    """What a killed training leaves behind once its stage's outs are back (restored from
+    DVC's run cache, or trained again): its MLflow run still RUNNING, marked KILLED here,
+    and its resume checkpoint, removed when the restored outs hold the same training (the
+    checkpoint's fingerprint equals meta.json's); a checkpoint of other params stays for
+    a resume. A training in progress is never touched: DVC deletes a stage's outs before
+    running it, and these are only looked at while its meta.json exists. Returns one note
+    per action. Call with MLflow configured (store.configure)."""
+    notes = []
+    for key in _checkpointed_keys(root):
+        meta_path = TrainOutputs.of(root, key).meta
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue  # no outs: the training may be running, or will run and resume
+        checkpoint = resume_checkpoint(root, key)
+        marker = checkpoint.parent / RUN_MARKER
+        killed = _kill_if_running(marker)
+        if killed:
+            notes.append(f"MLflow run {killed} of a killed training of {key.name} marked KILLED "
+                         f"(its outs {meta_path.parent} are in place)")
+        if checkpoint.exists() and _checkpoint_fingerprint(checkpoint) == meta.get("fingerprint"):
+            size_mb = checkpoint.stat().st_size / 2**20
+            checkpoint.unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
+            notes.append(f"removed {checkpoint} ({size_mb:.0f} MB): the resume state of a killed training whose "
+                         f"result {meta_path.parent} already holds")
+    return notes
+
+
+def _checkpointed_keys(root: Path) -> list[ModelKey]:
+    found = []
+    for folder in sorted((Path(root) / CHECKPOINT_DIR).glob("*/seed*")):
+        variant, seed = folder.parent.name, folder.name.removeprefix("seed")
+        if variant in VARIANTS and seed.isdigit():
+            found.append(ModelKey(variant, int(seed)))
+    return found
+
+
+def _kill_if_running(marker: Path) -> str | None:
+    """Mark the run `marker` names KILLED when it is still RUNNING; its id if so."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    try:
+        run_id = json.loads(marker.read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return None
+        client.set_terminated(run_id, status="KILLED")
+        client.set_tag(run_id, "killed_noticed_by", "a later stage: its outs were restored from the DVC cache")
+    except mlflow.exceptions.MlflowException:
+        return None  # another store, or deleted
+    return run_id
+
+
+def _checkpoint_fingerprint(path: Path) -> str | None:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("fingerprint")
+    except Exception:  # noqa: BLE001 - unreadable resume state: not provably stale, keep it
+        return None
 
 
 @contextlib.contextmanager

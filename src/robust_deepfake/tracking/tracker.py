@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from robust_deepfake.config import Params
 from robust_deepfake.paths import ModelKey, TrainOutputs
 from robust_deepfake.tracking.registry import alias_variant, publish_report
-from robust_deepfake.tracking.runs import log_eps_curves
+from robust_deepfake.tracking.runs import close_dead_trainings, log_eps_curves
 from robust_deepfake.tracking.store import require_store
 
 
@@ -99,7 +99,11 @@ class MlflowTracker:
         self.root = Path(root)
 
     def require(self) -> None:
+        """The store check; then, with the store configured, closes what killed trainings
+        left behind (runs.close_dead_trainings: every stage passes here first)."""
         require_store(self.params.tracking, self.root)
+        for note in close_dead_trainings(self.root):
+            print(f"note: {note}", flush=True)
 
     def log_eps_curves(self, keys: Sequence[ModelKey], rows: list[dict], prefix: str) -> None:
         log_eps_curves(self.params, self.root, list(keys), rows, prefix)
