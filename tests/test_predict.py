@@ -27,6 +27,7 @@ from cli_run import predict
 
 MODEL = "robust-deepfake-detector"
 BASELINE = f"models:/{MODEL}@baseline"
+MODEL_URI = f"models:/{MODEL}@champion"
 SEED = 0  # the first of train.seeds (the micro profile keeps the default seeds)
 
 
@@ -146,6 +147,8 @@ def test_bad_threshold_and_missing_model_path_exit_2(tmp_path, isolated_mlflow, 
     code, out, err = predict([str(image), "-m", "models/nope/model.pt"], capsys)
     assert code == 2 and out == ""
     assert "models/nope/model.pt: no such model file or directory" in err
+    # a training output vanishes while DVC reruns its stage: the line says what to read instead
+    assert f"a registered version is a copy in the MLflow store that DVC never deletes: --model {MODEL_URI}" in err
 
 
 def test_variant_folder_asks_for_a_seed_folder(tmp_path, isolated_mlflow, capsys):

@@ -56,7 +56,7 @@ def load_model(reference: str, params: Params, root: Path, device: str | torch.d
     if is_model_uri(reference):
         loaded = _load_from_mlflow(reference, params, root)
     else:
-        loaded = _load_local(Path(reference))
+        loaded = _load_local(Path(reference), params.tracking.registered_model)
     loaded.model = loaded.model.to(device).eval()
     return loaded
 
@@ -70,11 +70,20 @@ def _seed_dirs(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _load_local(path: Path) -> LoadedModel:
+def _retraining_hint(registered_model: str) -> str:
+    """Why a training output can vanish, and what to read instead."""
+    return (f"while `dvc repro` reruns a training stage, DVC deletes that stage's outs under models/; a registered "
+            f"version is a copy in the MLflow store that DVC never deletes: --model models:/{registered_model}@"
+            f"{DEFAULT_ALIAS} or models:/{registered_model}/<version>")
+
+
+def _load_local(path: Path, registered_model: str) -> LoadedModel:
+    """The detector in a training output folder (model.pt + meta.json), read whole into
+    memory: deleting the files afterwards does not disturb the loaded model."""
     if not path.exists():
         raise ModelRefError(
             f"{path}: no such model file or directory (pass {LOCAL_HINT}, its directory, "
-            "or a models:/<name>@<alias> URI)"
+            f"or a models:/<name>@<alias> URI; {_retraining_hint(registered_model)})"
         )
     if path.is_dir() and not (path / "model.pt").exists():
         seeds = _seed_dirs(path)
@@ -93,7 +102,7 @@ def _load_local(path: Path) -> LoadedModel:
     except CheckpointError as error:  # names the file and why (a blocked pickle, a truncated file ...)
         raise ModelRefError(str(error)) from None
     except FileNotFoundError as error:
-        raise ModelRefError(str(error)) from None
+        raise ModelRefError(f"{error} ({_retraining_hint(registered_model)})") from None
     except (KeyError, ValueError, TypeError, RuntimeError, OSError) as error:
         raise ModelRefError(f"{weights}: not a detector checkpoint with its meta.json ({error})") from None
     return LoadedModel(model, int(meta["detector"]["image_size"]), str(weights))
