@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robust_deepfake.config import Params, RegConfig
+from robust_deepfake.config import ConfigError, Params, RegConfig
 from robust_deepfake.data.dataset import ImageSet, load_split
 from robust_deepfake.explain.layers import require_target_layer
 from robust_deepfake.io import write_csv, write_json
@@ -67,7 +67,8 @@ def train_model(params: Params, key: ModelKey, root: Path, tracker: TrainingTrac
     registers the model. Returns the fit result and the meta.json content (plus this
     machine's run record: timing, MLflow run and version, under `run`)."""
     if key.seed not in params.train.seeds:
-        raise ValueError(f"seed {key.seed} is not in train.seeds {params.train.seeds}")
+        raise ConfigError(f"seed {key.seed} is not in train.seeds {params.train.seeds}: add it there, or train one "
+                          "of those")
     # the CAM stage's layer is checked too: refused before hours of training, not after
     device = open_stage(params, tracker, checks=[require_target_layer])
     job = _set_up(params, key, root, device)
