@@ -106,3 +106,18 @@ def test_loader_worker_counts():
     assert default_workers(2) == [0, 2]
     assert default_workers(16) == [0, 2, 4, 8, 16]
     assert default_workers(12) == [0, 2, 4, 8]
+
+
+def test_train_step_help_names_its_options():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for option in ("--steps", "--loop-steps", "--threads", "--train-threads", "--compile", "--concurrency"):
+        assert option in result.stdout, option
+
+
+def test_train_step_verdict_follows_its_target():
+    from benchmarks.train_step import verdict
+
+    assert verdict(1.5, "<= 1.5").endswith("PASS)") and verdict(1.51, "<= 1.5").endswith("MISSED)")
+    assert verdict(0.9, ">= 0.9").endswith("PASS)") and verdict(0.89, ">= 0.9").endswith("MISSED)")
