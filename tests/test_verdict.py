@@ -15,6 +15,7 @@ from robust_deepfake import paths
 from robust_deepfake.bootstrap import bootstrap_counts
 from robust_deepfake.config import EvalConfig
 from robust_deepfake.explain.outputs import IincValues
+from robust_deepfake.metrics import evasion_rate
 from robust_deepfake.paths import ModelKey
 from robust_deepfake.robustness.sweep import SweepEntry, SweepMetrics, SweepPredictions, summarize_sweep
 from robust_deepfake.verdict.champion import (
@@ -108,7 +109,7 @@ def test_the_three_comparisons_come_in_question_order():
     for pair in COMPARISONS:
         mine = [(d.attack, d.metric) for d in rows if d.pair == pair]
         assert mine == ([("clean", m) for m in ("accuracy", "f1", "auc")]
-                        + [(a, m) for a in ATTACKS for m in ("accuracy", "f1", "auc", "asr")])
+                        + [(a, m) for a in ATTACKS for m in ("accuracy", "f1", "auc", "asr", "evasion_rate")])
 
 
 @pytest.mark.parametrize("first,second", [("reg", "placebo"), ("placebo", "baseline"), ("reg", "baseline")])
@@ -148,6 +149,46 @@ def test_lower_is_better_metrics_favour_the_lower_side():
     asr = _rows(_predictions(pgd={0: (4, 5, 14), 1: (5, 6, 15), 2: (4, 5, 15)}))[("reg_baseline", "pgd", "asr")]
     # both models of a seed are right on the first 18 clean images; PGD flips 18 - correct of them
     assert asr.mean < 0 and asr.claimed and asr.favours == "reg"
+
+
+def test_evasion_rows_are_the_evasion_rate_differences_with_their_bootstrap_se():
+    """Each model's evasion rate over the fakes it detects when clean (metrics.evasion_rate),
+    differenced per seed and averaged over the attacked eps; se_s from the same image
+    resamples as every other row; lower is better."""
+    big = {0: (4, 5, 14), 1: (5, 6, 15), 2: (4, 5, 15)}
+    predictions = _predictions(pgd=big)
+    row = _rows(predictions)[("reg_baseline", "pgd", "evasion_rate")]
+    weights = bootstrap_counts(N, CONFIG.n_bootstrap, CONFIG.seed)
+    clean = _scores(CLEAN_CORRECT)
+    detected = (LABELS == 1) & (clean >= 0.5)
+    expected, ses = [], []
+    for seed in SEEDS:
+        rates, replicates = [], []
+        for variant in ("reg", "baseline"):
+            adv = _scores(big[seed][VARIANTS.index(variant)])
+            rates.append(evasion_rate(LABELS, clean, adv))
+            evaded = (adv[detected] < 0.5).astype(float)
+            replicates.append((weights[:, detected] @ evaded) / weights[:, detected].sum(axis=1))
+        expected.append(rates[0] - rates[1])
+        ses.append(float(np.std(replicates[0] - replicates[1], ddof=1)))
+    assert row.per_seed == pytest.approx(expected) and all(d < 0 for d in expected)
+    assert row.per_seed_se == pytest.approx(ses)
+    assert row.claimed and row.favours == "reg"  # fewer evasions: reg is better
+    metrics = summarize_sweep(predictions, CONFIG, holdout=[])[0]
+    decision = choose_champion(metrics, "pgd_evasion", CONFIG, None, list(_rows(predictions).values()))
+    assert decision.evidence.per_seed == pytest.approx([-d for d in expected])  # the score is 1 - evasion
+    assert decision.evidence.per_seed_se == pytest.approx(ses)  # floored with the evasion row's test SE
+    assert decision.champion.variant == "reg"
+
+
+def test_an_evasion_row_is_left_out_where_a_model_detects_no_fake():
+    predictions = _predictions()
+    blind = predictions.models.index(ModelKey("placebo", 1))
+    predictions.p_fake[blind, :, 0] = 0.1  # scores every clean image real
+    rows = _rows(predictions)
+    assert ("placebo_baseline", "pgd", "accuracy") in rows and ("reg_baseline", "pgd", "evasion_rate") in rows
+    assert ("placebo_baseline", "pgd", "evasion_rate") not in rows
+    assert ("reg_placebo", "pgd", "evasion_rate") not in rows
 
 
 def test_without_the_placebo_only_reg_minus_baseline_is_there():

@@ -171,7 +171,8 @@ def all_comparisons_section(differences: list[SeedDifference], level: float) -> 
     return [
         Heading("Every comparison", 3),
         Para("Attack success rate compares attack success on the images both models of a seed classify correctly "
-             "when clean; for it and for IINC lower is better. *favours*: the side a claimed sign favours (— where "
+             "when clean; the evasion rate, each model's share of the fakes it detects when clean that the attack "
+             "turns real; for both and for IINC lower is better. *favours*: the side a claimed sign favours (— where "
              "no sign is claimed)."),
         Table(["comparison", "where", "metric", "seed mean", f"{_pct(level)} CI over seeds",
                "seeds favouring first / second", "favours"], rows),

@@ -22,7 +22,7 @@ COLORS = {"baseline": "#1f77b4", "placebo": "#7f7f7f", "reg": "#d62728"}
 VARIANT_LABELS = {"baseline": "baseline", "placebo": "placebo", "reg": "regularized"}
 METRIC_RANGE = (0.0, 1.0)  # accuracy, ROC-AUC, attack success rate, IINC
 FOREST_FAMILIES = (("accuracy", ("accuracy",)), ("macro-F1", ("f1",)), ("ROC-AUC", ("auc",)),
-                   ("attack success rate", ("asr",)), ("IINC", ("iinc_stability", "iinc_localization")))
+                   ("attack success rate", ("asr",)), ("evasion rate", ("evasion_rate",)), ("IINC", ("iinc_stability", "iinc_localization")))
 
 
 def pyplot():

@@ -56,11 +56,20 @@ class _Seed:
         self.per_image.append(percentile_ci(replicates, config.ci) if bootstrapped else (math.nan, math.nan))
 
 
+def _evasions(labels: np.ndarray, p_clean: np.ndarray, p_adv: np.ndarray) -> np.ndarray:
+    """Per image 1 where a fake detected when clean is scored real under attack, 0 where it
+    is still detected, NaN for every other image: its mean is metrics.evasion_rate."""
+    detected = (labels == 1) & (p_clean >= 0.5)
+    return np.where(detected, (p_adv < 0.5).astype(float), np.nan)
+
+
 def sweep_differences(predictions: SweepPredictions, config: EvalConfig,
                       min_effect: float = MIN_EFFECT) -> list[SeedDifference]:
     """Per present pair: accuracy, macro-F1 and AUC (clean row first, then each attack
-    averaged over eps > 0) and attack success rate on the images both models of the seed
-    classify correctly when clean."""
+    averaged over eps > 0), attack success rate on the images both models of the seed
+    classify correctly when clean, and the evasion rate (each model over the fakes it
+    detects when clean: metrics.evasion_rate). An evasion row is left out when a model of
+    some seed detects no fake when clean (its rate is undefined)."""
     labels = predictions.labels
     weights = bootstrap_counts(len(labels), max(config.n_bootstrap, 1), config.seed)
     attacked = [e for e, eps in enumerate(predictions.eps) if eps > 0]
@@ -78,7 +87,7 @@ def sweep_differences(predictions: SweepPredictions, config: EvalConfig,
     for pair in present_pairs(predictions.variants):
         seeds = paired_seeds(predictions.models, pair)
         for attack, k, eps_indices in plan:
-            metrics = SCORES + (("asr",) if attack != CLEAN else ())
+            metrics = SCORES + (("asr", "evasion_rate") if attack != CLEAN else ())
             rows = {m: _Seed() for m in metrics}
             for seed in seeds:
                 ib, ia = predictions.index(ModelKey(pair.second, seed)), predictions.index(ModelKey(pair.first, seed))
@@ -95,9 +104,16 @@ def sweep_differences(predictions: SweepPredictions, config: EvalConfig,
                         flips[~both_correct] = np.nan  # ASR counts only images both models got right
                         point["asr"].append(float(np.nanmean(flips)) if both_correct.any() else 0.0)
                         reps["asr"].append(_weighted_mean_replicates(flips, weights))
+                        evaded = [_evasions(labels, predictions.p_fake[i, 0, 0], predictions.p_fake[i, k, e])
+                                  for i in (ia, ib)]
+                        point["evasion_rate"].append(float(np.nanmean(evaded[0]) - np.nanmean(evaded[1]))
+                                                     if all(np.isfinite(v).any() for v in evaded) else math.nan)
+                        reps["evasion_rate"].append(_weighted_mean_replicates(evaded[0], weights)
+                                                    - _weighted_mean_replicates(evaded[1], weights))
                 for metric in metrics:
                     rows[metric].add(float(np.mean(point[metric])), np.mean(reps[metric], axis=0), config)
-            out += [_row(pair, attack, metric, seeds, rows[metric], config, min_effect) for metric in metrics]
+            out += [_row(pair, attack, metric, seeds, rows[metric], config, min_effect) for metric in metrics
+                    if metric != "evasion_rate" or not any(math.isnan(d) for d in rows[metric].diffs)]
     return out
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from robust_deepfake.verdict.claims import MIN_EFFECT, SeedClaim, assess
 
-HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "auc": True, "asr": False, "score": True,
+HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "auc": True, "asr": False, "evasion_rate": False, "score": True,
                     "iinc_stability": False, "iinc_localization": False}
 
 
