@@ -27,6 +27,7 @@ from robust_deepfake.verdict.champion import (
     score_drift,
     score_plan,
     sweep_curves,
+    unoriented,
     watched_score,
 )
 from robust_deepfake.verdict.claims import MIN_SEEDS, PLAIN_MIN_SEEDS, assess
@@ -448,6 +449,18 @@ def test_pgd_evasion_is_a_criterion_where_lower_evasion_wins():
     assert drift.drop == pytest.approx(0.1) and drift.metric == "1-evasion_rate"
     with pytest.raises(ValueError, match="ensemble_"):
         criterion_plan("ensemble_accuracy", sweep.attacks)  # no ensemble in this sweep
+
+
+@pytest.mark.parametrize("criterion", ["pgd_accuracy", "pgd_evasion", "ensemble_evasion"])
+def test_a_simulated_previous_score_makes_the_drop_it_claims(criterion):
+    """simulate-drop logs unoriented(previous) as the raw curve: scored like a real
+    evaluation it reads as `previous`, so the drop is previous - the current score."""
+    attacks, metric = score_plan(criterion, ["fgsm", "pgd", "ensemble"])
+    current = {attack: {1: 0.30, 2: 0.40} for attack in attacks}  # raw values, as logged
+    simulated = {attack: {1: unoriented(0.95, metric), 2: unoriented(0.95, metric)} for attack in attacks}
+    drift = score_drift(current, simulated, criterion)
+    now = 0.35 if metric == "accuracy" else 1 - 0.35
+    assert drift.previous == pytest.approx(0.95) and drift.drop == pytest.approx(0.95 - now) and drift.drop > 0
 
 
 def test_the_watched_score_falls_back_to_what_the_curves_can_score():

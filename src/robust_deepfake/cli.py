@@ -306,7 +306,8 @@ def _add_reevaluate(commands) -> None:
     )
     simulate.add_argument("--alias", default="champion", help="registered model alias")
     simulate.add_argument("--previous", type=float, default=1.0,
-                          help="the score the simulated previous evaluation claims")
+                          help="the score the simulated previous evaluation claims (higher is more robust: "
+                          "for an *_evasion criterion, 1 - the evasion rate)")
     simulate.set_defaults(func=_reevaluate_simulate_drop)
 
 

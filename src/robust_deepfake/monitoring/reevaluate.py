@@ -38,7 +38,15 @@ from robust_deepfake.tracking.runs import SWEEP_PREFIX, finite_metrics, log_batc
 from robust_deepfake.tracking.store import configure, ensure_experiment, require_store
 from robust_deepfake import units
 from robust_deepfake.units import CLEAN
-from robust_deepfake.verdict.champion import curve_score, oriented, score_drift, score_plan, score_name, sweep_curves
+from robust_deepfake.verdict.champion import (
+    curve_score,
+    oriented,
+    score_drift,
+    score_name,
+    score_plan,
+    sweep_curves,
+    unoriented,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -294,7 +302,8 @@ def simulate_drop(params: Params, root: Path, alias: str, previous: float = 1.0)
     """Make the next re-evaluation of `alias` see a drop, to check alerts end to end.
 
     Logs a run (tags `reevaluation=simulated`, `simulated_drop=true`) that claims the score
-    `previous` for each attack scored (score_plan) at each eps of `attack.eps`, and points
+    `previous` (oriented: higher is more robust, so an evasion rate of 1 - previous) for
+    each attack scored (score_plan) at each eps of `attack.eps`, and points
     the version's `last_reevaluation_run_id` at it: the next re-evaluation compares with it
     (drop = previous - its real score) and then points the tag at its own run, so the one
     after compares with real figures again. Nothing else changes. Returns the run's id."""
@@ -306,7 +315,7 @@ def simulate_drop(params: Params, root: Path, alias: str, previous: float = 1.0)
     client = MlflowClient()
     name = params.tracking.registered_model
     version = resolve_alias(client, name, alias)
-    note = (f"Simulated previous evaluation of @{alias} ({name} v{version.version}): {metric} {previous} on "
+    note = (f"Simulated previous evaluation of @{alias} ({name} v{version.version}): {score_name(metric)} {previous} on "
             f"{'+'.join(attacks)}, so the next re-evaluation reports a drop (README, Alerts)")
     tags = {"reevaluation": "simulated", "simulated_drop": "true", "alias": alias, "registered_model": name,
             "model_version": str(version.version), "model_run_id": version.run_id or "",
@@ -318,7 +327,8 @@ def simulate_drop(params: Params, root: Path, alias: str, previous: float = 1.0)
     if not steps:
         raise ReevaluationError("attack.eps has no eps > 0 in params.yaml: a drop cannot be simulated")
     now = now_ms()
-    log_batched(client, run_id, [Metric(f"{REEVAL_PREFIX}/{attack}/{metric}", previous, now, step)
+    value = unoriented(previous, metric)
+    log_batched(client, run_id, [Metric(f"{REEVAL_PREFIX}/{attack}/{metric}", value, now, step)
                                  for attack in attacks for step in steps])
     client.set_terminated(run_id, "FINISHED")
     client.set_model_version_tag(name, version.version, LAST_RUN_TAG, run_id)

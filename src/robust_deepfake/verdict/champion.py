@@ -62,6 +62,12 @@ def oriented(curves: Curves, metric: str) -> dict[str, dict[Any, float]]:
             for attack, values in curves.items()}
 
 
+def unoriented(score: float, metric: str) -> float:
+    """The raw value of `metric` whose oriented score (see `oriented`) is `score`: `score`
+    itself, or 1 - score for a rate where lower is better."""
+    return score if higher_is_better(metric) else 1 - score
+
+
 def score_name(metric: str) -> str:
     """How the oriented score of `metric` is named: `accuracy`, or `1-evasion_rate`."""
     return metric if higher_is_better(metric) else f"1-{metric}"
