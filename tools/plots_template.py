@@ -7,6 +7,12 @@ package.json / package-lock.json and writes one self-contained template to TEMPL
 (gitignored), which .dvc/config names (`plots.html_template`, relative to .dvc/).
 `make install` runs it; to rebuild by hand: `npm ci && python -m tools.plots_template`.
 
+It also writes VARIANT_TEMPLATE, the vega-lite template the plots in dvc.yaml name
+(`template: variants`): one colour per variant, the report's (report.figures.COLORS), one
+line per model or column, integer ticks on the x-axis (epochs, eps in grey levels). That
+file is committed (DVC reads it from .dvc/plots/); tests/test_plots_offline.py checks that
+it equals what this module writes.
+
 The template contract (dvc_render.html.HTML): the page must contain `{plot_divs}`, which
 DVC replaces with one `<div>` per plot, each calling `vegaEmbed('#id', spec)`. It leaves
 out `{scripts}` on purpose: that placeholder would add the CDN <script> tags back.
@@ -22,10 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robust_deepfake.paths import find_repo_root
+from robust_deepfake.report.figures import COLORS
 
 # Where the built page goes, relative to the repository root; .dvc/config's
 # plots.html_template is this path relative to .dvc/ (tests/test_plots_offline.py checks).
 TEMPLATE = Path("build") / "plots_template.html"
+# DVC looks up `template: <name>` in .dvc/plots/<name>.json.
+VARIANT_TEMPLATE = Path(".dvc") / "plots" / "variants.json"
 # Loaded in this order: vega-lite and vega-embed read the `vega` global, vega-embed `vegaLite`.
 LIBRARIES = (
     ("vega", "build/vega.min.js"),
@@ -141,6 +150,47 @@ def build(root: Path, out: Path | None = None) -> Path:
     return target
 
 
+def variant_template() -> dict:
+    """A line chart for DVC's plots coloured by variant (every variant the report colours,
+    placebo included, in the report's colours): the variant is read from the data
+    source's file name (plots/training/<variant>-seed<k>.csv) or column (<variant>_accuracy),
+    each source is its own line; DVC fills the <DVC_METRIC_*> anchors."""
+    source = "(datum.filename || '') + ' ' + (datum.field || '')"
+    variant = " : ".join(f"test(/{name}/, datum.dvc_source) ? '{name}'" for name in COLORS)
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "data": {"values": "<DVC_METRIC_DATA>"},
+        "title": "<DVC_METRIC_TITLE>",
+        "width": 420,
+        "height": 260,
+        "transform": [
+            {"calculate": source, "as": "dvc_source"},
+            {"calculate": variant + " : 'other'", "as": "variant"},
+            {"calculate": "replace(replace(datum.dvc_source, /^.*\\//, ''), /\\.csv/, '')", "as": "line"},
+        ],
+        "mark": {"type": "line", "point": True},
+        "encoding": {
+            "x": {"field": "<DVC_METRIC_X>", "type": "quantitative", "title": "<DVC_METRIC_X_LABEL>",
+                  "axis": {"tickMinStep": 1, "format": "d"}},
+            "y": {"field": "<DVC_METRIC_Y>", "type": "quantitative", "title": "<DVC_METRIC_Y_LABEL>",
+                  "scale": {"zero": False}},
+            "color": {"field": "variant", "type": "nominal", "title": "variant",
+                      "scale": {"domain": list(COLORS), "range": list(COLORS.values())}},
+            "detail": {"field": "line", "type": "nominal"},
+            "tooltip": [{"field": "line", "title": "model / column"}, {"field": "<DVC_METRIC_X>", "type": "quantitative"},
+                        {"field": "<DVC_METRIC_Y>", "type": "quantitative", "format": ".4f"}],
+        },
+    }
+
+
+def write_variant_template(root: Path) -> Path:
+    """Write VARIANT_TEMPLATE under `root` (sorted keys, one line per key: stable bytes)."""
+    target = root / VARIANT_TEMPLATE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(variant_template(), indent=2) + "\n", encoding="utf-8")
+    return target
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.plots_template",
                                      description="Build the offline `dvc plots show` page template.")
@@ -154,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {error}") from None
     size = target.stat().st_size
     print(f"wrote {target} ({size / 1024:.0f} KiB; vega, vega-lite and vega-embed inlined)")
+    print(f"wrote {write_variant_template(root)}")
 
 
 if __name__ == "__main__":
