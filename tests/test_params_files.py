@@ -331,3 +331,67 @@ def test_no_nan_survives_a_merge(tmp_path):
         merge_params_file(overrides, params)
     assert params.read_text() == DEMO_TEXT
     assert not math.isnan(load_params(params).attack.eps[0])
+
+
+# --- params check on an overrides file, --version ---------------------------------------
+
+
+def _repo_with_params(tmp_path: Path) -> Path:
+    """A repository (dvc.yaml) with the shipped params.yaml, its data folder and configs/."""
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "configs").mkdir()
+    return tmp_path
+
+
+def test_check_validates_an_overrides_file_merged_onto_params_yaml(tmp_path, capsys):
+    """configs/*.yaml set a few sections: checked as `params merge` would write them, paths
+    from the repository root, not from configs/; params.yaml is not touched."""
+    repo = _repo_with_params(tmp_path)
+    before = (repo / "params.yaml").read_text()
+    overrides = repo / "configs" / "gpu.yaml"
+    overrides.write_text("train:\n  epochs: 20\n  seeds: [0, 1, 2, 3, 4]\n")
+    main(["params", "check", str(overrides)])
+    out = capsys.readouterr().out
+    assert f"{overrides} merged onto {repo / 'params.yaml'}: ok" in out
+    assert f"`robust-deepfake params merge {overrides}`" in out
+    assert (repo / "params.yaml").read_text() == before
+
+
+def test_check_of_an_overrides_file_names_the_merged_problem(tmp_path, capsys):
+    repo = _repo_with_params(tmp_path)
+    overrides = repo / "configs" / "gpu.yaml"
+    overrides.write_text("train:\n  epochs: -3\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["params", "check", str(overrides)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "train.epochs" in err and str(overrides) in err
+    assert "data.raw_dir" not in err  # the repository's data folder is found from the root
+    overrides.write_text("model:\n  pretrained: true\n  weights_path: weights/b0.pth\n")
+    with pytest.raises(SystemExit):
+        main(["params", "check", str(overrides)])
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1 and f"weights/b0.pth (relative to {repo.resolve()}) does not exist" in err
+
+
+def test_check_onto_and_whole_choose_how_a_file_is_read(tmp_path, capsys):
+    repo = _repo_with_params(tmp_path)
+    overrides = repo / "configs" / "short.yaml"
+    overrides.write_text("train:\n  epochs: 2\n")
+    other = repo / "other.yaml"
+    other.write_text((repo / "params.yaml").read_text().replace("epochs:", "epochs: 7 #", 1))
+    main(["params", "check", "--schema-only", "--onto", str(other), str(overrides)])
+    assert f"merged onto {other}: ok" in capsys.readouterr().out
+    main(["params", "check", "--schema-only", "--whole", str(overrides)])
+    out = capsys.readouterr().out
+    assert out.startswith(f"{overrides}: ok") and "merged" not in out
+
+
+def test_version_is_the_package_version(capsys):
+    import tomllib
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"robust-deepfake {version}"

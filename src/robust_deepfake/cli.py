@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from robust_deepfake import __version__
 from robust_deepfake.config import DEFAULT_PARAMS, ConfigError, load_params_or_exit
 from robust_deepfake.config.cron import require_prefect_cron
-from robust_deepfake.config.merge import merge_params_file, path_problems
+from robust_deepfake.config.merge import merge_overrides, merge_params_file, missing_sections, path_problems
 from robust_deepfake.data.dffd import IngestError, ingest_dffd
 from robust_deepfake.data.materialize import (
     DVC_FILE,
@@ -93,19 +94,47 @@ def _data_track(args: argparse.Namespace) -> None:
 
 
 def _params_check(args: argparse.Namespace) -> None:
-    params = load_params_or_exit(args.file)
+    file = Path(args.file)
+    onto = _overrides_base(file, args.onto, args.whole)
+    if onto is None:
+        params, checked, base_dir = load_params_or_exit(file), str(file), file.parent
+    else:
+        try:
+            params = merge_overrides(file, onto).params
+        except ConfigError as error:
+            fail(str(error).replace("\n", "\nerror: "), code=2)
+        checked, base_dir = f"{file} merged onto {onto}", onto.parent
     layer = target_layer_problem(params.model.name, params.cam.target_layer)
     if layer:  # needs the architecture: checked here and before the first training, not in config.py
-        fail(f"{args.file}: cam.target_layer: {layer} (got {params.cam.target_layer!r})", code=2)
+        fail(f"{checked}: cam.target_layer: {layer} (got {params.cam.target_layer!r})", code=2)
     try:  # Prefect's own parser (an import of prefect): checked here, not by every stage
-        require_prefect_cron(params.reevaluate.cron, args.file)
+        require_prefect_cron(params.reevaluate.cron, checked)
     except ConfigError as error:
         fail(str(error), code=2)
     if not args.schema_only:
-        problems = path_problems(params, Path(args.file).parent)
+        problems = path_problems(params, base_dir)
         if problems:
-            fail("\n".join(f"{args.file}: {problem}" for problem in problems).replace("\n", "\nerror: "), code=2)
-    print(f"{args.file}: ok" + (" (schema only; paths not checked)" if args.schema_only else ""))
+            fail("\n".join(f"{checked}: {problem}" for problem in problems).replace("\n", "\nerror: "), code=2)
+    print(f"{checked}: ok" + (" (schema only; paths not checked)" if args.schema_only else ""))
+    if onto is not None and not args.onto:
+        print(f"note: {file} sets only some sections (an overrides file): checked merged onto {onto}; "
+              f"apply it with `robust-deepfake params merge {file}`, or check it alone with --whole")
+
+
+def _overrides_base(file: Path, onto: str | None, whole: bool) -> Path | None:
+    """The params file to check `file` merged onto: --onto; else, for a file not named
+    params.yaml that leaves out sections (configs/*.yaml), its repository's params.yaml;
+    None to check `file` alone."""
+    if onto is not None:
+        return Path(onto)
+    if whole or file.name == DEFAULT_PARAMS.name:
+        return None
+    try:
+        partial = bool(missing_sections(file))
+    except ConfigError:
+        return None  # unreadable: load_params says why
+    base = find_repo_root(file.resolve().parent) / DEFAULT_PARAMS
+    return base if partial and base.is_file() and base.resolve() != file.resolve() else None
 
 
 def _params_merge(args: argparse.Namespace) -> None:
@@ -183,6 +212,8 @@ def _parser(commands, name: str, **kwargs) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robust-deepfake", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"robust-deepfake {__version__}",
+                        help="print the package version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
 
     _add_data(commands)
@@ -249,10 +280,17 @@ def _add_params(commands) -> None:
     params_commands = params.add_subparsers(dest="params_command", required=True, metavar="ACTION",
                                             help="what to do with the params file")
     check = _parser(params_commands, "check",
-                    help="validate a params file and check that the files and directories it names exist")
+                    help="validate a params file (or an overrides file merged onto params.yaml) and check that "
+                    "the files and directories it names exist")
     check.add_argument("file", nargs="?", default=str(DEFAULT_PARAMS), help="the params file")
     check.add_argument("--schema-only", action="store_true",
                        help="validate keys and values only, not the paths (e.g. before data/raw is in place)")
+    check.add_argument("--onto", metavar="PARAMS",
+                       help="check FILE as an overrides file merged onto PARAMS (what `params merge` would write); "
+                       "a file not named params.yaml that leaves out sections is checked onto the repository's "
+                       "params.yaml without this")
+    check.add_argument("--whole", action="store_true",
+                       help="check FILE alone, as a complete params file, even when it leaves out sections")
     check.set_defaults(func=_params_check)
     merge = _parser(params_commands, "merge",
                     help="apply an overrides file (e.g. configs/dffd_gpu.yaml), keeping the comments")

@@ -4,6 +4,7 @@ files and directories it names exist (`robust-deepfake params merge` / `params c
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +97,31 @@ def _merge(base: Any, overrides: dict, prefix: str, changed: dict, source: str) 
 
 
 def merge_params_file(overrides_path: str | Path, params_path: str | Path = DEFAULT_PARAMS) -> dict:
-    """Apply a partial params file onto params.yaml; validate before writing anything.
+    """Apply a partial params file onto params.yaml (merge_overrides); write it only when a
+    value changed. Returns {dotted key: (old, new)} for the values that changed.
 
     A changed value's end-of-line comment is replaced by `# merged from <file>[: the
-    override's own comment]`; unchanged keys keep theirs. Returns {dotted key: (old,
-    new)} for the values that changed; when none does, params.yaml is not rewritten.
+    override's own comment]`; unchanged keys keep theirs.
+    """
+    merged = merge_overrides(overrides_path, params_path)
+    if merged.changed:
+        with atomic_open(params_path) as handle:
+            handle.write(merged.text)
+    return merged.changed
+
+
+@dataclass(frozen=True)
+class Merged:
+    """A params file with an overrides file applied, validated, not written."""
+
+    params: Params
+    text: str  # the merged params file, comments kept
+    changed: dict  # {dotted key: (old, new)}
+
+
+def merge_overrides(overrides_path: str | Path, params_path: str | Path = DEFAULT_PARAMS) -> Merged:
+    """`params_path` with the values of the partial `overrides_path` in place, validated as
+    load_params validates a file (schema, confinement to params_path's folder, the cron).
 
     Both files are read as load_params reads params.yaml first (a YAML syntax error, a
     duplicate key or a `!!python/...` tag is a ConfigError naming the file and line, not
@@ -134,10 +155,15 @@ def merge_params_file(overrides_path: str | Path, params_path: str | Path = DEFA
     if confined:
         raise ConfigError("\n".join(f"{source}: {problem}" for problem in confined))
     require_prefect_cron(merged.reevaluate.cron, source)
-    if changed:
-        with atomic_open(params_path) as handle:
-            handle.write(buffer.getvalue())
-    return changed
+    return Merged(merged, buffer.getvalue(), changed)
+
+
+def missing_sections(path: str | Path) -> list[str]:
+    """The params sections (attack, cam, data, …) a file leaves out: a file that sets only
+    some is an overrides file (configs/*.yaml), meant to be merged onto params.yaml."""
+    raw = read_yaml(Path(path))
+    present = set(raw) if isinstance(raw, dict) else set()
+    return [section for section in Params.model_fields if section not in present]
 
 
 def path_problems(params: Params, base_dir: str | Path = ".") -> list[str]:
