@@ -21,6 +21,7 @@ from helpers import run
 from robust_deepfake.data.images import open_rgb
 from robust_deepfake.inference.inputs import collect_images
 from robust_deepfake.inference.model_ref import default_model_uri
+from robust_deepfake.explain.figures import side_by_side_size
 from robust_deepfake.inference.scoring import CamWriter
 from robust_deepfake.paths import ModelKey, TrainOutputs
 from cli_run import predict
@@ -203,7 +204,7 @@ def test_console_script_scores_files_and_folder_reports_corrupt_and_writes_cams(
         assert 0.0 <= float(p_fake) <= 1.0
         assert label == ("fake" if float(p_fake) >= 0.5 else "real")
         with Image.open(cam) as overlay, Image.open(micro_repo / path) as src:
-            assert overlay.size == src.size and overlay.mode == "RGB"
+            assert overlay.size == side_by_side_size(*src.size) and overlay.mode == "RGB"
     assert f"error: {folder / 'corrupt.png'}: cannot decode" in result.stderr
     assert "predict: 100%" in result.stderr  # the progress bar (folders only)
     assert len(list(cams.glob("*_cam.png"))) == 2 + n_folder
@@ -264,9 +265,10 @@ def test_cam_overlays_at_display_size_for_equal_stems_and_threshold(in_micro, tm
     for record in records:
         assert record["label"] == "fake"  # threshold 0: everything is fake
         with Image.open(record["cam"]) as overlay:
-            assert overlay.size == open_rgb(record["path"]).size and overlay.mode == "RGB"  # display size
+            assert overlay.size == side_by_side_size(*open_rgb(record["path"]).size)  # display size, side by side
+            assert overlay.mode == "RGB"
     with Image.open(records[-1]["cam"]) as overlay:
-        assert overlay.size == (30, 50)  # the EXIF-rotated image, upright
+        assert overlay.size == side_by_side_size(30, 50)  # the EXIF-rotated image, upright
     code, _, err = predict([inputs[0], "-m", f"models/baseline/seed{SEED}", "--cam", str(cams),
                             "--cam-layer", "no.such"], capsys)
     assert code == 2 and "--cam-layer" in err and "no.such" in err

@@ -313,7 +313,8 @@ def _add_predict(commands) -> None:
                          "models:/<name>/<version>, or a local models/<variant>/seed<k>/model.pt or its folder")
     predict.add_argument("--threshold", type=float, default=0.5, help="label 'fake' when p(fake) >= this")
     predict.add_argument("--json", action="store_true", help="print one JSON array of {path, p_fake, label[, cam]}")
-    predict.add_argument("--cam", metavar="DIR", help="write a Grad-CAM overlay per image: DIR/<stem>_cam.png")
+    predict.add_argument("--cam", metavar="DIR", help="per image, DIR/<stem>_cam.png: the image and its Grad-CAM "
+                         "overlay side by side (at least 256 px tall) with p(fake), the label and a colour bar")
     predict.add_argument("--cam-layer", help="CAM target layer (default: params.yaml cam.target_layer)")
     predict.add_argument("--params", help="params file for tracking/cam settings (default: <repo>/params.yaml)")
     predict.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")

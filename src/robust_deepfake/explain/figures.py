@@ -20,6 +20,53 @@ def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     return show_cam_on_image(image.astype(np.float32), cam, use_rgb=True, image_weight=0.55)
 
 
+MIN_PANEL = 256  # the side-by-side's panels are at least this tall (small inputs upscaled, nearest)
+_MARGIN, _GAP, _HEADER, _LABELS, _BAR, _BAR_TEXT = 10, 10, 44, 20, 16, 30
+
+
+def side_by_side_size(width: int, height: int) -> tuple[int, int]:
+    """The side-by-side's size in pixels for an input of `width` x `height`."""
+    panel_w, panel_h = _panel_size(width, height)
+    return (2 * _MARGIN + 2 * panel_w + _GAP + _GAP + _BAR + _BAR_TEXT,
+            _HEADER + _LABELS + panel_h + _MARGIN)
+
+
+def _panel_size(width: int, height: int) -> tuple[int, int]:
+    scale = max(1.0, MIN_PANEL / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def side_by_side(image: np.ndarray, cam: np.ndarray, caption: list[str]) -> np.ndarray:
+    """One picture of an input and its CAM: the image (left), its heat-map overlay (right),
+    both at least MIN_PANEL px tall, a colour bar of the map's 0..1 scale (the overlay's jet
+    colours) and `caption` (e.g. p(fake), the layer) on top. `image` is HWC in [0, 1], `cam`
+    HW in [0, 1] at the image's size; returns HWC uint8."""
+    import cv2
+    from PIL import Image, ImageDraw, ImageFont
+
+    height, width = cam.shape
+    panel = _panel_size(width, height)
+    left = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).resize(panel, Image.Resampling.NEAREST)
+    right = Image.fromarray(overlay(image, cam)).resize(panel, Image.Resampling.NEAREST)
+    canvas = Image.new("RGB", side_by_side_size(width, height), "white")
+    top = _HEADER + _LABELS
+    canvas.paste(left, (_MARGIN, top))
+    canvas.paste(right, (_MARGIN + panel[0] + _GAP, top))
+    scale = np.linspace(255, 0, panel[1]).astype(np.uint8)[:, None].repeat(_BAR, axis=1)  # 1 at the top
+    bar = cv2.applyColorMap(scale, cv2.COLORMAP_JET)[..., ::-1]  # the colours show_cam_on_image uses (BGR -> RGB)
+    bar_x = _MARGIN + 2 * panel[0] + 2 * _GAP
+    canvas.paste(Image.fromarray(np.ascontiguousarray(bar)), (bar_x, top))
+    draw, font, small = ImageDraw.Draw(canvas), ImageFont.load_default(size=14), ImageFont.load_default(size=12)
+    for row, line in enumerate(caption[:2]):
+        draw.text((_MARGIN, 6 + 18 * row), line, fill="black", font=font)
+    draw.text((_MARGIN, _HEADER + 2), "input", fill="black", font=small)
+    draw.text((_MARGIN + panel[0] + _GAP, _HEADER + 2), "Grad-CAM overlay", fill="black", font=small)
+    draw.text((bar_x, _HEADER + 2), "CAM", fill="black", font=small)
+    draw.text((bar_x + _BAR + 3, top - 2), "1", fill="black", font=small)
+    draw.text((bar_x + _BAR + 3, top + panel[1] - 13), "0", fill="black", font=small)
+    return np.asarray(canvas)
+
+
 def pick_rows(labels: np.ndarray, rows: int) -> list[int]:
     """Half reals, half fakes (as available), first ones in subset order."""
     reals = np.flatnonzero(labels == 0).tolist()

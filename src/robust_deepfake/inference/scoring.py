@@ -8,7 +8,7 @@ scored in batches. Unreadable files are reported one by one and do not stop the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from robust_deepfake.data.images import BadImageError, open_rgb
-from robust_deepfake.explain.figures import overlay
+from robust_deepfake.explain.figures import side_by_side
 from robust_deepfake.explain.gradcam import compute_cams
 from robust_deepfake.inference.inputs import FileError, to_model_input
 from robust_deepfake.inference.model_ref import LoadedModel
@@ -40,7 +40,8 @@ class Prediction:
 
 @dataclass
 class CamWriter:
-    """Grad-CAM overlays at each image's own size, one file per image, names made unique."""
+    """One picture per image, names made unique: the image and its Grad-CAM overlay side by
+    side (explain.figures.side_by_side), with p(fake), the label and the layer above."""
 
     directory: Path
     layer: str
@@ -58,20 +59,25 @@ class CamWriter:
 
     def write(
         self, model: torch.nn.Module, batch: torch.Tensor, targets: list[int], originals: list[Image.Image],
-        paths: list[str],
+        paths: list[str], p_fake: Sequence[float], threshold: float,
     ) -> list[str]:
+        """The CAM of each image's predicted class (`targets`), over the image as displayed."""
         self.directory.mkdir(parents=True, exist_ok=True)
         maps = compute_cams(model, batch, self.layer, targets, method=self.method, batch_size=len(batch))
         written = []
-        for cam, original, path in zip(maps, originals, paths, strict=True):
+        for cam, original, path, p, target in zip(maps, originals, paths, p_fake, targets, strict=True):
             width, height = original.size
             cam_full = np.asarray(Image.fromarray(np.ascontiguousarray(cam, dtype=np.float32)).resize(
                 (width, height), Image.Resampling.BILINEAR), dtype=np.float32)
-            picture = overlay(np.asarray(original, dtype=np.float32) / 255.0, np.clip(cam_full, 0.0, 1.0))
-            target = self.name_for(path)
-            with atomic_path(target) as tmp:  # umask permissions, never a half-written PNG
+            label = "fake" if target else "real"
+            caption = [f"p(fake) = {p:.3f}: {label} (threshold {threshold:g})",
+                       f"{self.method} at {self.layer}, for the class '{label}'"]
+            picture = side_by_side(np.asarray(original, dtype=np.float32) / 255.0, np.clip(cam_full, 0.0, 1.0),
+                                   caption)
+            target_path = self.name_for(path)
+            with atomic_path(target_path) as tmp:  # umask permissions, never a half-written PNG
                 Image.fromarray(picture).save(tmp, format="PNG")
-            written.append(str(target))
+            written.append(str(target_path))
         return written
 
 
@@ -110,6 +116,6 @@ def predict_files(
         labels = [int(p >= threshold) for p in p_fake]
         cam_paths: list[str | None] = [None] * len(names)
         if cams is not None:
-            cam_paths = cams.write(model, batch, labels, originals, names)
+            cam_paths = cams.write(model, batch, labels, originals, names, p_fake.tolist(), threshold)
         for name, p, label, cam in zip(names, p_fake, labels, cam_paths, strict=True):
             yield Prediction(name, float(p), "fake" if label else "real", cam)
