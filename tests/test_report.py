@@ -474,3 +474,37 @@ def test_contents_first_then_the_verdict_and_the_cam_grids_in_the_appendix(rende
     assert min(grids) > position("## Appendix: Grad-CAM grids") > position("## Provenance")
     html = (root / "reports" / "report.html").read_text()
     assert all(f'id="{anchor}"' in html for anchor in links)
+
+
+# Runs after load in a real browser: what a reader would see broken, written into the DOM
+# that --dump-dom prints.
+REPORT_PROBE = """<script>window.addEventListener('load', () => {
+  const out = document.createElement('pre'); out.id = 'probe';
+  out.textContent = JSON.stringify({
+    images: [...document.images].map(i => i.complete ? i.naturalWidth : -1),
+    tables: document.querySelectorAll('table').length,
+    rawPipes: [...document.querySelectorAll('p')].filter(p => p.textContent.trim().startsWith('|')).length,
+    deadLinks: [...document.querySelectorAll('nav.contents a')].filter(
+      a => !document.getElementById(decodeURIComponent(a.hash.slice(1)))).length,
+    links: document.querySelectorAll('nav.contents a').length});
+  document.body.appendChild(out);
+});</script>"""
+
+
+def test_report_html_in_a_browser_shows_every_table_image_and_contents_link(rendered, chromium, tmp_path):
+    """Headless Chromium, the page moved away from its figures: every image loads, every
+    Markdown table is an HTML table, no paragraph is a raw `| … |` row, every contents link
+    lands on a heading."""
+    import re
+
+    root, _, _ = rendered
+    page = tmp_path / "moved.html"
+    page.write_text((root / "reports" / "report.html").read_text().replace("</body>", REPORT_PROBE + "</body>"))
+    dom = chromium(page, tmp_path / "profile", 10000)
+    probe = re.search(r'<pre id="probe">([^<]*)</pre>', dom)
+    assert probe, "the probe script did not run"
+    seen = json.loads(probe.group(1))
+    markdown = (root / "reports" / "report.md").read_text()
+    assert seen["images"] and all(width > 0 for width in seen["images"]), seen["images"]
+    assert seen["tables"] == markdown.count("\n|---") and seen["rawPipes"] == 0
+    assert seen["links"] >= 8 and seen["deadLinks"] == 0
