@@ -106,7 +106,7 @@ def test_large_eps_accepts_accuracy_or_evasion():
     row = masking.large_eps(0.30, 0.50, "16/255")
     assert row.status == "WARN" and "16/255" in row.reason
     row = masking.large_eps(0.30, math.nan, "16/255")  # no fake detected when clean
-    assert row.status == "WARN" and "evasion n/a%" in row.reason
+    assert row.status == "WARN" and "leaves 30.0% accuracy (evasion n/a, want <= 5.0% left)" in row.reason
     assert masking.large_eps(0.02, math.nan, "16/255").status == "PASS"
 
 

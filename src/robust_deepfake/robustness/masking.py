@@ -64,14 +64,19 @@ def _points(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{100 * x:.1f}"
 
 
+def _percent(x: float) -> str:
+    """`12.3%`, or `n/a` for an undefined rate (no fake detected when clean)."""
+    return "n/a" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
 def iterative_vs_fgsm(fgsm: float, iterative: Mapping[str, float], tol: float = 0.01) -> CheckRow:
     """(a) WARN when an iterative attack leaves more than `tol` more accuracy than FGSM."""
     weaker = {name: acc for name, acc in iterative.items() if acc > fgsm + tol}
     numbers = {"fgsm": fgsm, **iterative}
     if weaker:
-        names = ", ".join(f"{name} {_points(acc)}%" for name, acc in weaker.items())
+        names = ", ".join(f"{name} {_percent(acc)}" for name, acc in weaker.items())
         return CheckRow("iterative_vs_fgsm", "WARN", numbers,
-                        f"iterative attack weaker than single-step FGSM ({names} vs {_points(fgsm)}%): "
+                        f"iterative attack weaker than single-step FGSM ({names} vs {_percent(fgsm)}): "
                         "gradients may be masked or the step size is off")
     return CheckRow("iterative_vs_fgsm", "PASS", numbers, "every iterative attack is at least as strong as FGSM")
 
@@ -94,10 +99,10 @@ def large_eps(accuracy: float, evasion: float, eps_label: str, max_accuracy: flo
     numbers = {"accuracy": accuracy, "evasion_rate": evasion}
     if accuracy <= max_accuracy or detected <= max_accuracy:
         return CheckRow("large_eps", "PASS", numbers,
-                        f"PGD at {eps_label} leaves {_points(accuracy)}% accuracy, evasion {_points(evasion)}%")
+                        f"PGD at {eps_label} leaves {_percent(accuracy)} accuracy, evasion {_percent(evasion)}")
     return CheckRow("large_eps", "WARN", numbers,
-                    f"PGD at {eps_label} still leaves {_points(accuracy)}% accuracy (evasion {_points(evasion)}%, "
-                    f"want <= {_points(max_accuracy)}% left): gradients may be masked or the attack too weak")
+                    f"PGD at {eps_label} still leaves {_percent(accuracy)} accuracy (evasion {_percent(evasion)}, "
+                    f"want <= {_percent(max_accuracy)} left): gradients may be masked or the attack too weak")
 
 
 def black_box(black: float, white: Mapping[str, float], tol: float = 0.01) -> CheckRow:
@@ -106,10 +111,10 @@ def black_box(black: float, white: Mapping[str, float], tol: float = 0.01) -> Ch
     numbers = {"square": black, **white}
     if black < best - tol:
         return CheckRow("black_box", "WARN", numbers,
-                        f"black-box Square beats the white-box attacks ({_points(black)}% vs {_points(best)}%): "
+                        f"black-box Square beats the white-box attacks ({_percent(black)} vs {_percent(best)}): "
                         "gradients may be masked")
     return CheckRow("black_box", "PASS", numbers,
-                    f"Square ({_points(black)}%) is not stronger than white-box ({_points(best)}%)")
+                    f"Square ({_percent(black)}) is not stronger than white-box ({_percent(best)})")
 
 
 def transfer(transferred: float, white: Mapping[str, float], tol: float = 0.01) -> CheckRow:
@@ -118,10 +123,10 @@ def transfer(transferred: float, white: Mapping[str, float], tol: float = 0.01) 
     numbers = {"transfer": transferred, **white}
     if transferred < best - tol:
         return CheckRow("transfer", "WARN", numbers,
-                        f"PGD crafted on another model beats white-box PGD on this one ({_points(transferred)}% vs "
-                        f"{_points(best)}%): gradients may be masked")
+                        f"PGD crafted on another model beats white-box PGD on this one ({_percent(transferred)} vs "
+                        f"{_percent(best)}): gradients may be masked")
     return CheckRow("transfer", "PASS", numbers,
-                    f"transfer ({_points(transferred)}%) is weaker than white-box ({_points(best)}%)")
+                    f"transfer ({_percent(transferred)}) is weaker than white-box ({_percent(best)})")
 
 
 def wilson_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -138,10 +143,10 @@ def random_noise(noisy: float, clean: float, n: int, level: float = 0.95) -> Che
     numbers = {"noise": noisy, "clean": clean, "low": low, "high": high, "n": float(n)}
     if low <= noisy <= high:
         return CheckRow("random_noise", "PASS", numbers,
-                        f"uniform noise leaves accuracy at {_points(noisy)}%, inside the clean "
+                        f"uniform noise leaves accuracy at {_percent(noisy)}, inside the clean "
                         f"{level:.0%} interval [{_points(low)}, {_points(high)}]")
     return CheckRow("random_noise", "WARN", numbers,
-                    f"uniform noise moves accuracy to {_points(noisy)}%, outside the clean {level:.0%} interval "
+                    f"uniform noise moves accuracy to {_percent(noisy)}, outside the clean {level:.0%} interval "
                     f"[{_points(low)}, {_points(high)}]: compare attacks with noise, not with clean")
 
 
