@@ -286,6 +286,9 @@ def test_headline_metrics_are_few_and_answer_the_questions(rendered):
         assert report["acc_clean"][variant] == pytest.approx(clean)
         evasion = np.mean([metrics.get(ModelKey(variant, s), "pgd", EPS[1]).evasion_rate for s in SEEDS])
         assert report["evasion_pgd"][variant] == pytest.approx(evasion)
+    checks = MaskingChecks.load(SweepOutputs.at(root).masking)
+    warnings = [(m.model, r.check) for m in checks.models for r in m.rows if r.status == "WARN"]
+    assert warnings and report["masking_warn"] == len(warnings)
     # no strings or booleans (DVC would show them as metrics), no `reg.` prefix clashing with params
     assert all(isinstance(v, int | float) and not isinstance(v, bool) for v in _leaves(report))
     assert not any(name.startswith("reg") for name in report)

@@ -188,7 +188,8 @@ def headline_metrics(inputs: ReportInputs, differences: list[SeedDifference], at
     difference under that attack: seed mean, interval and claim (+1 / -1: the first / second
     variant of the pair is higher, 0: no claim); `seeds_needed`: the seeds at which every one
     of those comparisons detects report.min_effect with 80% power at its observed spread
-    (absent: nothing to plan with). Short names nested by variant or pair
+    (absent: nothing to plan with); `masking_warn`: how many (model, check) gradient-masking
+    checks warn (0: every check passes, or none ran). Short names nested by variant or pair
     (`acc_pgd.placebo`, `pgd_acc_diff.reg_placebo.lo`) keep `dvc exp show` narrow and clear
     of the `reg.` params prefix; numbers only."""
     variants = [v for v in VARIANTS if v in inputs.predictions.variants]
@@ -208,6 +209,7 @@ def headline_metrics(inputs: ReportInputs, differences: list[SeedDifference], at
         f"evasion_{attack}": per_variant(attack, eps, "evasion_rate"),
         f"{attack}_acc_diff": {d.pair.key: {"mean": d.mean, "lo": d.ci_low, "hi": d.ci_high, "claim": d.claim.claim}
                                for d in rows},
+        "masking_warn": sum(row.status == "WARN" for entry in inputs.masking.models for row in entry.rows),
     }
 
 
