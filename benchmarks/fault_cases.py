@@ -91,7 +91,7 @@ for name, content in [("merge yaml syntax error", "train: {epochs: 3\n"), ("merg
 with socket.socket() as sock:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-run("unreachable tracking server (train stage)", [PY, "stages/train.py", "--variant", "baseline", "--seed", "0", "--params", "params.yaml"],
+run("unreachable tracking server (train stage)", [PY, "stages/train.py", "--variant", "baseline", "--params", "params.yaml"],
     env={**ENV, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}, expect_key="unreachable")
 tmp = Path(tempfile.mkdtemp())
 subprocess.run([PY, "-c", f"import mlflow; mlflow.set_tracking_uri('sqlite:///{tmp}/mlflow.db'); mlflow.search_experiments()"], env=ENV,

@@ -59,10 +59,10 @@ def pipeline(
 
     overrides: `key=value` as for `dvc exp run -S` (e.g. ["train.lr=0.003"]); with
         overrides (or an experiment_name) the run is saved as a DVC experiment.
-    target: a stage as DVC names it (`attack_sweep`, or one foreach item: `train_reg@1`).
+    target: a stage as DVC names it (`attack_sweep`, `train_placebo`).
     device: auto, cpu, cuda:N, or several ("cuda:0,cuda:1") to run independent stages
-        (the train_baseline@<seed> and train_reg@<seed> items) at the same time, spread
-        over the devices round-robin.
+        (train_baseline, train_placebo, train_reg) at the same time, spread over the
+        devices round-robin; each train stage then trains its seeds on its one GPU.
     repo: the repository to run in (default: the one holding this file).
     """
     logger = get_run_logger()

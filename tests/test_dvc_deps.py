@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
+from robust_deepfake.paths import VARIANTS
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PACKAGE = "robust_deepfake"
@@ -233,9 +235,9 @@ def test_checker_reports_a_removed_dep():
     assert {stage for stage, _ in new} == {"cam_iinc"}
 
 
-def test_checker_reports_a_removed_dep_of_a_foreach_stage():
+def test_checker_reports_a_removed_dep_of_a_train_stage():
     dvc = copy.deepcopy(load_dvc_yaml())
-    body = dvc["stages"]["train_reg"]["do"]
+    body = dvc["stages"]["train_reg"]  # its deps are a YAML alias of train_baseline's: a new list here
     body["deps"] = [dep for dep in body["deps"] if dep != "src/robust_deepfake/model"]
     new = missing_files(dvc) - missing_files(load_dvc_yaml())
     assert ("train_reg", "src/robust_deepfake/model/training.py") in new
@@ -299,3 +301,31 @@ def test_lookup_rejects_unknown_keys():
     assert not lookup(tree, "train.seed")
     assert not lookup(tree, "train.seeds.0")
     assert not lookup(tree, "modle")
+
+
+def _reg_keys(body: dict[str, Any]) -> set[str]:
+    return {key for key in body["params"] if key == "reg" or key.startswith("reg.")}
+
+
+def test_each_train_stage_reads_the_reg_keys_of_its_recipe_only():
+    """The placebo is the reg recipe with epsilon 0: changing reg.epsilon (or its scale)
+    retrains reg, not the placebo (tests/test_training.py shows its bytes do not move);
+    reg.mode stays, since in mode random it draws from the flips' generator."""
+    stages = load_dvc_yaml()["stages"]
+    assert _reg_keys(stages["train_baseline"]) == {"reg.split_at"}
+    assert _reg_keys(stages["train_placebo"]) == {"reg.split_at", "reg.alpha", "reg.mode"}
+    assert _reg_keys(stages["train_reg"]) == {"reg"}
+    shared = [key for key in stages["train_baseline"]["params"] if key not in _reg_keys(stages["train_baseline"])]
+    for variant in VARIANTS:
+        body = stages[f"train_{variant}"]
+        assert [key for key in body["params"] if key not in _reg_keys(body)] == shared, variant
+        assert "train.workers" not in body["params"], "the bytes do not depend on the pool size"
+
+
+def test_every_stage_after_training_reads_every_variant():
+    stages = load_dvc_yaml()["stages"]
+    for stage in ("attack_sweep", "cam_iinc", "report"):
+        deps = entry_names(stages[stage]["deps"])
+        assert {f"models/{variant}" for variant in VARIANTS} <= set(deps), stage
+    deps = entry_names(stages["report"]["deps"])
+    assert {f"{kind}/train_{variant}" for kind in ("metrics", "plots") for variant in VARIANTS} <= set(deps)

@@ -10,15 +10,22 @@ import yaml
 from helpers import REPO
 from robust_deepfake.io import write_json
 from robust_deepfake.orchestration.dvc_runner import StageGraph
-from robust_deepfake.paths import ModelKey, ReportOutputs, SweepOutputs, TrainOutputs, model_keys
+from robust_deepfake.paths import VARIANTS, ModelKey, ReportOutputs, SweepOutputs, TrainOutputs, model_keys
 from robust_deepfake.pipeline.key_metrics import key_metrics
 from robust_deepfake.robustness.sweep import SweepEntry, SweepMetrics
+
+
+def _model_index(key: ModelKey) -> int:
+    """0, 1: baseline seeds 0, 1; 2, 3: reg's; 4, 5: the placebo's (the numbers below were
+    set for baseline and reg alone)."""
+    return ("baseline", "reg", "placebo").index(key.variant) * 2 + key.seed
 
 
 def _sweep_metrics():
     """A hand-made SweepMetrics: two seeds per variant, pgd and fgsm at 1/255 and 2/255."""
     entries = []
-    for m, key in enumerate(model_keys([0, 1])):
+    for key in model_keys([0, 1]):
+        m = _model_index(key)
         entries.append(SweepEntry(key, "clean", 0.0, 0.9 - 0.01 * m, 0.9, 0.95, 0.0, 10))
         for a, attack in enumerate(("pgd", "fgsm")):
             for e, eps in enumerate((1 / 255, 2 / 255)):
@@ -34,8 +41,8 @@ def test_key_metrics_reads_the_report_else_the_stage_outputs(tmp_path):
     params["train"]["seeds"] = [0, 1]
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     assert key_metrics(root) == {}  # nothing run yet
-    for m, key in enumerate(model_keys([0, 1])):
-        write_json(TrainOutputs.of(root, key).metrics, {"val_auc": 0.8 + 0.1 * key.seed + 0.01 * m})
+    for key in model_keys([0, 1]):
+        write_json(TrainOutputs.of(root, key).metrics, {"val_auc": 0.8 + 0.1 * key.seed + 0.01 * _model_index(key)})
     write_json(TrainOutputs.of(root, ModelKey("reg", 7)).metrics, {"val_auc": 0.0})  # not in train.seeds
     _sweep_metrics().save(SweepOutputs.at(root).metrics)
 
@@ -60,8 +67,9 @@ def test_key_metrics_reads_the_report_else_the_stage_outputs(tmp_path):
     assert "reg/iinc_stab" not in found and "reg/iinc_stability" not in found  # NaN, and no cam_iinc.json
 
     # a run up to attack_sweep: the report's files are from an earlier run
-    covered = {f"train_{k.variant}@{k.seed}": frozenset({TrainOutputs.of(root, k).metrics.relative_to(root).as_posix()})
-               for k in model_keys([0, 1])}
+    covered = {f"train_{variant}": frozenset(TrainOutputs.of(root, k).metrics.relative_to(root).as_posix()
+                                             for k in model_keys([0, 1]) if k.variant == variant)
+               for variant in VARIANTS}
     covered["attack_sweep"] = frozenset({"eval/attack_sweep.json"})
     partial = key_metrics(root, StageGraph(tuple(covered), {s: frozenset() for s in covered}, covered))
     assert "champion" not in partial and "reg/acc_pgd" not in partial

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from robust_deepfake.paths import (
+    CANDIDATE_VARIANTS,
     CHECKPOINT_DIR,
     DOSE_RESPONSE,
     VARIANTS,
@@ -98,6 +99,24 @@ def test_every_stage_with_outs_is_described_by_paths_py():
     assert {f"train_{variant}" for variant in VARIANTS} <= described
     with_outs = {name for name, body in _dvc_yaml()["stages"].items() if _names(body.get("do", body).get("outs"))}
     assert with_outs == described
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_train_stage_outs_are_its_variants_folders(variant):
+    """train_<variant> trains every seed: its outs are the folders each seed's paths live in."""
+    folders = {PurePosixPath(path.as_posix()) for path in TrainOutputs.stage_outs(DOT, variant)}
+    assert folders == stage_outs(f"train_{variant}")
+
+
+def test_the_placebo_is_a_variant_but_never_a_candidate():
+    assert VARIANTS == ("baseline", "placebo", "reg")
+    assert CANDIDATE_VARIANTS == ("baseline", "reg")
+
+
+def test_train_outputs_hold_weights_and_meta():
+    outputs = TrainOutputs.of(DOT, ModelKey("reg", 3))
+    assert outputs.model_dir == Path("models/reg/seed3")
+    assert {outputs.weights, outputs.meta} == {outputs.model_dir / "model.pt", outputs.model_dir / "meta.json"}
 
 
 def test_checkpoints_live_outside_every_out():

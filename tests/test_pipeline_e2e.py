@@ -10,15 +10,16 @@ from helpers import run
 
 pytestmark = pytest.mark.slow
 
-TRAIN_STAGES = ["train_baseline@0", "train_baseline@1", "train_reg@0", "train_reg@1"]
+VARIANTS = ("baseline", "placebo", "reg")
+TRAIN_STAGES = [f"train_{variant}" for variant in VARIANTS]
 
 
 def test_repro_produces_every_declared_output(micro_repo):
     for path in [
         "data/splits/train.csv", "metrics/split.json",
-        *(f"models/{variant}/seed{seed}/{name}" for variant in ("baseline", "reg") for seed in (0, 1)
+        *(f"models/{variant}/seed{seed}/{name}" for variant in VARIANTS for seed in (0, 1)
           for name in ("model.pt", "meta.json")),
-        *(f"{kind}/train_{variant}/seed{seed}.{ext}" for variant in ("baseline", "reg") for seed in (0, 1)
+        *(f"{kind}/train_{variant}/seed{seed}.{ext}" for variant in VARIANTS for seed in (0, 1)
           for kind, ext in (("metrics", "json"), ("plots", "csv"))),
         "eval/attack_sweep.json", "eval/attack_predictions.npz", "plots/attack_sweep.csv",
         "eval/cam_iinc.json", "eval/cam_iinc_values.npz", "plots/iinc.csv", "reports/cam/cam_reg_pgd.png",
@@ -26,10 +27,16 @@ def test_repro_produces_every_declared_output(micro_repo):
         "eval/verdict.json", "metrics/report.json", "metrics/machine.json", "plots/robustness/pgd.csv",
     ]:
         assert (micro_repo / path).exists(), path
-    for variant in ("baseline", "reg"):
+    for variant in VARIANTS:
         for seed in (0, 1):
             meta = json.loads((micro_repo / "models" / variant / f"seed{seed}" / "meta.json").read_text())
             assert (meta["variant"], meta["seed"]) == (variant, seed)
+    placebo = json.loads((micro_repo / "models" / "placebo" / "seed0" / "meta.json").read_text())["reg"]
+    reg = json.loads((micro_repo / "models" / "reg" / "seed0" / "meta.json").read_text())["reg"]
+    assert placebo == {**reg, "epsilon": 0.0, "epsilon_scale": "absolute"}
+    # every variant went through the sweep and the CAMs
+    sweep = json.loads((micro_repo / "eval" / "attack_sweep.json").read_text())
+    assert {entry["variant"] for entry in sweep["entries"]} == set(VARIANTS)
 
 
 def test_second_repro_is_a_no_op_and_status_is_clean(micro_repo):
@@ -39,12 +46,33 @@ def test_second_repro_is_a_no_op_and_status_is_clean(micro_repo):
     assert "up to date" in status.stdout, status.stdout
 
 
-def test_train_stages_run_once_per_seed(micro_repo):
+def test_one_train_stage_per_variant(micro_repo):
     listed = run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], micro_repo).stdout.split()
     assert [name for name in listed if name.startswith("train_")] == TRAIN_STAGES
-    dry = run([sys.executable, "-m", "dvc", "repro", "--dry", "--force", "--single-item", "train_reg@1"], micro_repo)
-    assert "'train_reg@1'" in dry.stdout, dry.stdout
-    assert "'train_reg@0'" not in dry.stdout and "'train_baseline@1'" not in dry.stdout, dry.stdout
+    dry = run([sys.executable, "-m", "dvc", "repro", "--dry", "--force", "--single-item", "train_placebo"], micro_repo)
+    assert "'train_placebo'" in dry.stdout, dry.stdout
+    assert "'train_reg'" not in dry.stdout and "'train_baseline'" not in dry.stdout, dry.stdout
+
+
+@pytest.mark.parametrize(("change", "stale"), [
+    ({"reg": {"epsilon": 0.25}}, ["train_reg"]),  # the perturbation: reg only, never the placebo
+    ({"reg": {"epsilon_scale": "absolute"}}, ["train_reg"]),
+    ({"reg": {"alpha": 0.25}}, ["train_placebo", "train_reg"]),
+    ({"train": {"workers": 1}}, []),  # the pool size changes no bytes, so no stage
+], ids=["epsilon", "epsilon_scale", "alpha", "workers"])
+def test_a_params_change_makes_stale_only_the_stages_that_read_it(micro_repo, tmp_path, change, stale):
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "repo"
+    shutil.copytree(micro_repo, copy, symlinks=True)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    for section, values in change.items():
+        params[section].update(values)
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], copy).stdout)
+    assert sorted(changed) == stale, changed
 
 
 def _numeric_leaves(node) -> list[float]:

@@ -212,7 +212,8 @@ def test_verdict_rows_and_numbers_come_from_the_predictions(rendered):
     decision = verdict["decision"]
     assert decision["champion"] == summary["decision"].champion.name
     assert decision["move_champion"] is True  # no current champion when untracked
-    assert set(decision["representatives"]) == {"baseline", "reg"}
+    assert set(decision["representatives"]) == {"baseline", "placebo", "reg"}  # @placebo too
+    assert {decision["champion"].split("-")[0], decision["challenger"].split("-")[0]} == {"baseline", "reg"}
     robustness = pd.read_csv(root / "plots" / "robustness" / "pgd.csv")
     assert list(robustness.columns[:1]) == ["eps_255"] and "reg_accuracy" in robustness.columns
     assert robustness.eps_255.tolist() == [0.0, 1.0, 2.0]

@@ -15,7 +15,7 @@ from robust_deepfake.paths import ModelKey, model_keys
 from robust_deepfake.units import CLEAN
 from robust_deepfake.robustness.sweep import SweepEntry, SweepMetrics, SweepPredictions, summarize_sweep
 
-KEYS = model_keys([0, 3])  # baseline-seed0, baseline-seed3, reg-seed0, reg-seed3
+KEYS = model_keys([0, 3])  # baseline-seed0, baseline-seed3, placebo-seed0, placebo-seed3, reg-seed0, reg-seed3
 NAN = float("nan")
 
 
@@ -64,8 +64,8 @@ def test_sweep_predictions_round_trip(tmp_path, quantized):
     original.save(path)
     loaded = SweepPredictions.load(path)
     assert_same(loaded, original)
-    assert loaded.models == KEYS and loaded.seeds == [0, 3] and loaded.variants == ["baseline", "reg"]
-    assert loaded.index(ModelKey("reg", 3)) == 3
+    assert loaded.models == KEYS and loaded.seeds == [0, 3] and loaded.variants == ["baseline", "placebo", "reg"]
+    assert loaded.index(ModelKey("reg", 3)) == 5
     assert not list(tmp_path.glob("eval/.*.tmp"))  # atomic write leaves no temp file
 
 
@@ -117,7 +117,7 @@ def test_iinc_values_round_trip(tmp_path):
     original.save(path)
     loaded = IincValues.load(path)
     assert_same(loaded, original)
-    assert loaded.index(ModelKey("reg", 0)) == 2
+    assert loaded.index(ModelKey("reg", 0)) == 4
     assert np.isnan(loaded.localization[..., ~original.has_mask]).all()
 
 
@@ -135,7 +135,7 @@ def test_cam_metrics_round_trip(tmp_path):
     loaded = CamMetrics.load(path)
     assert_same(loaded, original)
     assert loaded.get(ModelKey("reg", 3), "pgd", 2 / 255, "stability").mean == pytest.approx(0.3 + 2 / 255)
-    assert loaded.get(ModelKey("reg", 3), "pgd", 0.0, "localization") == entries[0 + 9 * 3]
+    assert loaded.get(ModelKey("reg", 3), "pgd", 0.0, "localization") == entries[0 + 9 * KEYS.index(ModelKey("reg", 3))]
     assert (loaded.models, loaded.attacks, loaded.attacked_eps) == (KEYS, ["fgsm", "pgd"], [1 / 255, 2 / 255])
     with pytest.raises(KeyError, match="baseline-seed0"):
         loaded.get(ModelKey("baseline", 0), "bim", 1 / 255, "stability")

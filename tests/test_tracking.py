@@ -41,7 +41,7 @@ def client(micro_repo, mlflow_state):
     return MlflowClient()
 
 
-SEED_ALIASES = {"baseline-seed0", "baseline-seed1", "reg-seed0", "reg-seed1"}
+SEED_ALIASES = {f"{variant}-seed{seed}" for variant in ("baseline", "placebo", "reg") for seed in (0, 1)}
 MODEL = "robust-deepfake-detector"
 
 
@@ -49,10 +49,12 @@ def test_one_training_run_per_variant_and_seed_with_params_tags_and_epoch_metric
     experiment = client.get_experiment_by_name("robust-deepfake")
     runs = client.search_runs([experiment.experiment_id], "tags.stage LIKE 'train_%'")
     models = sorted((run.data.tags["variant"], run.data.tags["seed"]) for run in runs)
-    assert models == [("baseline", "0"), ("baseline", "1"), ("reg", "0"), ("reg", "1")]
+    assert models == [(variant, seed) for variant in ("baseline", "placebo", "reg") for seed in ("0", "1")]
     for run in runs:
         tags = run.data.tags
-        assert tags["stage"] == f"train_{tags['variant']}@{tags['seed']}"
+        assert run.info.status == "FINISHED"
+        assert tags["stage"] == f"train_{tags['variant']}"
+        assert tags["role"] == ("control" if tags["variant"] == "placebo" else "candidate")
         assert run.info.run_name == f"train_{tags['variant']}-seed{tags['seed']}"
         assert run.data.params["train.epochs"] == "1"
         assert run.data.params["train.seeds"] == "[0, 1]"
@@ -60,7 +62,9 @@ def test_one_training_run_per_variant_and_seed_with_params_tags_and_epoch_metric
         assert tags["data_md5"].endswith(".dir")
         assert "Training/val_auc" in run.data.metrics and "best/val_auc" in run.data.metrics
         assert "epoch" not in run.data.metrics and "Training/epoch" not in run.data.metrics  # the step is the epoch
-        assert tags["reg_mode"] == ("random" if tags["variant"] == "reg" else "none")
+        assert tags["reg_mode"] == ("none" if tags["variant"] == "baseline" else "random")
+        epochs = client.get_metric_history(run.info.run_id, "Training/val_auc")  # logged live, by the stage's process
+        assert [m.step for m in epochs] == [1]
         assert run.data.params["attack.eps"] == '["1/255", "2/255"]'  # budgets as people write them
         # step = eps in grey levels (the prefix says so); the clean row is step 0 of the sweep's curves
         history = client.get_metric_history(run.info.run_id, "attack_vs_eps255/pgd/accuracy")
@@ -117,19 +121,20 @@ def test_registered_versions_and_aliases(client, micro_repo):
     import json
 
     model = client.get_registered_model(MODEL)
-    assert {"baseline", "reg", "champion", "challenger"} | SEED_ALIASES <= set(model.aliases)
+    assert {"baseline", "placebo", "reg", "champion", "challenger"} | SEED_ALIASES <= set(model.aliases)
     versions = {alias: client.get_model_version_by_alias(MODEL, alias) for alias in SEED_ALIASES}
-    assert len({v.version for v in versions.values()}) == 4  # one version per trained model
+    assert len({v.version for v in versions.values()}) == 6  # one version per trained model
     for alias, version in versions.items():
         variant, seed = alias.split("-seed")
         assert (version.tags["variant"], version.tags["seed"]) == (variant, seed)
+        assert version.tags["role"] == ("control" if variant == "placebo" else "candidate")
         record = json.loads((micro_repo / ".cache" / "runs" / variant / f"seed{seed}.json").read_text())
         assert record["registered_version"] == str(version.version)
         weights = micro_repo / "models" / variant / f"seed{seed}" / "model.pt"
         assert version.tags["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
 
     decision = json.loads((micro_repo / "eval" / "verdict.json").read_text())["decision"]
-    for variant in ("baseline", "reg"):  # @<variant>: the variant's representative seed
+    for variant in ("baseline", "placebo", "reg"):  # @<variant>: the variant's representative seed
         by_variant = client.get_model_version_by_alias(MODEL, variant)
         assert by_variant.version == versions[decision["representatives"][variant]].version
         assert by_variant.tags["variant"] == variant
@@ -139,16 +144,19 @@ def test_registered_versions_and_aliases(client, micro_repo):
     challenger = client.get_model_version_by_alias(MODEL, "challenger")
     assert champion.version == versions[decision["champion"]].version
     assert challenger.version == versions[decision["challenger"]].version
-    assert champion.tags["variant"] != challenger.tags["variant"]
+    assert {champion.tags["variant"], challenger.tags["variant"]} == {"baseline", "reg"}  # never the placebo
     assert any(key.startswith("robustness_") for key in champion.tags)
 
     experiment = client.get_experiment_by_name("robust-deepfake")
     (report,) = client.search_runs([experiment.experiment_id], "tags.stage = 'report'")
     assert report.data.tags["champion"] == decision["champion"]
     assert report.data.params["seeds"] == "[0, 1]"
-    headline = {"seeds"} | {f"{metric}/{variant}" for metric in ("acc_clean", "acc_pgd") for variant in ("baseline", "reg")}
-    headline |= {f"pgd_acc_diff/reg_baseline/{part}" for part in ("mean", "lo", "hi", "claim")}
-    assert set(report.data.metrics) == {"score_baseline", "score_reg"} | headline
+    variants = ("baseline", "placebo", "reg")
+    headline = {"seeds"} | {f"{metric}/{variant}" for metric in ("acc_clean", "acc_pgd") for variant in variants}
+    headline |= {f"pgd_acc_diff/{pair}/{part}" for pair in ("reg_placebo", "placebo_baseline", "reg_baseline")
+                 for part in ("mean", "lo", "hi", "claim")}
+    scores = {f"score_{variant}" for variant in variants}
+    assert set(report.data.metrics) - {"seeds_needed"} == scores | headline  # seeds_needed: when it can be planned
     assert report.data.tags["git_commit"] == version_commit(micro_repo)  # a committed run: no "-dirty"
 
 

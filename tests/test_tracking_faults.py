@@ -28,7 +28,7 @@ def _closed_port() -> int:
         return sock.getsockname()[1]  # closed again when the socket is: nothing listens there
 
 
-@pytest.mark.parametrize("stage", [["stages/train.py", "--variant", "baseline", "--seed", "0"],
+@pytest.mark.parametrize("stage", [["stages/train.py", "--variant", "baseline"],
                                    ["stages/attack_sweep.py"], ["stages/report.py"]])
 def test_an_unreachable_tracking_server_fails_the_stage_in_seconds(stage, tmp_path):
     uri = f"http://127.0.0.1:{_closed_port()}"

@@ -5,7 +5,6 @@ split in a throw-away root; no dvc. The killed run is a real process killed with
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -27,8 +26,9 @@ from robust_deepfake.model.device import seed_everything
 from robust_deepfake.model.training import class_weights, fit, train_subset
 from robust_deepfake.paths import CHECKPOINT_DIR, ModelKey, TrainOutputs, read_run_record
 from robust_deepfake.pipeline.split import split
-from robust_deepfake.pipeline.train import fingerprint, train_model
-from robust_deepfake.tracking.tracker import NullTracker
+from robust_deepfake.pipeline.train import fingerprint, train_model, train_variant
+from robust_deepfake.pipeline.train_pool import PoolFailure
+from robust_deepfake.tracking.tracker import NullTracker, NullTrainingRun
 
 
 # train_model pins torch's threads (train.num_threads): give the other tests theirs back.
@@ -94,38 +94,40 @@ def test_train_model_writes_its_outs_per_variant_and_seed(make_params, tmp_path)
 
 
 def test_the_tracker_records_the_run_the_tracker_does_not_change_the_outs(make_params, tmp_path):
-    """The body hands the tracker every epoch, the history and (only when asked for) the
-    validation confusion matrix, then registers inside the run; what the tracker returns
-    goes to this machine's run record, never into the DVC outs."""
+    """The body hands the tracker's run every epoch, the history and the validation
+    confusion matrix, then registers and closes it; what the run returns goes to this
+    machine's run record, never into the DVC outs."""
     calls: list[str] = []
     seen: dict = {}
+
+    class Run(NullTrainingRun):
+        def log_epoch(self, record):
+            calls.append(f"epoch {record['epoch']}")
+
+        def log_training(self, history_csv, history, confusion):
+            seen["confusion"] = confusion
+            calls.append("artifacts")
+
+        def register(self, outputs, detector_config, summary, data, example_image):
+            seen.update(weights=outputs.weights.is_file(), data=data, summary=summary)
+            calls.append("register")
+            return {"registered_version": "7"}
+
+        def close(self, status):
+            calls.append(f"close {status}")
 
     class Recording(NullTracker):
         def require(self):
             calls.append("require")
 
-        @contextlib.contextmanager
-        def training_run(self, key, marker):
-            calls.append("start")
-            yield
-            calls.append("end")
-
-        def log_epoch(self, record):
-            calls.append(f"epoch {record['epoch']}")
-
-        def log_training(self, history_csv, history, confusion):
-            seen["confusion"] = confusion()
-            calls.append("artifacts")
-
-        def register(self, key, outputs, detector_config, summary, data, example_image):
-            seen.update(weights=outputs.weights.is_file(), data=data, summary=summary)
-            calls.append("register")
-            return {"registered_version": "7"}
+        def open_training(self, key, marker):
+            calls.append("open")
+            return Run()
 
     params = make_params(epochs=2, patience=5)
     key = ModelKey("baseline", 0)
     result, meta = train_model(params, key, tmp_path / "tracked", Recording())
-    assert calls == ["require", "start", "epoch 0", "epoch 1", "artifacts", "register", "end"]
+    assert calls == ["require", "open", "epoch 0", "epoch 1", "artifacts", "register", "close FINISHED"]
     assert seen["weights"] and seen["data"]["val"] > 0 and seen["summary"]["epochs_run"] == 2
     assert sum(map(sum, seen["confusion"]["matrix"])) == seen["data"]["val"]
     assert meta["run"]["registered_version"] == "7"
@@ -154,6 +156,73 @@ def test_same_params_same_results(make_params, tmp_path):
 
     train_model(params, ModelKey("reg", 1), tmp_path / "a", NullTracker())
     assert _outputs(tmp_path / "a", ModelKey("reg", 1))["weights"] != first["weights"]
+
+
+def test_a_pool_trains_the_bytes_each_seed_trains_alone(make_params, tmp_path):
+    """train_variant with 2 worker processes for 3 seeds (one worker trains two, one after
+    the other) writes, for every seed, the bytes train_model writes for that seed alone in
+    this process at the same thread count: the pool and its schedule change nothing."""
+    params = make_params(seeds=[0, 1, 2], workers=2, max_train_samples=24)
+    metas = train_variant(params, "placebo", tmp_path / "pool", NullTracker())
+    assert [meta["seed"] for meta in metas] == [0, 1, 2]
+    for seed in (0, 2):
+        key = ModelKey("placebo", seed)
+        train_model(params, key, tmp_path / f"alone{seed}", NullTracker())
+        assert _outputs(tmp_path / "pool", key) == _outputs(tmp_path / f"alone{seed}", key), seed
+        assert not any((tmp_path / "pool" / CHECKPOINT_DIR / "placebo" / f"seed{seed}").iterdir()), \
+            "a finished stage leaves no resume state"
+
+
+def test_the_placebo_is_reg_without_its_perturbation(make_params, tiny_raw, splits, tmp_path):
+    """The placebo trains the reg recipe with epsilon 0: its bytes do not move with
+    reg.epsilon or reg.epsilon_scale (not among its DVC params), they move with reg.mode
+    (mode random draws a zero-length direction from the flips' generator), and they are not
+    the baseline's (the second pass updates BatchNorm and draws dropout)."""
+    def placebo(tag: str, **reg) -> dict:
+        raw = _raw_params(tiny_raw, splits, max_train_samples=36)
+        raw["reg"] = reg
+        root = tmp_path / tag
+        train_model(validate(raw), ModelKey("placebo", 0), root, NullTracker())
+        return _outputs(root, ModelKey("placebo", 0))
+
+    small = placebo("small", epsilon=0.3, epsilon_scale="relative")
+    assert placebo("large", epsilon=0.9, epsilon_scale="absolute") == small
+    assert small["meta"]["reg"]["epsilon"] == 0
+    assert placebo("gradient", epsilon=0.3, mode="gradient")["weights"] != small["weights"]
+    train_model(make_params(max_train_samples=36), ModelKey("baseline", 0), tmp_path / "base", NullTracker())
+    assert _outputs(tmp_path / "base", ModelKey("baseline", 0))["weights"] != small["weights"]
+
+
+def test_a_failed_training_stops_the_stage_names_the_seed_and_leaves_no_outs(make_params, tmp_path):
+    """A training that fails in a worker (here: an unreadable resume checkpoint) stops the
+    stage with one line naming the seed; its run is closed FAILED, the one it stopped KILLED
+    (or FINISHED, if it got there first), and no seed's outs are left."""
+    closed: dict[str, str] = {}
+
+    class Run(NullTrainingRun):
+        def __init__(self, key):
+            self.key = key
+
+        def close(self, status):
+            closed[self.key.name] = status
+
+    class Recording(NullTracker):
+        def open_training(self, key, marker):
+            return Run(key)
+
+    params = make_params(seeds=[0, 1], workers=2, epochs=2, max_train_samples=24)
+    broken = tmp_path / CHECKPOINT_DIR / "reg" / "seed1" / "last.pt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(PoolFailure) as failure:
+        train_variant(params, "reg", tmp_path, Recording())
+    message = str(failure.value)
+    assert message.startswith("training reg-seed1 failed: ") and "\n" not in message, message
+    assert failure.value.key == ModelKey("reg", 1)
+    assert closed.get("reg-seed1") == "FAILED" and closed.get("reg-seed0") in (None, "KILLED", "FINISHED")
+    for seed in (0, 1):
+        outputs = TrainOutputs.of(tmp_path, ModelKey("reg", seed))
+        assert not outputs.model_dir.exists() and not outputs.metrics.exists() and not outputs.plot.exists()
 
 
 _TRAIN_SCRIPT = textwrap.dedent(

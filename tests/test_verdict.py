@@ -343,7 +343,7 @@ def test_the_placebo_is_never_champion():
     for current in (None, "placebo", "reg", "baseline"):
         decision = choose_champion(_sweep(scores), "pgd_accuracy", CONFIG, current, _evidence(scores))
         assert decision.champion.variant == "reg" and decision.challenger.variant == "baseline"
-        assert set(decision.representatives) == {"baseline", "reg"}
+        assert set(decision.representatives) == {"baseline", "placebo", "reg"}  # @placebo: a control's alias
         assert ModelKey("placebo", 0) in decision.floor.clean_auc  # judged by the floor like every model
 
 
@@ -364,6 +364,31 @@ def test_mean_attack_accuracy_floors_with_the_attack_rows_se():
     parts = [d for d in rows if d.pair == EVIDENCE and d.metric == "accuracy" and d.attack in ATTACKS]
     assert decision.evidence.per_seed_se == pytest.approx(np.mean([d.per_seed_se for d in parts], axis=0))
     assert decision.evidence.per_seed == pytest.approx(np.mean([d.per_seed for d in parts], axis=0))
+
+
+def _with_placebo(scores: dict[ModelKey, float], placebo: list[float]) -> dict[ModelKey, float]:
+    return {**scores, **{ModelKey("placebo", s): v for s, v in zip(SEEDS, placebo)}}
+
+
+@pytest.mark.parametrize("scores", [NOISY, CLEAR], ids=["noisy", "clear"])
+@pytest.mark.parametrize("current", [None, "baseline", "reg", "placebo"])
+def test_the_placebo_is_never_champion_or_challenger(scores, current):
+    """The placebo is a control: even far above both candidates (and above the floor, with
+    @champion pointing at it by hand) it gets a score and a representative, never an alias
+    that serves."""
+    with_placebo = _with_placebo(scores, [0.95, 0.97, 0.96])
+    decision = choose_champion(_sweep(with_placebo), "pgd_accuracy", CONFIG, current_champion=current)
+    assert {decision.champion.variant, decision.challenger.variant} == {"baseline", "reg"}
+    assert decision.representatives["placebo"] == ModelKey("placebo", 2)  # closest to its mean 0.96
+    assert decision.variant_scores["placebo"] == pytest.approx(0.96)
+    # the candidates' decision is the one without the placebo, except that a champion that
+    # points at the placebo is replaced as if there were none
+    alone = choose_champion(_sweep(scores), "pgd_accuracy", CONFIG,
+                            current_champion=None if current == "placebo" else current)
+    assert (decision.champion, decision.challenger, decision.move_champion) == (
+        alone.champion, alone.challenger, alone.move_champion)
+    if current == "placebo" and not decision.evidence.claimed:
+        assert "points at a control (placebo)" in decision.reason
 
 
 def test_champion_rejects_a_criterion_the_sweep_cannot_score():

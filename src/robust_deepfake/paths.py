@@ -15,9 +15,15 @@ from pathlib import Path
 
 from robust_deepfake.errors import MissingInputError, StageError
 
-# The trained variants. `baseline`: plain cross-entropy. `reg`: with the shallow-
-# statistics regularizer. Each is trained once per seed in train.seeds.
-VARIANTS = ("baseline", "reg")
+# The trained variants, paired by seed (same initial weights, same data order).
+# `baseline`: plain cross-entropy. `placebo`: the reg recipe with epsilon 0 (the
+# alpha-weighted second pass through the late layers, no perturbation): a control.
+# `reg`: with the shallow-statistics regularizer. Each is trained once per seed in
+# train.seeds, all seeds of a variant by one stage, train_<variant>.
+VARIANTS = ("baseline", "placebo", "reg")
+# The variants that may become @champion / @challenger; the others are controls, registered
+# and tagged (role=control) but never served.
+CANDIDATE_VARIANTS = ("baseline", "reg")
 CHECKPOINT_DIR = Path(".cache") / "checkpoints"  # resume state: outside every DVC out
 # What one training run did on this machine (timing, MLflow run and version, resume):
 # kept out of the DVC outs so that identical weights give identical outs (dvc.lock).
@@ -65,13 +71,14 @@ RUN_MARKER = "mlflow_run.json"
 
 
 def model_keys(seeds: list[int]) -> list[ModelKey]:
-    """Every trained model of a run, variant-major (baseline seeds, then reg seeds)."""
+    """Every trained model of a run, variant-major (baseline seeds, placebo seeds, reg seeds)."""
     return [ModelKey(variant, seed) for variant in VARIANTS for seed in seeds]
 
 
 @dataclass(frozen=True)
 class TrainOutputs:
-    """The outs of train_<variant>@<seed>."""
+    """One seed's outs of the stage train_<variant> (which trains every seed of the variant;
+    its outs are the folders `stage_outs` names)."""
 
     model_dir: Path
     metrics: Path
@@ -87,10 +94,15 @@ class TrainOutputs:
 
     @classmethod
     def of(cls, root: Path, key: ModelKey) -> TrainOutputs:
+        models, metrics, plots = cls.stage_outs(root, key.variant)
         stem = f"seed{key.seed}"
-        return cls(root / "models" / key.variant / stem,
-                   root / "metrics" / f"train_{key.variant}" / f"{stem}.json",
-                   root / "plots" / f"train_{key.variant}" / f"{stem}.csv")
+        return cls(models / stem, metrics / f"{stem}.json", plots / f"{stem}.csv")
+
+    @staticmethod
+    def stage_outs(root: Path, variant: str) -> tuple[Path, Path, Path]:
+        """The out folders of train_<variant>: models/<variant>, metrics/train_<variant>,
+        plots/train_<variant>."""
+        return root / "models" / variant, root / "metrics" / f"train_{variant}", root / "plots" / f"train_{variant}"
 
 
 @dataclass(frozen=True)

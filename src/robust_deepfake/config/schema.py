@@ -117,6 +117,7 @@ class ModelConfig(Strict):
 
 class RegConfig(Strict):
     split_at: int = Field(2, ge=1, le=6)
+    # The weight of the perturbed term. 0 is refused: it is not the baseline (_alpha says why).
     alpha: float = Field(0.5, ge=0, le=1)
     # Norm of the (d_mu, d_sigma) perturbation per sample: a fraction of that sample's
     # ||(mu, sigma)|| (`relative`) or an absolute L2 norm (`absolute`, the paper's convention).
@@ -124,9 +125,23 @@ class RegConfig(Strict):
     epsilon_scale: Literal["relative", "absolute"] = "relative"
     mode: Literal["random", "gradient"] = "random"
 
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("0 is not the baseline: the second, unweighted pass through the late layers still "
+                             "runs in train mode (BatchNorm running statistics, dropout draws), so it trains "
+                             "another model; the baseline variant is the model without it; use alpha > 0")
+        return value
+
+    def as_placebo(self) -> RegConfig:
+        """The placebo's recipe: this one with no perturbation (epsilon 0; its scale then
+        changes nothing and is fixed, so the placebo does not depend on epsilon or its scale)."""
+        return self.model_copy(update={"epsilon": 0.0, "epsilon_scale": "absolute"})
+
 
 class TrainConfig(Strict):
-    # One trained model per seed and variant; both variants of a seed share initial
+    # One trained model per seed and variant; the variants of a seed share initial
     # weights and data order, so the verdict compares them in pairs.
     seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2])
     epochs: int = Field(4, ge=1)
@@ -139,8 +154,12 @@ class TrainConfig(Strict):
     amp: bool = True
     max_train_samples: int | None = Field(None, ge=2)
     augment_hflip: bool = True
-    # torch intra-op threads: results depend on it (float reduction order), so it is pinned.
-    num_threads: int = Field(2, ge=1, le=256)
+    # torch intra-op threads of each training: results depend on it (float reduction
+    # order), so it is pinned.
+    num_threads: int = Field(1, ge=1, le=256)
+    # Trainings of one variant's seeds run at once, each in its own process at num_threads
+    # threads (on CUDA: one per visible GPU, at most this many). Results do not depend on it.
+    workers: int = Field(2, ge=1, le=256)
 
     @field_validator("seeds")
     @classmethod
@@ -290,6 +309,9 @@ class EvalConfig(Strict):
     n_bootstrap: int = Field(1000, ge=0)
     ci: float = Field(0.95, gt=0, lt=1)
     seed: Seed = 0
+    # torch intra-op threads of the evaluation stages (attack_sweep, cam_iinc): their numbers
+    # depend on it (float reduction order), so it is pinned.
+    num_threads: int = Field(2, ge=1, le=256)
 
 
 class CamConfig(Strict):

@@ -7,8 +7,7 @@ DVC stays the owner of the DAG and the cache:
 * each stage runs as `dvc --wait-for-lock repro --single-item <stage>` (`repro_stage`), so
   an up-to-date stage is skipped and dvc.lock is written exactly as `dvc repro` writes it.
   DVC releases its repo lock while a stage command runs, so independent stages (the
-  foreach-expanded train_baseline@<seed> and train_reg@<seed>) can run at the same time,
-  each on its own GPU;
+  train_<variant> stages) can run at the same time, each on its own GPU;
 * param overrides go through DVC's own `-S` implementation (hydra override grammar) and
   the finished run is recorded with `dvc exp save`: the same experiment `dvc exp run -S`
   would make, listed by `dvc exp show`. As with `dvc exp run`, the workspace keeps the
@@ -60,7 +59,7 @@ class StageFailed(RuntimeError):
 class StageGraph:
     """dvc.yaml's stages in a topological order (ties keep dvc.yaml's order), for each
     the stages whose outputs it reads and its own outs (POSIX paths relative to the
-    repository root). A foreach stage appears once per item (`train_reg@1`)."""
+    repository root). A foreach stage would appear once per item (`name@item`)."""
 
     stages: tuple[str, ...]
     upstream: Mapping[str, frozenset[str]]
@@ -93,7 +92,7 @@ class StageGraph:
 
 def read_stage_graph(root: Path) -> StageGraph:
     """The pipeline's DAG as DVC itself builds it from dvc.yaml (deps matched to outs),
-    foreach stages expanded as DVC names them (`train_baseline@0`, from train.seeds).
+    foreach stages (none today) expanded as DVC names them (`name@item`).
 
     `.dvc` files (data.dvc) are inputs, not stages to run; `dvc repro --single-item`
     still notices when the data they track changed."""

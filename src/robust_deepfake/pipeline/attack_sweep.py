@@ -57,7 +57,7 @@ def masking_probes(models: dict[ModelKey, nn.Module], config: AttackConfig) -> d
 def attack_sweep(params: Params, root: Path, tracker: Tracker) -> SweepOutcome:
     """Write the sweep's outs; `tracker` records the metric-vs-eps curves and the masking
     checks on each model's run."""
-    device = open_stage(params, tracker)
+    device = open_stage(params, tracker, params.eval.num_threads)
     config = params.attack
     keys = model_keys(params.train.seeds)
     loaded = {key: load_trained(TrainOutputs.of(root, key).model_dir, device)[0] for key in keys}

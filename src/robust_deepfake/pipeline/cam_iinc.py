@@ -33,7 +33,7 @@ BOOTSTRAP_SALT = {"localization_clean": 0, "stability": 1, "localization": 2}
 
 def cam_iinc(params: Params, root: Path, tracker: Tracker) -> CamMetrics:
     """Write the CAM outs; `tracker` records the IINC-vs-eps curves on each model's run."""
-    device = open_stage(params, tracker, checks=[require_target_layer])
+    device = open_stage(params, tracker, params.eval.num_threads, checks=[require_target_layer])
     cfg = params.cam
     test = load_split(params.data.splits_dir, "test", params.data.image_size, params.data.cache_max_mb)
     subset = CamSubset.from_split(test, params)

@@ -13,10 +13,13 @@ from robust_deepfake.model.device import resolve_device, set_threads
 from robust_deepfake.tracking.tracker import Tracker
 
 
-def open_stage(params: Params, tracker: Tracker, checks: Sequence[Callable[[Params], None]] = ()) -> torch.device:
-    """Run the preamble; returns the device (`train.device`) the stage computes on."""
+def open_stage(params: Params, tracker: Tracker, threads: int,
+               checks: Sequence[Callable[[Params], None]] = ()) -> torch.device:
+    """Run the preamble, pinning torch to `threads` intra-op threads (the stage's own
+    params key: train.num_threads, eval.num_threads); returns the device (`train.device`)
+    the stage computes on."""
     for check in checks:
         check(params)
     tracker.require()
-    set_threads(params.train.num_threads)
+    set_threads(threads)
     return resolve_device(params.train.device)

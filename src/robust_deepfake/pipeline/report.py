@@ -68,7 +68,7 @@ class ReportInputs:
         for key in keys:
             path = TrainOutputs.of(root, key).plot
             if not path.exists():
-                raise MissingInputError(f"{path}: missing; run `dvc repro train_{key.variant}@{key.seed}` first")
+                raise MissingInputError(f"{path}: missing; run `dvc repro train_{key.variant}` first")
             histories.append(pd.read_csv(path).assign(variant=key.variant, seed=key.seed))
         dose = root / DOSE_RESPONSE
         return cls(

@@ -82,7 +82,8 @@ def cell_measurements(params: Params, sweep: SweepMetrics, predictions: SweepPre
                       cam: CamMetrics | None) -> dict[str, Any]:
     """The measured part of a cell record (study/cell.py adds who ran it, where, how long)."""
     seed = params.train.seeds[0]
-    keys = {variant: ModelKey(variant, seed) for variant in VARIANTS}
+    keys = {variant: ModelKey(variant, seed) for variant in VARIANTS
+            if ModelKey(variant, seed) in predictions.models}  # a cell run before the placebo has none
     present = set(predictions.sources.tolist())
     return {
         "ref_eps_255": units.grey_levels(params.report.reference_eps),

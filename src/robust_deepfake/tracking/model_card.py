@@ -19,8 +19,10 @@ from robust_deepfake import units
 REGISTERED_MODEL_DESCRIPTION = (
     "EfficientNet-B0 deepfake detector, p(fake) per face image. Each version is one training "
     "(variant x seed) of the robust-deepfake pipeline; its description is its model card. Aliases: "
-    "@champion / @challenger (the report's choice, above the quality floor), @baseline / @reg (each "
-    "variant's representative seed), `@<variant>-seed<k>` (one per training). Only `dvc repro` of a committed workspace "
+    "@champion / @challenger (the report's choice among baseline and reg, above the quality floor), "
+    "@baseline / @placebo / @reg (each variant's representative seed), `@<variant>-seed<k>` (one per "
+    "training). The placebo (tag "
+    "role=control) is never @champion or @challenger. Only `dvc repro` of a committed workspace "
     "moves them; `dvc exp run` versions carry the tag dvc_experiment instead."
 )
 
@@ -42,10 +44,7 @@ def training_card(params: Params, key: ModelKey, summary: Mapping[str, Any], dat
     lines = [
         f"# {params.tracking.registered_model}: {key.name}",
         "",
-        f"Variant **{key.variant}**, training seed {key.seed}. "
-        + ("Plain cross-entropy." if key.variant == "baseline" else
-           f"Shallow-statistics regularizer: mode {reg.mode}, alpha {reg.alpha:g}, epsilon {reg.epsilon:g} "
-           f"({reg.epsilon_scale}), split after `{reg.split_at}`."),
+        f"Variant **{key.variant}**, training seed {key.seed}. " + _recipe(reg, key.variant),
         "",
         "## Data",
         f"- data.dvc md5 `{data.get('md5', 'unknown')}`; {data.get('train', '?')} training and "
@@ -80,6 +79,18 @@ def aligned_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[
         return "  ".join(str(cell).ljust(width) for cell, width in zip(cells, widths)).rstrip()
 
     return ["```text", line(header), line(["-" * width for width in widths]), *map(line, rows), "```"]
+
+
+def _recipe(reg, variant: str) -> str:
+    """What `variant` trains with (model/variants.py), in one sentence."""
+    if variant == "baseline":
+        return "Plain cross-entropy."
+    if variant == "placebo":
+        return (f"Placebo, a control that is never @champion: the regularized recipe without its perturbation "
+                f"(an alpha {reg.alpha:g} second pass through the late layers, mode {reg.mode}, epsilon 0), split "
+                f"after `{reg.split_at}`.")
+    return (f"Shallow-statistics regularizer: mode {reg.mode}, alpha {reg.alpha:g}, epsilon {reg.epsilon:g} "
+            f"({reg.epsilon_scale}), split after `{reg.split_at}`.")
 
 
 def report_section(key: ModelKey, rows: Sequence[Mapping[str, Any]], verdict: Sequence[str], floor: str,

@@ -11,13 +11,11 @@ whoever loads a version, not to the training that registers it.
 from __future__ import annotations
 
 import base64
-import contextlib
 import importlib.metadata
 import importlib.util
 import io
 import json
 import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +29,11 @@ from robust_deepfake.tracking.runs import (
     close_killed_run,
     epoch_metrics,
     finite_metrics,
+    log_batched,
     log_training_artifacts,
-    training_run,
+    now_ms,
+    open_training_run,
+    variant_tags,
 )
 from robust_deepfake.tracking.tracker import MlflowTracker
 
@@ -119,73 +120,82 @@ def log_and_register_detector(
 
 
 class MlflowTrainingTracker(MlflowTracker):
-    """The train stages' tracker (tracker.TrainingTracker): one MLflow run per training,
-    which closes the run a killed training left RUNNING; per-epoch metrics; the history
-    and confusion-matrix artifacts; the registered version with its model card."""
+    """The train stages' tracker (tracker.TrainingTracker): opens one MLflow run per
+    training (closing the run a killed training left RUNNING). Every record goes through
+    the client API with the run's id, from the one process that holds the store: several
+    runs are open at once while a stage trains seeds side by side."""
 
-    def __init__(self, params: Params, root: Path) -> None:
-        super().__init__(params, root)
-        self._run: Any = None
-        self._killed: str | None = None
+    def open_training(self, key: ModelKey, marker: Path) -> MlflowTrainingRun:
+        run_id = open_training_run(self.params, key, self.root)
+        return MlflowTrainingRun(self.params, self.root, key, run_id, _take_over(run_id, marker))
 
-    @contextlib.contextmanager
-    def training_run(self, key: ModelKey, marker: Path) -> Iterator[None]:
-        with training_run(self.params, key, self.root) as run:
-            self._run, self._killed = run, _take_over(run, marker)
-            try:
-                yield
-            finally:
-                self._run = self._killed = None
+
+class MlflowTrainingRun:
+    """One training's run (tracker.TrainingRun): per-epoch metrics as they come, the
+    history and confusion-matrix artifacts, the registered version with its model card."""
+
+    def __init__(self, params: Params, root: Path, key: ModelKey, run_id: str, killed: str | None) -> None:
+        from mlflow import MlflowClient
+
+        self.params, self.root, self.key, self.run_id, self.killed = params, root, key, run_id, killed
+        self._client = MlflowClient()
 
     def log_epoch(self, record: dict) -> None:
-        import mlflow
+        from mlflow.entities import Metric
 
         metrics, step = epoch_metrics(record)
-        mlflow.log_metrics(metrics, step=step)
+        now = now_ms()
+        log_batched(self._client, self.run_id, [Metric(name, value, now, step) for name, value in metrics.items()])
 
     def log_resumed(self, records: list[dict]) -> None:
         """Also tags the run with the killed run it continues."""
-        import mlflow
-
         for record in records:
             self.log_epoch(record)
-        if records and self._killed:
-            mlflow.set_tag("resumed_from_run", self._killed)
+        if records and self.killed:
+            self._client.set_tag(self.run_id, "resumed_from_run", self.killed)
 
-    def log_training(self, history_csv: Path, history: list[dict], confusion: Callable[[], dict]) -> None:
-        log_training_artifacts(history_csv, history, confusion())
+    def log_training(self, history_csv: Path, history: list[dict], confusion: dict) -> None:
+        log_training_artifacts(self._client, self.run_id, history_csv, history, confusion)
 
-    def register(self, key: ModelKey, outputs: TrainOutputs, detector_config: dict, summary: dict,
-                 data: dict, example_image: Path) -> dict:
-        """The best epoch's metrics (`best/<name>`), then the version; returns the run
-        record's MLflow entries (run, store, model, version, commit)."""
+    def register(self, outputs: TrainOutputs, detector_config: dict, summary: dict, data: dict,
+                 example_image: Path) -> dict:
+        """The best epoch's metrics (`best/<name>`), then the version (the run ends
+        FINISHED); returns the run record's MLflow entries (run, store, model, version, commit)."""
         import mlflow
+        from mlflow.entities import Metric
 
-        run_id, params = self._run.info.run_id, self.params
-        mlflow.log_metrics({(k if k in ("best_epoch", "epochs_run") else f"best/{k}"): v
-                            for k, v in finite_metrics(summary).items()})
+        params, key, now = self.params, self.key, now_ms()
+        log_batched(self._client, self.run_id, [
+            Metric(k if k in ("best_epoch", "epochs_run") else f"best/{k}", v, now, 0)
+            for k, v in finite_metrics(summary).items()])
         origin = run_origin(self.root)
         card = training_card(params, key, summary, {"md5": data_md5(self.root), **data},
-                             {**origin.tags(), "mlflow run": run_id})
-        version = log_and_register_detector(
-            outputs.weights, detector_config, params.tracking.registered_model, key,
-            version_tags={"reg_mode": params.reg.mode if key.variant == "reg" else "none", "mlflow_run_id": run_id},
-            example_image=example_image, card=card, root=self.root,
-        )
-        return {"mlflow_run_id": run_id, "tracking_uri": mlflow.get_tracking_uri(),
+                             {**origin.tags(), "mlflow run": self.run_id})
+        tags = variant_tags(params, key)
+        with mlflow.start_run(run_id=self.run_id):  # the pyfunc model is logged to the active run
+            version = log_and_register_detector(
+                outputs.weights, detector_config, params.tracking.registered_model, key,
+                version_tags={"role": tags["role"], "reg_mode": tags["reg_mode"], "mlflow_run_id": self.run_id},
+                example_image=example_image, card=card, root=self.root,
+            )
+        return {"mlflow_run_id": self.run_id, "tracking_uri": mlflow.get_tracking_uri(),
                 "registered_model": params.tracking.registered_model, "registered_version": version,
                 "git_commit": origin.git_commit}
 
+    def close(self, status: str) -> None:
+        """End the run: FINISHED, FAILED or KILLED (a training stopped because another failed)."""
+        self._client.set_terminated(self.run_id, status=status)
 
-def _take_over(run: Any, marker: Path) -> str | None:
+
+def _take_over(run_id: str, marker: Path) -> str | None:
     """Close the run a killed training left RUNNING (status KILLED, tagged with the run
     that resumes it) and record this run's id in `marker`. Returns the killed run's id."""
     from mlflow import MlflowClient
 
     killed = close_killed_run(marker) if marker.exists() else None
     if killed:
-        MlflowClient().set_tag(killed, "resumed_in_run", run.info.run_id)
-        print(f"note: MLflow run {killed} of the killed training marked KILLED; continuing in {run.info.run_id}")
+        MlflowClient().set_tag(killed, "resumed_in_run", run_id)
+        print(f"note: MLflow run {killed} of the interrupted training is closed (KILLED if it was still RUNNING); continuing in {run_id}")
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"run_id": run.info.run_id}))
+    marker.write_text(json.dumps({"run_id": run_id}))
     return killed

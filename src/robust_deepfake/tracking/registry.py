@@ -61,7 +61,7 @@ def _registered_version(client, name: str, root: Path, key: ModelKey) -> str:
         raise StageError(
             f"no version of {name} in {mlflow.get_tracking_uri()} holds {key.name}'s weights "
             f"({weights}): they were trained with another tracking store or restored from "
-            f"the DVC cache; re-run `dvc repro -f -s train_{key.variant}@{key.seed}` with this store"
+            f"the DVC cache; re-run `dvc repro -f -s train_{key.variant}` with this store"
         )
     return str(version.version)
 

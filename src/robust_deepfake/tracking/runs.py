@@ -8,18 +8,25 @@ eps x 255 (grey levels): MLflow's x-axis can only say "Step", so the unit is in 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from robust_deepfake.config import Params, flatten
 from robust_deepfake.io import finite_number
-from robust_deepfake.paths import CHECKPOINT_DIR, RUN_MARKER, VARIANTS, ModelKey, TrainOutputs, resume_checkpoint
+from robust_deepfake.paths import (
+    CANDIDATE_VARIANTS,
+    CHECKPOINT_DIR,
+    RUN_MARKER,
+    VARIANTS,
+    ModelKey,
+    TrainOutputs,
+    resume_checkpoint,
+)
 from robust_deepfake.tracking.provenance import data_md5, run_origin
 from robust_deepfake.tracking.registry import version_of_weights
 from robust_deepfake.tracking.store import configure, ensure_experiment
@@ -160,29 +167,39 @@ def _checkpoint_fingerprint(path: Path) -> str | None:
         return None
 
 
-@contextlib.contextmanager
-def training_run(params: Params, key: ModelKey, root: Path) -> Iterator[Any]:
-    """An MLflow run for one training: the resolved config (as params and as
-    `config/params.json`), the data it read (`log_input`, digest = data.dvc's md5) and
-    provenance tags (commit, DVC experiment)."""
-    import mlflow
+def variant_tags(params: Params, key: ModelKey) -> dict[str, str]:
+    """What a training's run and registered version say about the model: variant, seed,
+    role (`candidate` for @champion / @challenger, or `control`) and regularizer mode."""
+    return {"variant": key.variant, "seed": str(key.seed),
+            "role": "candidate" if key.variant in CANDIDATE_VARIANTS else "control",
+            "reg_mode": "none" if key.variant == "baseline" else params.reg.mode}  # the placebo keeps reg's mode
+
+
+def open_training_run(params: Params, key: ModelKey, root: Path) -> str:
+    """A new RUNNING MLflow run for one training, by the client API (several are open at
+    once in a stage that trains seeds side by side): the resolved config (as params and as
+    `config/params.json`), the data it read (digest = data.dvc's md5) and provenance tags
+    (commit, DVC experiment). Returns its id; `close_run` ends it."""
+    from mlflow import MlflowClient
+    from mlflow.entities import DatasetInput, InputTag, Param
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     configure(params.tracking, root)
     experiment_id = ensure_experiment(params.tracking.experiment, root)
     tags = {
-        "variant": key.variant,
-        "seed": str(key.seed),
-        "reg_mode": params.reg.mode if key.variant == "reg" else "none",
+        **variant_tags(params, key),
         **run_origin(root).tags(),
         "data_md5": data_md5(root),
-        "stage": f"train_{key.variant}@{key.seed}",
+        "stage": f"train_{key.variant}",
         "eps_step": EPS_STEP_NOTE,
     }
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train_{key.name}", tags=tags) as run:
-        mlflow.log_params(loggable_params(params))
-        mlflow.log_dict(params.model_dump(mode="json"), "config/params.json")
-        mlflow.log_input(raw_data_dataset(params, root), context="training")
-        yield run
+    client = MlflowClient()
+    run_id = client.create_run(experiment_id, run_name=f"train_{key.name}", tags=tags).info.run_id
+    log_batched(client, run_id, [], params=[Param(k, str(v)) for k, v in loggable_params(params).items()])
+    client.log_dict(run_id, params.model_dump(mode="json"), "config/params.json")
+    dataset = raw_data_dataset(params, root)._to_mlflow_entity()
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
+    return run_id
 
 
 def raw_data_dataset(params: Params, root: Path):
@@ -198,15 +215,15 @@ def raw_data_dataset(params: Params, root: Path):
     return MetaDataset(source, name=params.data.raw_dir, digest=data_md5(root)[:36])
 
 
-def log_training_artifacts(history_csv: Path, history: list[dict], confusion: dict[str, Any]) -> None:
-    """Per-epoch CSV, its curves and the validation confusion matrix on the active run."""
+def log_training_artifacts(client, run_id: str, history_csv: Path, history: list[dict],
+                           confusion: dict[str, Any]) -> None:
+    """Per-epoch CSV, its curves and the validation confusion matrix on run `run_id`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import mlflow
 
-    mlflow.log_artifact(str(history_csv), artifact_path="training")
+    client.log_artifact(run_id, str(history_csv), artifact_path="training")
     columns = [c for c in ("train_loss", "val_loss", "val_auc", "val_accuracy") if c in history[0]]
     figure, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 2.8))
     for axis, column in zip(list(axes) if len(columns) > 1 else [axes], columns, strict=True):
@@ -214,9 +231,9 @@ def log_training_artifacts(history_csv: Path, history: list[dict], confusion: di
         axis.set_xlabel("epoch")
         axis.set_title(column)
     figure.tight_layout()
-    mlflow.log_figure(figure, "training/curves.png")
+    client.log_figure(run_id, figure, "training/curves.png")
     plt.close(figure)
-    mlflow.log_dict(confusion, "training/val_confusion.json")
+    client.log_dict(run_id, confusion, "training/val_confusion.json")
     figure, axis = plt.subplots(figsize=(3.4, 3.0))
     matrix = confusion["matrix"]
     axis.imshow(matrix, cmap="Blues")
@@ -229,7 +246,7 @@ def log_training_artifacts(history_csv: Path, history: list[dict], confusion: di
     axis.set_ylabel("true")
     axis.set_title(f"validation, threshold {confusion['threshold']:g}")
     figure.tight_layout()
-    mlflow.log_figure(figure, "training/val_confusion.png")
+    client.log_figure(run_id, figure, "training/val_confusion.png")
     plt.close(figure)
 
 

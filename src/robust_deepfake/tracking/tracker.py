@@ -9,9 +9,7 @@ only tracker that reaches the serving code, so no other stage depends on it.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,24 +36,51 @@ class Tracker(Protocol):
         """The report run, the versions' tags and cards, the aliases (registry.publish_report)."""
 
 
-class TrainingTracker(Tracker, Protocol):
-    """What a training records: one run, its epochs and artifacts, the registered version."""
-
-    def training_run(self, key: ModelKey, marker: Path) -> AbstractContextManager[None]:
-        """The run the other training calls record to; `marker` (beside the resume
-        checkpoint) names it, so a training killed mid-run is closed when it resumes."""
+class TrainingRun(Protocol):
+    """One training's record, open from its first epoch to its registration."""
 
     def log_epoch(self, record: dict) -> None: ...
 
     def log_resumed(self, records: list[dict]) -> None:
         """The epochs a resumed training ran before it was killed."""
 
-    def log_training(self, history_csv: Path, history: list[dict], confusion: Callable[[], dict]) -> None:
-        """Per-epoch history and the validation confusion matrix (computed only when recorded)."""
+    def log_training(self, history_csv: Path, history: list[dict], confusion: dict) -> None:
+        """Per-epoch history and the validation confusion matrix."""
 
-    def register(self, key: ModelKey, outputs: TrainOutputs, detector_config: dict, summary: dict,
-                 data: dict, example_image: Path) -> dict:
+    def register(self, outputs: TrainOutputs, detector_config: dict, summary: dict, data: dict,
+                 example_image: Path) -> dict:
         """Register the trained weights; returns this machine's run record entries."""
+
+    def close(self, status: str) -> None:
+        """End the record: FINISHED, FAILED, or KILLED (stopped because another training failed)."""
+
+
+class TrainingTracker(Tracker, Protocol):
+    """What the train stages record: one TrainingRun per training; several may be open at once."""
+
+    def open_training(self, key: ModelKey, marker: Path) -> TrainingRun:
+        """Start `key`'s record; `marker` (beside the resume checkpoint) names it, so a
+        training killed mid-run is closed when it resumes."""
+
+
+class NullTrainingRun:
+    """Records nothing."""
+
+    def log_epoch(self, record: dict) -> None:
+        pass
+
+    def log_resumed(self, records: list[dict]) -> None:
+        pass
+
+    def log_training(self, history_csv: Path, history: list[dict], confusion: dict) -> None:
+        pass
+
+    def register(self, outputs: TrainOutputs, detector_config: dict, summary: dict, data: dict,
+                 example_image: Path) -> dict:
+        return {}
+
+    def close(self, status: str) -> None:
+        pass
 
 
 class NullTracker:
@@ -73,21 +98,8 @@ class NullTracker:
     def publish_report(self, decision: Any, outputs: Any, cards: dict[ModelKey, str]) -> dict:
         return {}
 
-    def training_run(self, key: ModelKey, marker: Path) -> AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    def log_epoch(self, record: dict) -> None:
-        pass
-
-    def log_resumed(self, records: list[dict]) -> None:
-        pass
-
-    def log_training(self, history_csv: Path, history: list[dict], confusion: Callable[[], dict]) -> None:
-        pass
-
-    def register(self, key: ModelKey, outputs: TrainOutputs, detector_config: dict, summary: dict,
-                 data: dict, example_image: Path) -> dict:
-        return {}
+    def open_training(self, key: ModelKey, marker: Path) -> TrainingRun:
+        return NullTrainingRun()
 
 
 class MlflowTracker:

@@ -18,8 +18,8 @@ import numpy as np
 from robust_deepfake import units
 from robust_deepfake.config import EvalConfig
 from robust_deepfake.errors import StageError
-from robust_deepfake.paths import ModelKey
 from robust_deepfake.metrics import higher_is_better
+from robust_deepfake.paths import CANDIDATE_VARIANTS, VARIANTS, ModelKey
 from robust_deepfake.robustness.sweep import ENSEMBLE, SweepMetrics
 from robust_deepfake.units import CLEAN
 from robust_deepfake.verdict.claims import MIN_EFFECT
@@ -180,7 +180,6 @@ def score_drift(current: Curves, previous: Curves | None, select_by: str = "pgd_
                  "+".join(common), name, sorted(shared))
 
 
-CANDIDATES = ("baseline", "reg")  # the placebo is a control: never @champion / @challenger
 EVIDENCE = next(p for p in COMPARISONS if (p.first, p.second) == ("reg", "baseline"))
 
 
@@ -272,21 +271,25 @@ def choose_champion(metrics: SweepMetrics, criterion: str, config: EvalConfig,
                     current_champion: str | None = None,
                     differences: Sequence[SeedDifference] = (),
                     min_clean_auc: float = 0.75, min_effect: float = MIN_EFFECT) -> ChampionDecision:
-    """Champion among CANDIDATES (never the placebo) by the seed-mean score: the alias
+    """Champion among CANDIDATE_VARIANTS (baseline, reg) by the seed-mean score: the alias
     follows only a claim (claims.assess) on reg - baseline of the criterion; otherwise the
-    current champion's variant stays (the baseline, the simpler model, when there is none).
-    The evidence is the verdict's row for the criterion when `differences` holds it (e.g.
-    PGD accuracy). Over all of it stands the QualityFloor: a variant under it never wins,
-    and when both are under it no alias moves."""
-    keys = [k for k in metrics.models if k.variant in CANDIDATES]
-    seeds = paired_seeds(keys, EVIDENCE)
+    current champion's variant stays (the baseline, the simpler model, when there is none;
+    a champion that points at a control is replaced). The evidence is the verdict's row
+    for the criterion when `differences` holds it (e.g. PGD accuracy). Over all of it
+    stands the QualityFloor: a variant under it never wins, and when both are under it no
+    alias moves. A control (the placebo), when trained at every paired seed, gets a score
+    and a representative seed (its @placebo alias), never @champion or @challenger."""
+    seeds = paired_seeds(metrics.models, EVIDENCE)
     if not seeds:
         raise ValueError("no seed has both a baseline and a reg model: nothing to choose a champion from")
-    scores = {key: robustness_score(metrics, key, criterion) for key in keys if key.seed in seeds}
+    present = [v for v in VARIANTS
+               if v in CANDIDATE_VARIANTS or all(ModelKey(v, s) in metrics.models for s in seeds)]
+    scores = {key: robustness_score(metrics, key, criterion) for key in metrics.models
+              if key.seed in seeds and key.variant in present}
     floor = QualityFloor(min_clean_auc, {key: float(metrics.get(key, CLEAN, 0.0).auc)
                                          for key in metrics.models if key.seed in seeds})
     variant_scores, representatives = {}, {}
-    for variant in CANDIDATES:
+    for variant in present:
         members = [ModelKey(variant, s) for s in seeds]
         mean = float(np.mean([scores[k] for k in members]))
         variant_scores[variant] = mean
@@ -300,10 +303,13 @@ def choose_champion(metrics: SweepMetrics, criterion: str, config: EvalConfig,
         reason = f"{winner} is better by {criterion} ({shown})"
         move = True
     else:
-        winner = current_champion if current_champion in CANDIDATES else "baseline"
+        kept = current_champion if current_champion in CANDIDATE_VARIANTS else None  # a control never stays
+        winner = kept or "baseline"
         reason = (f"no claim by {criterion} ({shown}: {evidence.reading()}): "
-                  + ("@champion stays where it is" if current_champion else "the baseline becomes the first champion"))
-        move = current_champion is None
+                  + ("@champion stays where it is" if kept else
+                     f"@champion points at a control ({current_champion}): the baseline replaces it" if current_champion
+                     else "the baseline becomes the first champion"))
+        move = kept is None
     if not floor.variant_passes(winner):
         other = "reg" if winner == "baseline" else "baseline"
         failing = ", ".join(f"{k.name} {floor.clean_auc[k]:.3f}" for k in sorted(floor.clean_auc)
