@@ -474,13 +474,14 @@ def iinc_section(cam: CamMetrics, cam_figures: list[str]) -> list[Block]:
     def cell(variant: str, attack: str, eps: float, measure: str) -> str:
         return _mean_sd([cam.get(ModelKey(variant, s), attack, eps, measure).mean for s in seeds])
 
-    rows = [["clean", "0", "—", "—"] + [cell(v, CLEAN, 0.0, "localization") for v in VARIANTS]]
+    variants = [v for v in VARIANTS if any(k.variant == v for k in cam.models)]
+    rows = [["clean", "0"] + ["—"] * len(variants) + [cell(v, CLEAN, 0.0, "localization") for v in variants]]
     for attack in cam.attacks:
         for eps in cam.attacked_eps:
             rows.append([attack.upper(), units.label(eps)]
-                        + [cell(v, attack, eps, "stability") for v in VARIANTS]
-                        + [cell(v, attack, eps, "localization") for v in VARIANTS])
-    header = ["attack", "eps"] + [f"{v} stability" for v in VARIANTS] + [f"{v} localization" for v in VARIANTS]
+                        + [cell(v, attack, eps, "stability") for v in variants]
+                        + [cell(v, attack, eps, "localization") for v in variants])
+    header = ["attack", "eps"] + [f"{v} stability" for v in variants] + [f"{v} localization" for v in variants]
     n = cam.get(cam.models[0], CLEAN, 0.0, "localization").n
     return [
         Heading("Explanations: Grad-CAM and IINC"),
