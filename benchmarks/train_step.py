@@ -387,6 +387,7 @@ def training_figures(device: torch.device, args: argparse.Namespace, count: int)
     print(f"\nat {count} thread{'s' * (count > 1)} (--train-threads):", flush=True)
     steps = step_timings(device, batch, args.image_size, args.steps, args.amp)
     base = steps["baseline"]
+    _row("ours, baseline step", [base.cell(batch)], "(measured again beside the reg steps, on the same model)")
     for name in ("reg random", "reg gradient"):
         ratio = steps[name].wall / base.wall
         _row(f"ours, {name} step", [steps[name].cell(batch)],
