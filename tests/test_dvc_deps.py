@@ -322,6 +322,18 @@ def test_each_train_stage_reads_the_reg_keys_of_its_recipe_only():
         assert "train.workers" not in body["params"], "the bytes do not depend on the pool size"
 
 
+def test_no_stage_reads_a_pool_size():
+    """The bytes of the train and evaluation stages do not depend on how many processes
+    compute them (train.workers, eval.workers), so no stage lists those keys, or their
+    whole section; the evaluation stages list eval.num_threads, on which they depend."""
+    stages = load_dvc_yaml()["stages"]
+    for name, body in stages.items():
+        keys = [key for key in body.get("params") or [] if isinstance(key, str)]
+        assert not {"train", "eval", "train.workers", "eval.workers"} & set(keys), name
+    for name in ("attack_sweep", "cam_iinc"):
+        assert "eval.num_threads" in stages[name]["params"], name
+
+
 def test_every_stage_after_training_reads_every_variant():
     stages = load_dvc_yaml()["stages"]
     for stage in ("attack_sweep", "cam_iinc", "report"):

@@ -309,9 +309,13 @@ class EvalConfig(Strict):
     n_bootstrap: int = Field(1000, ge=0)
     ci: float = Field(0.95, gt=0, lt=1)
     seed: Seed = 0
-    # torch intra-op threads of the evaluation stages (attack_sweep, cam_iinc): their numbers
-    # depend on it (float reduction order), so it is pinned.
-    num_threads: int = Field(2, ge=1, le=256)
+    # torch intra-op threads of each worker of the evaluation stages (attack_sweep, cam_iinc):
+    # their numbers depend on it (float reduction order), so it is pinned.
+    num_threads: int = Field(1, ge=1, le=256)
+    # Units evaluated at once, each in its own process at num_threads threads (attack_sweep:
+    # one seed's models; cam_iinc: one model); on CUDA one per visible GPU, at most this
+    # many. 1: in the stage's own process. Results do not depend on it.
+    workers: int = Field(2, ge=1, le=256)
 
 
 class CamConfig(Strict):

@@ -1,5 +1,13 @@
 """The body of the attack_sweep stage: attack every trained model (each variant, each
-seed) on the same test images, run the gradient-masking checks on each, and summarize."""
+seed) on the same test images, run the gradient-masking checks on each, and summarize.
+
+The unit of work is a seed group (every variant of one seed: the transfer probe feeds the
+baseline's PGD images to the other variants of its seed); `eval.workers` groups run at
+once, each in its own process at `eval.num_threads` threads (pipeline/train_pool.py).
+A model's numbers depend only on its own attacks, whose random starts are seeded by
+(attack.seed, attack, eps), so the outs are the same bytes whatever the worker count. The
+parent merges the groups in model_keys order and is the only process that writes the outs
+and the tracker."""
 
 from __future__ import annotations
 
@@ -7,6 +15,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from torch import nn
 
 from robust_deepfake import units
@@ -15,14 +25,16 @@ from robust_deepfake.data.dataset import load_split
 from robust_deepfake.io import write_csv
 from robust_deepfake.metrics import ATTACK_METRICS
 from robust_deepfake.model.detector import load_trained
-from robust_deepfake.paths import ModelKey, SweepOutputs, TrainOutputs, model_keys
+from robust_deepfake.paths import VARIANTS, ModelKey, SweepOutputs, TrainOutputs, model_keys
 from robust_deepfake.pipeline.preamble import open_stage
+from robust_deepfake.pipeline.train_pool import Emit, Job, run_jobs, worker_devices
 from robust_deepfake.robustness.masking_outputs import MaskingChecks
-from robust_deepfake.robustness.masking_probes import ProbeBudget, ProbeRun, tolerances
+from robust_deepfake.robustness.masking_probes import Measurements, ProbeBudget, ProbeRun, tolerances
 from robust_deepfake.robustness.sweep import (
     CSV_COLUMNS,
     Probe,
     SweepMetrics,
+    SweepPredictions,
     run_sweep,
     stratified_subset,
     summarize_sweep,
@@ -38,6 +50,31 @@ TRANSFER_SOURCE = "baseline"  # the transfer attack is PGD crafted on this varia
 class SweepOutcome:
     metrics: SweepMetrics
     checks: MaskingChecks  # no models when attack.masking.enabled is false
+
+
+@dataclass(frozen=True)
+class SeedGroup:
+    """The sweep's unit of work: every variant of one seed."""
+
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"seed{self.seed}"
+
+    @property
+    def keys(self) -> list[ModelKey]:
+        return [ModelKey(variant, self.seed) for variant in VARIANTS]
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """What a worker sends back for one seed group: its predictions and, per probed model,
+    the probes' measurements and the model its transfer attack came from."""
+
+    predictions: SweepPredictions
+    measurements: dict[ModelKey, Measurements]
+    transfer_from: dict[ModelKey, ModelKey]
 
 
 def masking_probes(models: dict[ModelKey, nn.Module], config: AttackConfig) -> dict[ModelKey, Probe]:
@@ -60,12 +97,14 @@ def attack_sweep(params: Params, root: Path, tracker: Tracker) -> SweepOutcome:
     device = open_stage(params, tracker, params.eval.num_threads)
     config = params.attack
     keys = model_keys(params.train.seeds)
-    loaded = {key: load_trained(TrainOutputs.of(root, key).model_dir, device)[0] for key in keys}
     test = load_split(params.data.splits_dir, "test", params.data.image_size, params.data.cache_max_mb)
     indices = stratified_subset([s.source for s in test.samples], config.max_samples, config.seed)
+    groups = [SeedGroup(seed) for seed in params.train.seeds]
+    devices = worker_devices(device, params.train.device, params.eval.workers, len(groups))
     ensemble = config.ensemble
     print(
-        f"attack_sweep: {len(keys)} models, {len(indices)} of {len(test)} test images, attacks "
+        f"attack_sweep: {len(keys)} models in {len(groups)} seed groups, {len(devices)} at a time, "
+        f"{len(indices)} of {len(test)} test images, attacks "
         f"{config.attacks}, eps {[units.label(e) for e in config.eps]}, {config.steps} steps"
         + (f"; ensemble APGD-CE {ensemble.apgd_steps} steps x {ensemble.apgd_restarts} run(s)"
            + (f", FAB {ensemble.fab_steps} steps" if ensemble.fab else "")
@@ -75,8 +114,19 @@ def attack_sweep(params: Params, root: Path, tracker: Tracker) -> SweepOutcome:
         + f", {'scored after 8-bit rounding' if config.quantize else 'float adversarial images'}, on {device}",
         flush=True,
     )
-    probes = masking_probes(loaded, config) if config.masking.enabled else {}
-    predictions = run_sweep(loaded, test, indices, config, device, probes=probes)
+    results: dict[SeedGroup, GroupResult] = {}
+
+    def collect(kind: str, group: SeedGroup, result: GroupResult) -> None:
+        if kind == "done":
+            results[group] = result
+
+    run_jobs([Job(group, params, root) for group in groups], sweep_seed_group, devices, params.eval.num_threads,
+             collect, title="attack_sweep", task="attack sweep of", unit="seed group")
+    predictions = merge_predictions([results[group].predictions for group in groups], keys)
+    measurements = {key: result.measurements[key] for key in keys for result in results.values()
+                    if key in result.measurements}
+    transfer_from = {key: result.transfer_from[key] for key in keys for result in results.values()
+                     if key in result.transfer_from}
     metrics, rows = summarize_sweep(predictions, params.eval, params.split.holdout_methods)
     outputs = SweepOutputs.at(root)
     predictions.save(outputs.predictions)
@@ -86,12 +136,34 @@ def attack_sweep(params: Params, root: Path, tracker: Tracker) -> SweepOutcome:
               for e in metrics.entries for metric in ATTACK_METRICS]  # clean: step 0
     tracker.log_eps_curves(keys, curves, SWEEP_PREFIX)
     # written with no models when attack.masking.enabled is false (a DVC out always exists)
-    checks = MaskingChecks.of({key: probe.run.measurements() for key, probe in probes.items()},
-                              {key: probe.transfer_from for key, probe in probes.items() if probe.transfer_from},
-                              config.masking_eps, ProbeBudget.from_config(config), tolerances(config))
+    checks = MaskingChecks.of(measurements, transfer_from, config.masking_eps, ProbeBudget.from_config(config),
+                              tolerances(config))
     checks.save(outputs.masking)
     tracker.log_eps_curves(keys, masking_curves(checks), MASKING_PREFIX)
     return SweepOutcome(metrics, checks)
+
+
+def sweep_seed_group(job: Job, device: torch.device, emit: Emit) -> None:
+    """The sweep of one seed group's models (a job of the pool): emits `done` with its
+    GroupResult."""
+    params, root, group = job.params, job.root, job.key
+    config = params.attack
+    models = {key: load_trained(TrainOutputs.of(root, key).model_dir, device)[0] for key in group.keys}
+    test = load_split(params.data.splits_dir, "test", params.data.image_size, params.data.cache_max_mb)
+    indices = stratified_subset([s.source for s in test.samples], config.max_samples, config.seed)
+    probes = masking_probes(models, config) if config.masking.enabled else {}
+    predictions = run_sweep(models, test, indices, config, device, probes=probes)
+    emit("done", group, GroupResult(predictions, {key: probe.run.measurements() for key, probe in probes.items()},
+                                    {key: probe.transfer_from for key, probe in probes.items() if probe.transfer_from}))
+
+
+def merge_predictions(parts: list[SweepPredictions], keys: list[ModelKey]) -> SweepPredictions:
+    """The groups' predictions as one, models in the order of `keys` (every part attacked
+    the same images with the same attacks and eps)."""
+    first = parts[0]
+    rows = {key: part.p_fake[part.index(key)] for part in parts for key in part.models}
+    return SweepPredictions(list(keys), first.attacks, first.eps, first.indices, first.labels, first.sources,
+                            np.stack([rows[key] for key in keys]), first.quantized)
 
 
 def masking_curves(checks: MaskingChecks) -> list[dict]:

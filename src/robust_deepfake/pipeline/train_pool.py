@@ -1,9 +1,11 @@
-"""Several trainings at once: a pool of worker processes, each pinned to one device and
-`threads` torch threads, each reporting to the parent through a pipe of its own.
+"""Several jobs at once (trainings, or the evaluation stages' models): a pool of worker
+processes, each pinned to one device and `threads` torch threads, each reporting to the
+parent through a pipe of its own.
 
 The parent is the one process that writes to the MLflow store and the terminal. A job
 (`work(job, device, emit)`) reports through `emit(kind, key, payload)`: the parent hands
-`start`, `epoch` and `done` to its handler as they arrive (each worker's events in the
+every other kind (a training's `start`, `epoch`; every job's `done`, whose payload
+is its result) to its handler as they arrive (each worker's events in the
 order it sent them); what a worker prints comes back line by line (shown as
 `[reg-seed1] ...`), and its progress bars come back as states that the parent draws as
 one line for the pool. Workers are spawned (fresh interpreters: no forked torch threads
@@ -26,29 +28,37 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from robust_deepfake.config import Params
 from robust_deepfake.errors import StageError
 from robust_deepfake.model.device import set_threads
-from robust_deepfake.paths import ModelKey
 from robust_deepfake.progress import forward_progress, progress
 
 TRACEBACK_ENV = "ROBUST_DEEPFAKE_TRACEBACK"  # as stage_kit: print a failed worker's traceback
 POLL_SECONDS = 1.0  # how often a worker checks that its parent is alive
 STOP_SECONDS = 30.0  # how long a worker may take to exit (after its last job, or once terminated)
 
-Emit = Callable[[str, ModelKey, Any], None]
-Handler = Callable[[str, ModelKey, Any], None]
+
+
+class JobKey(Protocol):
+    """What names a job (a ModelKey, or a group of models): hashable, picklable, with a name."""
+
+    @property
+    def name(self) -> str: ...
+
+
+Emit = Callable[[str, JobKey, Any], None]
+Handler = Callable[[str, JobKey, Any], None]
 
 
 @dataclass(frozen=True)
 class Job:
-    """One training: the model, the params it trains with and the repository it writes to."""
+    """One job: what it computes (a model, or a group), its params and the repository."""
 
-    key: ModelKey
+    key: JobKey
     params: Params
     root: Path
 
@@ -57,11 +67,12 @@ Work = Callable[[Job, torch.device, Emit], Any]
 
 
 class PoolFailure(StageError):
-    """A job failed (or its worker died); str() names the model and says why, in one line."""
+    """A job failed (or its worker died); str() names the job and says why, in one line
+    (`training baseline-seed1 failed: ...`; `task` names what a job does)."""
 
-    def __init__(self, key: ModelKey | None, reason: str) -> None:
+    def __init__(self, key: JobKey | None, reason: str, task: str = "training") -> None:
         self.key = key
-        super().__init__(f"training {key.name if key else '(none started yet)'} failed: {reason}")
+        super().__init__(f"{task} {key.name if key else '(none started yet)'} failed: {reason}")
 
 
 def worker_devices(device: torch.device, train_device: str, workers: int, jobs: int) -> list[str]:
@@ -77,18 +88,20 @@ def worker_devices(device: torch.device, train_device: str, workers: int, jobs: 
 
 
 def run_jobs(jobs: Sequence[Job], work: Work, devices: Sequence[str], threads: int, handle: Handler,
-             title: str = "train") -> None:
+             title: str = "train", task: str = "training", unit: str = "model") -> None:
     """Run every job: in this process one after the other when there is one device (it
-    prints and draws its own bars), else in a pool of one spawned worker per device."""
+    prints and draws its own bars), else in a pool of one spawned worker per device.
+    `title` heads the pool's bar, which counts finished jobs in `unit`s; `task` names a
+    job in a PoolFailure."""
     if len(devices) == 1 or len(jobs) == 1:
         set_threads(threads)
         for job in jobs:
             try:
                 work(job, torch.device(devices[0]), handle)
             except StageError as error:
-                raise PoolFailure(job.key, str(error)) from None
+                raise PoolFailure(job.key, str(error), task) from None
         return
-    _Pool(jobs, work, devices, threads, handle, title).run()
+    _Pool(jobs, work, devices, threads, handle, title, task, unit).run()
 
 
 class _Pool:
@@ -99,11 +112,12 @@ class _Pool:
     worker dies, the parent knows which job it was on."""
 
     def __init__(self, jobs: Sequence[Job], work: Work, devices: Sequence[str], threads: int, handle: Handler,
-                 title: str) -> None:
+                 title: str, task: str, unit: str) -> None:
         self.jobs, self.work, self.devices, self.threads, self.handle = list(jobs), work, list(devices), threads, handle
+        self.task = task
         self.context = multiprocessing.get_context("spawn")
-        self.current: dict[int, ModelKey | None] = dict.fromkeys(range(len(self.devices)))
-        self.display = _Display(title, len(self.jobs), len(self.devices))
+        self.current: dict[int, JobKey | None] = dict.fromkeys(range(len(self.devices)))
+        self.display = _Display(title, len(self.jobs), len(self.devices), unit)
         self.done = 0
 
     def run(self) -> None:
@@ -118,7 +132,7 @@ class _Pool:
             readers: dict = {}
             for index, device in enumerate(self.devices):
                 reader, writer = self.context.Pipe(duplex=False)
-                worker = self.context.Process(target=_worker, name=f"train-worker-{index}",
+                worker = self.context.Process(target=_worker, name=f"{self.task}-worker-{index}",
                                               args=(index, self.work, tasks, writer, device, self.threads, os.getpid()))
                 worker.start()
                 writer.close()  # the worker holds the writing end: its exit ends the pipe
@@ -141,7 +155,7 @@ class _Pool:
         or when a worker's pipe ends (it died) before its job was done."""
         while self.done < len(self.jobs):
             if not readers:
-                raise PoolFailure(None, "every worker stopped with trainings left (a bug)")
+                raise PoolFailure(None, "every worker stopped with jobs left (a bug)", self.task)
             for reader in multiprocessing.connection.wait(list(readers)):
                 index = readers[reader]
                 try:
@@ -153,13 +167,14 @@ class _Pool:
                         code = workers[index].exitcode
                         why = " (killed by the OS: out of memory?)" if code == -9 else ""
                         raise PoolFailure(self.current[index],
-                                          f"its training process ended with exit code {code}{why}") from None
+                                          f"its {self.task} process ended with exit code {code}{why}",
+                                          self.task) from None
                     continue
                 self._dispatch(index, kind, key, payload)
 
-    def _dispatch(self, index: int, kind: str, key: ModelKey, payload: Any) -> None:
+    def _dispatch(self, index: int, kind: str, key: JobKey, payload: Any) -> None:
         if kind == "failed":
-            raise PoolFailure(key, payload)
+            raise PoolFailure(key, payload, self.task)
         if kind == "take":
             self.current[index] = key
         elif kind == "line":
@@ -178,15 +193,15 @@ class _Display:
     """One line for the pool (`train_reg: 1/3 models [01:12], reg-seed1 epoch 2/4 63% loss=0.41
     | reg-seed2 ...`) with the workers' printed lines above it."""
 
-    def __init__(self, title: str, jobs: int, workers: int) -> None:
+    def __init__(self, title: str, jobs: int, workers: int, unit: str) -> None:
         self.states: list[str] = [""] * workers
-        self.bar = progress(total=jobs, desc=title, unit="model",
-                            bar_format="{desc}: {n}/{total} models [{elapsed}]{postfix}")
+        self.bar = progress(total=jobs, desc=title, unit=unit,
+                            bar_format="{desc}: {n}/{total} " + unit + "s [{elapsed}]{postfix}")
 
     def write(self, line: str) -> None:
         self.bar.write(line, file=sys.stdout)
 
-    def status(self, index: int, key: ModelKey | None, state: tuple[str, int, int | None, str]) -> None:
+    def status(self, index: int, key: JobKey | None, state: tuple[str, int, int | None, str]) -> None:
         desc, n, total, postfix = state
         share = f" {100 * n // total}%" if total else ""
         self.states[index] = f"{key.name if key else ''} {desc}{share} {postfix}".strip()
@@ -245,9 +260,9 @@ def _worker(index: int, work: Work, tasks, events, device: str, threads: int, pa
     sending every event through its pipe `events`."""
     _exit_with_parent(parent)
     set_threads(threads)
-    current: list[ModelKey | None] = [None]
+    current: list[JobKey | None] = [None]
 
-    def emit(kind: str, key: ModelKey | None, payload: Any = None) -> None:
+    def emit(kind: str, key: JobKey | None, payload: Any = None) -> None:
         events.send((kind, key, payload))
 
     def bar_state(bar) -> None:
