@@ -10,7 +10,7 @@ run it in their own clone with one GPU (orchestration/gpu_slots.py). A cell is s
 shared MLflow store already holds its record (same params and code hash), retried when
 it fails or crashes (a worker host that dies stops its heartbeats; the automation this
 flow installs marks the run Crashed and the cell goes back to the pool), and finally
-every record is aggregated into reports/study.{md,html} (study/report.py).
+every record is aggregated into reports/study.{md,html} (study/report/).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from robust_deepfake.orchestration.dvc_runner import OrchestrationError, read_st
 from robust_deepfake.orchestration.gpu_slots import gpu_slot
 from robust_deepfake.study import cell as cells
 from robust_deepfake.study import records
-from robust_deepfake.study.comparisons import StudyRules
+from robust_deepfake.study.report.comparisons import StudyRules
 from robust_deepfake.study.spec import Cell, StudySpec, cell_hash, expand, load_spec, with_placebo
 
 REPO = Path(__file__).resolve().parents[1]

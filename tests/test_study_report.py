@@ -22,10 +22,10 @@ from PIL import Image
 from scipy import stats
 
 from markdown_check import markdown_problems
-from robust_deepfake.study import aggregate as agg
-from robust_deepfake.study import comparisons as cmp
-from robust_deepfake.study import points as pts
-from robust_deepfake.study.comparisons import StudyRules
+from robust_deepfake.study.report import aggregate as agg
+from robust_deepfake.study.report import comparisons as cmp
+from robust_deepfake.study.report import points as pts
+from robust_deepfake.study.report.comparisons import StudyRules
 from robust_deepfake.study.report import build_study_report
 from robust_deepfake.study.spec import StudySpec
 from robust_deepfake.verdict.claims import MIN_SEEDS, PLAIN_MIN_SEEDS, assess
@@ -484,8 +484,8 @@ def test_study_html_renders_every_image_offline(full_report: tuple[Path, dict[st
 def test_identical_nonzero_differences_are_floored_not_certain():
     """Two seeds that both gain exactly one image (+1/128) give a zero-width t-interval:
     that is the discreteness of accuracy, not evidence; the test-SE floor keeps it wide."""
-    from robust_deepfake.study.comparisons import compare
-    from robust_deepfake.study.points import Point
+    from robust_deepfake.study.report.comparisons import compare
+    from robust_deepfake.study.report.points import Point
 
     point = Point(setting=(("reg.epsilon", 0.25),), group=(), line=None, dose=0.25, held_out=(), cells={})
     cell = lambda seed, reg: {"label": f"s{seed}", "variants": {"reg": {"acc_pgd": reg, "auc_clean": 0.9},  # noqa: E731

@@ -14,10 +14,10 @@ from typing import Any
 
 from robust_deepfake.io import atomic_open, write_json
 from robust_deepfake.report.blocks import to_html, to_markdown
-from robust_deepfake.study.aggregate import aggregate
-from robust_deepfake.study.comparisons import StudyRules
-from robust_deepfake.study.figures import draw_figures
-from robust_deepfake.study.sections import all_sections
+from robust_deepfake.study.report.aggregate import aggregate
+from robust_deepfake.study.report.comparisons import StudyRules
+from robust_deepfake.study.report.figures import draw_figures
+from robust_deepfake.study.report.sections import all_sections
 from robust_deepfake.study.spec import StudySpec
 
 FIGURES = "study_figures"

@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 
 from robust_deepfake.io import jsonable
-from robust_deepfake.study.comparisons import (
+from robust_deepfake.study.report.comparisons import (
     PairedDifference,
     StudyRules,
     comparisons,
     heldout_differences,
     variants_of,
 )
-from robust_deepfake.study.points import (
+from robust_deepfake.study.report.points import (
     TEST,
     Getter,
     Point,

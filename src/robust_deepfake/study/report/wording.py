@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from robust_deepfake.report.names import metric_name
-from robust_deepfake.study.aggregate import StudyAggregate
-from robust_deepfake.study.comparisons import PairedDifference
-from robust_deepfake.study.points import HOLDOUT_KEY, shown
+from robust_deepfake.study.report.aggregate import StudyAggregate
+from robust_deepfake.study.report.comparisons import PairedDifference
+from robust_deepfake.study.report.points import HOLDOUT_KEY, shown
 from robust_deepfake.study.spec import StudySpec
 
 def fmt(value: float, signed: bool = False) -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from robust_deepfake.study.aggregate import StudyAggregate
-from robust_deepfake.study.comparisons import PairedDifference, lower_is_better
+from robust_deepfake.study.report.aggregate import StudyAggregate
+from robust_deepfake.study.report.comparisons import PairedDifference, lower_is_better
 from robust_deepfake.report.blocks import Block, Bullets, Figure, Heading, Para, Table
-from robust_deepfake.study.points import group_label, groups_of, shown
+from robust_deepfake.study.report.points import group_label, groups_of, shown
 from robust_deepfake.study.spec import PLACEBO_KEY, StudySpec
-from robust_deepfake.study.wording import (
+from robust_deepfake.study.report.wording import (
     CLIP_NOTE,
     answer,
     beside_holdout,

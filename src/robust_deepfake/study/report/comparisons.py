@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from robust_deepfake.study.points import (
+from robust_deepfake.study.report.points import (
     TEST,
     Getter,
     Point,

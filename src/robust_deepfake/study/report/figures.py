@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from robust_deepfake.report.figures import COLORS, pyplot, save_figure
-from robust_deepfake.study.aggregate import StudyAggregate
+from robust_deepfake.study.report.aggregate import StudyAggregate
 from robust_deepfake.report.blocks import Figure
-from robust_deepfake.study.points import group_label, shown
+from robust_deepfake.study.report.points import group_label, shown
 from robust_deepfake.study.spec import PLACEBO_KEY, StudySpec
-from robust_deepfake.study.wording import METRIC_RANGE, beside_holdout, metric_title, ref_eps
+from robust_deepfake.study.report.wording import METRIC_RANGE, beside_holdout, metric_title, ref_eps
 
 LINE_COLORS = ("#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
