@@ -3,7 +3,7 @@
 The unit of evidence is the training seed (docs/architecture.md, "Comparing the variants").
 This module holds the curves (dose-response, held-out methods: each variant's seed mean
 with a descriptive Student-t interval over seeds) and the cost tables; the grid points are
-study/points.py's, the paired comparisons and their claims study/comparisons.py's, and
+study/report/points.py's, the paired comparisons and their claims study/report/comparisons.py's, and
 `aggregate` computes all of them once for the report.
 """
 

@@ -1,7 +1,7 @@
 """study.md, a self-contained study.html, study.json and the figures, from a study's cell records.
 
-The entry point: study/aggregate.py computes the numbers, study/figures.py draws them,
-study/sections.py says what they mean as document blocks, and report/blocks.py renders
+The entry point: study/report/aggregate.py computes the numbers, study/report/figures.py draws them,
+study/report/sections.py says what they mean as document blocks, and report/blocks.py renders
 those blocks as Markdown (figures as files in study_figures/) and as HTML (figures
 embedded, so the page opens offline).
 """

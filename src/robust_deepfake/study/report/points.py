@@ -3,7 +3,7 @@
 The unit of evidence is the training seed (docs/architecture.md, "Comparing the variants"): a
 cell is one seed at one grid point, and cells of one seed share initial weights and data
 order across settings, so each Point keeps its cell record per seed for the seed-level
-numbers of study/aggregate.py and study/comparisons.py.
+numbers of study/report/aggregate.py and study/report/comparisons.py.
 
 Figures put `spec.dose` on x and draw one line per `spec.lines` value; every other grid
 key (e.g. split.holdout_methods) splits the cells into *groups*, each its own figure.

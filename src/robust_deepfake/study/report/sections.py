@@ -1,6 +1,6 @@
 """What the study report says, section by section in reading order, as document blocks.
 
-Every number comes from study/aggregate.py and study/comparisons.py; the top of the
+Every number comes from study/report/aggregate.py and study/report/comparisons.py; the top of the
 document answers the pipeline's questions in its order (reg − placebo, placebo − baseline,
 reg − baseline), then the held-out methods, each claim by the pipeline's rules, and names
 the cells under the quality floor. One function per section, in reading order.
