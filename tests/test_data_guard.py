@@ -36,10 +36,16 @@ def data_repo(dvc_sample_repo) -> Path:
 
 
 def _png(root: Path, relative: str) -> Path:
-    """A new image under data/raw: a copy of a real sample image."""
+    """A new image under data/raw: a real sample image with one pixel changed (an exact
+    copy would be refused by the split's duplicate check)."""
+    from PIL import Image
+
     source = next((root / "data" / "raw" / "real").rglob("*.png"))
     target = root / "data" / "raw" / relative
-    target.write_bytes(source.read_bytes())
+    image = Image.open(source).convert("RGB")
+    red, green, blue = image.getpixel((0, 0))
+    image.putpixel((0, 0), ((red + 1) % 256, green, blue))
+    image.save(target)
     return target
 
 

@@ -24,4 +24,4 @@ def test_every_fault_case_is_a_clear_error_or_succeeds(micro_repo):
     assert not failed, json.dumps(failed, indent=1)
     assert done.returncode == 0, done.stderr[-3000:]
     assert summary["silent"] == summary["traceback"] == summary["hang"] == 0
-    assert summary["cases"] == len(cases) >= 50
+    assert summary["cases"] == len(cases) >= 44  # the census's cases: fewer means some were dropped

@@ -171,11 +171,13 @@ def test_pipeline_on_micro_repo_override_and_target(prefect_harness, micro_repo,
 
     root = copy_repo(micro_repo, tmp_path / "repo")
     cam_before = CamOutputs.at(root).metrics.read_bytes()
-    state = pipeline(repo=str(root), overrides=["attack.attacks=[fgsm]"], target="attack_sweep", return_state=True)
+    state = pipeline(repo=str(root), overrides=["attack.attacks=[fgsm]", "report.select_by=mean_attack_accuracy"],
+                     target="attack_sweep", return_state=True)
     assert state.is_completed(), state.message
     metrics = state.result()
-    assert SweepMetrics.load(SweepOutputs.at(root).metrics).attacks == ["fgsm"]
-    assert metrics["robustness_by"] == "fgsm accuracy"  # no PGD configured: the mean over all attacks
+    # the worst-case ensemble (attack.ensemble.enabled) is swept beside the configured attacks
+    assert SweepMetrics.load(SweepOutputs.at(root).metrics).attacks == ["fgsm", "ensemble"]
+    assert metrics["robustness_by"] == "fgsm+ensemble accuracy"  # no PGD configured: the mean over every attack
     assert 0 <= metrics["reg/robustness"] <= 1
     assert 0 <= metrics["baseline/val_auc"] <= 1
     assert "champion" not in metrics and "reg/pgd_accuracy" not in metrics  # the report is past the target

@@ -159,7 +159,7 @@ class TrainConfig(Strict):
     num_threads: int = Field(1, ge=1, le=256)
     # Trainings of one variant's seeds run at once, each in its own process at num_threads
     # threads (on CUDA: one per visible GPU, at most this many). Results do not depend on it.
-    workers: int = Field(2, ge=1, le=256)
+    workers: int = Field(3, ge=1, le=256)
 
     @field_validator("seeds")
     @classmethod
@@ -315,7 +315,7 @@ class EvalConfig(Strict):
     # Units evaluated at once, each in its own process at num_threads threads (attack_sweep:
     # one seed's models; cam_iinc: one model); on CUDA one per visible GPU, at most this
     # many. 1: in the stage's own process. Results do not depend on it.
-    workers: int = Field(2, ge=1, le=256)
+    workers: int = Field(3, ge=1, le=256)
 
 
 class CamConfig(Strict):
