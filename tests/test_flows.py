@@ -177,7 +177,7 @@ def test_pipeline_on_micro_repo_override_and_target(prefect_harness, micro_repo,
     metrics = state.result()
     # the worst-case ensemble (attack.ensemble.enabled) is swept beside the configured attacks
     assert SweepMetrics.load(SweepOutputs.at(root).metrics).attacks == ["fgsm", "ensemble"]
-    assert metrics["robustness_by"] == "fgsm+ensemble accuracy"  # no PGD configured: the mean over every attack
+    assert metrics["robustness_by"] == "ensemble+fgsm accuracy"  # no PGD configured: the mean over every attack
     assert 0 <= metrics["reg/robustness"] <= 1
     assert 0 <= metrics["baseline/val_auc"] <= 1
     assert "champion" not in metrics and "reg/pgd_accuracy" not in metrics  # the report is past the target
