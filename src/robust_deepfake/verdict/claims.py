@@ -240,3 +240,34 @@ def assess(diffs: Sequence[float], ses: Sequence[float], level: float = 0.95,
         detectable=detectable_effect(spread, n, level, target),
         seeds_for_observed=plan(mean) if math.isfinite(mean) else None,
         seeds_for_min_effect=plan(min_effect), max_seeds=max_seeds)
+
+
+class ClaimFigures:
+    """The seed-level figures of a comparison read from its `claim` (a SeedClaim): one
+    set of names for the pipeline's verdict rows and the study's comparisons."""
+
+    claim: SeedClaim
+
+    @property
+    def per_seed(self) -> list[float]:
+        return list(self.claim.diffs)
+
+    @property
+    def mean(self) -> float:
+        return self.claim.mean
+
+    @property
+    def ci_low(self) -> float:
+        return self.claim.low
+
+    @property
+    def ci_high(self) -> float:
+        return self.claim.high
+
+    @property
+    def level(self) -> float:
+        return self.claim.level
+
+    @property
+    def n_seeds(self) -> int:
+        return self.claim.n

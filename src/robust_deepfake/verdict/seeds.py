@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robust_deepfake.verdict.claims import MIN_EFFECT, SeedClaim, assess
+from robust_deepfake.verdict.claims import MIN_EFFECT, ClaimFigures, SeedClaim, assess
 
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "auc": True, "asr": False, "evasion_rate": False, "score": True,
                     "iinc_stability": False, "iinc_localization": False}
@@ -83,7 +83,7 @@ def t_interval(values: np.ndarray, level: float) -> tuple[float, float, float]:
 
 
 @dataclass(frozen=True)
-class SeedDifference:
+class SeedDifference(ClaimFigures):
     """pair.first - pair.second for one attack and metric, over the seeds with both."""
 
     pair: Pair
@@ -94,32 +94,8 @@ class SeedDifference:
     per_image_ci: list[tuple[float, float]]  # per seed: test sampling only
 
     @property
-    def per_seed(self) -> list[float]:
-        return list(self.claim.diffs)
-
-    @property
     def per_seed_se(self) -> list[float]:
         return list(self.claim.ses)
-
-    @property
-    def mean(self) -> float:
-        return self.claim.mean
-
-    @property
-    def ci_low(self) -> float:
-        return self.claim.low
-
-    @property
-    def ci_high(self) -> float:
-        return self.claim.high
-
-    @property
-    def level(self) -> float:
-        return self.claim.level
-
-    @property
-    def n_seeds(self) -> int:
-        return self.claim.n
 
     @property
     def claimed(self) -> bool:

@@ -30,7 +30,7 @@ from robust_deepfake.study.report.points import (
     test_value,
 )
 from robust_deepfake.study.spec import PLACEBO_KEY, StudySpec
-from robust_deepfake.verdict.claims import MIN_EFFECT, SeedClaim, assess
+from robust_deepfake.verdict.claims import MIN_EFFECT, ClaimFigures, SeedClaim, assess
 from robust_deepfake.verdict.seeds import COMPARISONS, Pair, present_pairs
 
 FLOOR_METRIC = "auc_clean"
@@ -55,7 +55,7 @@ def lower_is_better(metric: str) -> bool:
 
 
 @dataclass(frozen=True)
-class PairedDifference:
+class PairedDifference(ClaimFigures):
     """pair.first − pair.second in one metric at one grid point, over the seeds with both."""
 
     pair: Pair
@@ -77,30 +77,6 @@ class PairedDifference:
     @property
     def sides(self) -> tuple[str, str]:
         return self.pair.first, self.pair.second
-
-    @property
-    def per_seed(self) -> list[float]:
-        return list(self.claim.diffs)
-
-    @property
-    def mean(self) -> float:
-        return self.claim.mean
-
-    @property
-    def ci_low(self) -> float:
-        return self.claim.low
-
-    @property
-    def ci_high(self) -> float:
-        return self.claim.high
-
-    @property
-    def level(self) -> float:
-        return self.claim.level
-
-    @property
-    def n_seeds(self) -> int:
-        return self.claim.n
 
     @property
     def claimed(self) -> bool:
